@@ -1,0 +1,24 @@
+"""fedzip: compressed uploads for federated learning (FedZip and baselines)."""
+
+from .abc import Compressor
+from .codec import FedZip, Inspection, TensorReport, decode, inspect
+from .errors import FormatError
+from .feedback import ErrorFeedback
+from .registry import available, get_compressor, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Compressor",
+    "ErrorFeedback",
+    "FedZip",
+    "FormatError",
+    "Inspection",
+    "TensorReport",
+    "__version__",
+    "available",
+    "decode",
+    "get_compressor",
+    "inspect",
+    "register",
+]

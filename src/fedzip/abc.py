@@ -1,0 +1,90 @@
+"""The interface every compressor implements, FedZip and baselines alike.
+
+Modelled on numcodecs: a compressor's constructor arguments are its whole
+configuration; ``get_config()`` returns them with the registry ``id`` and
+``from_config()`` builds an equal compressor back.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+Update = Mapping[str, np.ndarray]
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Compressor(ABC):
+    """Turns a model update (name -> float array) into bytes and back."""
+
+    codec_id: ClassVar[str]
+
+    @abstractmethod
+    def encode(self, update: Update) -> bytes:
+        """Compress ``update`` into a self-describing payload."""
+
+    @abstractmethod
+    def approximate(self, update: Update) -> dict[str, np.ndarray]:
+        """What ``decode(encode(update))`` returns, without the bytes."""
+
+    def decode(self, payload: bytes, max_elements: int | None = None) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`encode`; payloads describe themselves."""
+        from .codec import decode
+
+        return decode(payload, max_elements=max_elements)
+
+    def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
+        """The payload and what it decodes to (used by error feedback)."""
+        payload = self.encode(update)
+        return payload, self.decode(payload)
+
+    def get_config(self) -> dict[str, Any]:
+        params = inspect.signature(type(self).__init__).parameters
+        config = {name: getattr(self, name) for name in params if name != "self"}
+        return {"id": self.codec_id, **config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Compressor:
+        config = dict(config)
+        codec_id = config.pop("id", cls.codec_id)
+        if codec_id != cls.codec_id:
+            raise ValueError(f"config is for {codec_id!r}, not {cls.codec_id!r}")
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.get_config().items())))
+
+    def __repr__(self) -> str:
+        config = self.get_config()
+        config.pop("id")
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_update(update: Update) -> dict[str, np.ndarray]:
+    """Validate an update's structure and dtypes; values are checked by the codec."""
+    if not isinstance(update, Mapping):
+        raise ValueError(f"an update must be a mapping of name -> array, got {type(update).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in update.items():
+        if not isinstance(name, str):
+            raise ValueError(f"tensor names must be str, got {name!r}")
+        if len(name.encode("utf-8")) > 65535:
+            raise ValueError(f"tensor name {name[:40]!r}... is longer than 65535 bytes")
+        array = np.asarray(value)
+        if array.dtype not in FLOAT_DTYPES:
+            raise ValueError(
+                f"tensor {name!r} has dtype {array.dtype}; fedzip compresses float16/32/64 "
+                "updates: cast it first (e.g. array.astype(np.float32))"
+            )
+        if array.ndim > 32:
+            raise ValueError(f"tensor {name!r} has {array.ndim} dimensions; at most 32 are supported")
+        arrays[name] = array
+    return arrays

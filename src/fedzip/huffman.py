@@ -1,0 +1,236 @@
+"""Canonical, length-limited Huffman coding of symbol streams.
+
+A stream is split into blocks of a fixed number of symbols whose bit lengths
+are stored up front, so the decoder advances every block one symbol per step
+with array operations instead of walking the stream one symbol at a time.
+
+Stream layout (MSB first):
+  single:1
+  single == 1: symbol:bit_length(alphabet - 1)     (every symbol is this one)
+  single == 0: code length of each symbol:4 (0 = unused, complete code)
+               bit length of every block but the last:block_width
+               the code words
+The block size and block_width follow from the symbol count and the longest
+code, so they are not stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bitio import BitReader, BitWriter, varbits_of
+from .errors import FormatError
+
+MAX_CODE_LENGTH = 15
+LENGTH_BITS = 4
+MAX_GROUP = 8
+GROUP_BITS = 3
+_CHUNK = 1 << 20
+
+
+def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Optimal prefix-code lengths no longer than ``max_length`` (package-merge).
+
+    Unused symbols get length 0; with one used symbol it gets length 0 too.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    lengths = np.zeros(counts.size, dtype=np.int64)
+    used = np.flatnonzero(counts)
+    if used.size < 2:
+        return lengths
+    if used.size > 1 << max_length:
+        raise ValueError(f"{used.size} symbols cannot fit in {max_length}-bit codes")
+    order = used[np.argsort(counts[used], kind="stable")]
+    leaves = [int(c) for c in counts[order]]
+    n = len(leaves)
+    # Each level is a list of (weight, is_package) sorted by weight; a package
+    # pairs two consecutive items of the level below.
+    levels = [[(w, False) for w in leaves]]
+    for _ in range(max_length - 1):
+        prev = levels[-1]
+        packages = [(prev[i][0] + prev[i + 1][0], True) for i in range(0, len(prev) - 1, 2)]
+        merged = sorted([(w, False) for w in leaves] + packages, key=lambda item: item[0])
+        levels.append(merged)
+    take = 2 * n - 2
+    for level in reversed(levels):
+        chosen = level[:take]
+        n_leaves = sum(1 for _, is_pkg in chosen if not is_pkg)
+        lengths[order[:n_leaves]] += 1
+        take = 2 * (take - n_leaves)
+    return lengths
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical code words for the given code lengths (0 = unused)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    codes = np.zeros(lengths.size, dtype=np.uint64)
+    code = 0
+    prev_len = 0
+    for sym in np.lexsort((np.arange(lengths.size), lengths)):
+        ln = int(lengths[sym])
+        if ln == 0:
+            continue
+        code <<= ln - prev_len
+        codes[sym] = code
+        code += 1
+        prev_len = ln
+    return codes
+
+
+def block_log2(count: int) -> int:
+    """Symbols per block (log2): about sqrt(count), between 64 and 16384."""
+    return min(14, max(6, round(np.log2(max(count, 1)) / 2)))
+
+
+def block_width(count: int, max_len: int) -> int:
+    return ((max_len << block_log2(count))).bit_length()
+
+
+def _symbol_width(alphabet: int) -> int:
+    return max(alphabet - 1, 0).bit_length()
+
+
+def stream_bits(counts: np.ndarray) -> int:
+    """Exact size in bits of :func:`write_stream` for symbols with these counts."""
+    counts = np.asarray(counts, dtype=np.int64)
+    count = int(counts.sum())
+    if np.count_nonzero(counts) < 2:
+        return 1 + _symbol_width(counts.size)
+    lengths = code_lengths(counts)
+    nblocks = -(-count >> block_log2(count))
+    return (
+        1
+        + LENGTH_BITS * counts.size
+        + (nblocks - 1) * block_width(count, int(lengths.max()))
+        + int((counts * lengths).sum())
+    )
+
+
+def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
+    """Huffman-code ``symbols`` (ints in ``[0, alphabet)``)."""
+    counts = np.bincount(symbols, minlength=alphabet)
+    used = np.flatnonzero(counts)
+    if used.size < 2:
+        writer.write(1, 1)
+        writer.write(int(used[0]) if used.size else 0, _symbol_width(alphabet))
+        return
+    writer.write(0, 1)
+    lengths = code_lengths(counts)
+    codes = canonical_codes(lengths)
+    writer.write_array(lengths, LENGTH_BITS)
+    count = symbols.size
+    log2 = block_log2(count)
+    sym_lengths = lengths.astype(np.uint8)[symbols]
+    if count > 1 << log2:
+        starts = np.arange(0, count, 1 << log2)
+        block_bits = np.add.reduceat(sym_lengths, starts, dtype=np.int64)
+        writer.write_array(block_bits[:-1], block_width(count, int(lengths.max())))
+    # In chunks, so a long stream never holds a 64-bit code per symbol at once.
+    for start in range(0, count, _CHUNK):
+        stop = start + _CHUNK
+        writer.write_bits(varbits_of(codes[symbols[start:stop]], sym_lengths[start:stop]))
+
+
+def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
+    """Inverse of :func:`write_stream`: ``count`` symbols."""
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    if reader.read(1):
+        sym = reader.read(_symbol_width(alphabet))
+        if sym >= alphabet:
+            raise FormatError(f"symbol {sym} outside an alphabet of {alphabet}")
+        return np.full(count, sym, dtype=np.uint16)
+    lengths = reader.read_array(alphabet, LENGTH_BITS).astype(np.int64)
+    used = lengths > 0
+    if used.sum() < 2 or int((2 ** (MAX_CODE_LENGTH - lengths[used])).sum()) != 1 << MAX_CODE_LENGTH:
+        raise FormatError("Huffman code lengths do not form a complete prefix code")
+    if count > reader.remaining:
+        raise FormatError(f"{count} symbols declared, only {reader.remaining} bits left")
+    max_len = int(lengths.max())
+    # Lookup table indexed by the next max_len bits: (symbol, code length).
+    codes = canonical_codes(lengths)
+    table_sym = np.zeros(1 << max_len, dtype=np.uint16)
+    table_len = np.zeros(1 << max_len, dtype=np.int64)
+    for sym in np.flatnonzero(used):
+        ln = int(lengths[sym])
+        lo = int(codes[sym]) << (max_len - ln)
+        hi = (int(codes[sym]) + 1) << (max_len - ln)
+        table_sym[lo:hi] = sym
+        table_len[lo:hi] = ln
+
+    log2 = block_log2(count)
+    block = 1 << log2
+    nblocks = -(-count >> log2)
+    block_bits = reader.read_array(nblocks - 1, block_width(count, max_len)).astype(np.int64)
+    bounds = reader.pos + np.concatenate(([0], np.cumsum(block_bits)))
+    if bounds[-1] > reader.nbits:
+        raise FormatError("Huffman blocks extend past the end of the stream")
+    cursor = bounds.copy()
+    out = np.empty((nblocks, block), dtype=np.uint16)
+    last_count = count - (nblocks - 1) * block
+    last_end = -1
+    shift = np.uint64(64 - max_len)
+    for step in range(block):
+        peek = (reader.windows(cursor) >> shift).astype(np.intp)
+        out[:, step] = table_sym[peek]
+        cursor += table_len[peek]
+        if step == last_count - 1:
+            last_end = int(cursor[-1])
+    if not np.array_equal(cursor[:-1], bounds[1:]) or last_end > reader.nbits:
+        raise FormatError("Huffman block lengths do not match the coded data")
+    reader.pos = last_end
+    return out.reshape(-1)[:count]
+
+
+def _grouped(labels: np.ndarray, clusters: int, group: int) -> np.ndarray:
+    """Labels taken ``group`` at a time as base-``clusters`` numbers (zero-padded)."""
+    padded = np.zeros(-(-labels.size // group) * group, dtype=np.int64)
+    padded[: labels.size] = labels
+    digits = padded.reshape(-1, group)
+    weights = clusters ** np.arange(group - 1, -1, -1, dtype=np.int64)
+    return digits @ weights
+
+
+def _groups_allowed(clusters: int) -> range:
+    group = 1
+    while group < MAX_GROUP and clusters ** (group + 1) <= 256:
+        group += 1
+    return range(1, group + 1)
+
+
+def plan_labels(labels: np.ndarray, clusters: int) -> tuple[int, int]:
+    """Best group size for :func:`write_labels` and the resulting size in bits."""
+    if clusters <= 1 or labels.size == 0:
+        return 1, 0
+    best = None
+    for group in _groups_allowed(clusters):
+        symbols = _grouped(labels, clusters, group)
+        bits = GROUP_BITS + stream_bits(np.bincount(symbols, minlength=clusters**group))
+        if best is None or bits < best[1]:
+            best = (group, bits)
+    return best
+
+
+def write_labels(writer: BitWriter, labels: np.ndarray, clusters: int, group: int) -> None:
+    """Huffman-code cluster labels, ``group`` labels per code word.
+
+    Coding several labels per word brings the Huffman code close to the
+    labels' entropy when one cluster dominates (a single label can never cost
+    less than one bit).
+    """
+    if clusters <= 1 or labels.size == 0:
+        return
+    writer.write(group - 1, GROUP_BITS)
+    write_stream(writer, _grouped(labels, clusters, group), clusters**group)
+
+
+def read_labels(reader: BitReader, count: int, clusters: int) -> np.ndarray:
+    if clusters <= 1 or count == 0:
+        return np.zeros(count, dtype=np.int64)
+    group = reader.read(GROUP_BITS) + 1
+    if group not in _groups_allowed(clusters):
+        raise FormatError(f"label group of {group} is invalid for {clusters} clusters")
+    symbols = read_stream(reader, -(-count // group), clusters**group)
+    powers = clusters ** np.arange(group - 1, -1, -1, dtype=np.int64)
+    labels = (symbols[:, None] // powers) % clusters
+    return labels.reshape(-1)[:count]

@@ -1,0 +1,166 @@
+"""The container: framing of tensor records, versioned and checksummed.
+
+Layout (all multi-byte numbers little-endian; varint = unsigned LEB128):
+  magic b"FZIP" | version u8 | tensor count varint
+  per tensor:
+    name length varint | name UTF-8 | dtype u8 | ndim u8 | dims varint x ndim
+    encoding u8 | kept varint | clusters varint | centroids f32 x clusters
+    body length in bits varint | body ceil(bits / 8) bytes
+  CRC32 of everything before it, u32
+See docs/format.md for the full description.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FormatError
+
+MAGIC = b"FZIP"
+VERSION = 1
+DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32), 2: np.dtype(np.float64)}
+DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+MAX_NDIM = 32
+_CRC = struct.Struct("<I")
+_MIN_SIZE = len(MAGIC) + 1 + 1 + _CRC.size
+
+
+@dataclass(frozen=True)
+class Record:
+    """One tensor as framed in the container."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    encoding: int
+    kept: int
+    centroids: np.ndarray  # float32
+    body_bits: int
+    body: bytes
+    header_bytes: int = 0  # bytes of this record before the centroids
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def write(records: list[Record]) -> bytes:
+    out = bytearray(MAGIC)
+    out.append(VERSION)
+    out += _varint(len(records))
+    for rec in records:
+        name = rec.name.encode("utf-8")
+        out += _varint(len(name)) + name
+        out.append(DTYPE_CODES[rec.dtype])
+        out.append(len(rec.shape))
+        for dim in rec.shape:
+            out += _varint(dim)
+        out.append(rec.encoding)
+        out += _varint(rec.kept) + _varint(rec.centroids.size)
+        out += rec.centroids.astype("<f4").tobytes()
+        out += _varint(rec.body_bits) + rec.body
+    out += _CRC.pack(zlib.crc32(out))
+    return bytes(out)
+
+
+class _Cursor:
+    def __init__(self, data: memoryview, end: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = end
+
+    def take(self, count: int, what: str) -> memoryview:
+        if count < 0 or self.pos + count > self.end:
+            raise FormatError(f"payload truncated while reading {what}")
+        chunk = self.data[self.pos : self.pos + count]
+        self.pos += count
+        return chunk
+
+    def byte(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str) -> int:
+        value = 0
+        for shift in range(0, 63, 7):
+            byte = self.byte(what)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise FormatError(f"{what} is not a valid varint")
+
+
+def read(payload: bytes, max_elements: int | None = None) -> list[Record]:
+    """Parse and check a container; raise :class:`FormatError` on any defect."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    data = memoryview(bytes(payload))
+    if len(data) < _MIN_SIZE or data[: len(MAGIC)] != MAGIC:
+        raise FormatError("not a fedzip payload (bad magic or too short)")
+    if data[len(MAGIC)] != VERSION:
+        raise FormatError(f"format version {data[len(MAGIC)]} is not supported (this fedzip reads {VERSION})")
+    (crc,) = _CRC.unpack(data[-_CRC.size :])
+    if zlib.crc32(data[: -_CRC.size]) != crc:
+        raise FormatError("checksum mismatch: the payload is corrupted")
+    cur = _Cursor(data, len(data) - _CRC.size)
+    cur.pos = len(MAGIC) + 1
+    count = cur.varint("tensor count")
+    if count > cur.end - cur.pos:
+        raise FormatError(f"{count} tensors declared in a payload of {len(data)} bytes")
+    records: list[Record] = []
+    names: set[str] = set()
+    total = 0
+    for index in range(count):
+        start = cur.pos
+        try:
+            name = bytes(cur.take(cur.varint("name length"), "name")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"tensor {index}: name is not UTF-8") from exc
+        if name in names:
+            raise FormatError(f"tensor name {name!r} appears twice")
+        names.add(name)
+        code = cur.byte("dtype")
+        if code not in DTYPES:
+            raise FormatError(f"tensor {name!r}: unknown dtype code {code}")
+        ndim = cur.byte("ndim")
+        if ndim > MAX_NDIM:
+            raise FormatError(f"tensor {name!r}: {ndim} dimensions (at most {MAX_NDIM})")
+        shape = tuple(cur.varint("dimension") for _ in range(ndim))
+        size = math.prod(shape)
+        total += size
+        if max_elements is not None and total > max_elements:
+            raise FormatError(
+                f"payload declares more than max_elements={max_elements} elements (tensor {name!r})"
+            )
+        encoding = cur.byte("encoding")
+        kept = cur.varint("kept count")
+        if kept > size:
+            raise FormatError(f"tensor {name!r}: {kept} kept entries of {size}")
+        clusters = cur.varint("cluster count")
+        header = cur.pos - start
+        centroids = np.frombuffer(cur.take(4 * clusters, "centroids"), dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(centroids)):
+            raise FormatError(f"tensor {name!r}: centroids are not finite")
+        body_bits = cur.varint("body length")
+        body = bytes(cur.take(-(-body_bits // 8), "body"))
+        header += len(_varint(body_bits))
+        records.append(Record(name, DTYPES[code], shape, encoding, kept, centroids, body_bits, body, header))
+    if cur.pos != cur.end:
+        raise FormatError(f"{cur.end - cur.pos} unexpected bytes after the last tensor")
+    return records
