@@ -53,6 +53,12 @@ class Compressor(ABC):
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise ValueError(f"config is for {codec_id!r}, not {cls.codec_id!r}")
+        accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for {cls.codec_id!r}; accepted: {', '.join(accepted)}"
+            )
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:

@@ -109,8 +109,7 @@ class BitReader:
     def _need(self, count: int) -> None:
         if count < 0 or count > self.remaining:
             raise FormatError(
-                f"bit stream truncated: need {count} bits at bit {self.pos}, "
-                f"{self.remaining} left"
+                f"bit stream truncated: need {count} bits at bit {self.pos}, {self.remaining} left"
             )
 
     def windows(self, positions: np.ndarray) -> np.ndarray:

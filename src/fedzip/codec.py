@@ -70,7 +70,9 @@ class FedZip(Compressor):
             if not math.isfinite(peak):
                 raise ValueError(f"tensor {name!r} contains NaN or Inf; fix the update before encoding it")
             if peak > _FLOAT32_MAX:
-                raise ValueError(f"tensor {name!r} has values beyond the float32 range; scale the update down")
+                raise ValueError(
+                    f"tensor {name!r} has values beyond the float32 range; scale the update down"
+                )
         if array.ndim >= 2 or self.sparsify_1d:
             positions = top_entries(magnitude, keep_count(flat.size, self.keep))
         else:
@@ -102,7 +104,9 @@ class FedZip(Compressor):
             writer = BitWriter()
             encodings.write(writer, encoding, q, label_plan)
             records.append(
-                wire.Record(name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue())
+                wire.Record(
+                    name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue()
+                )
             )
         return wire.write(records)
 
@@ -125,7 +129,9 @@ class TensorReport:
 
     @property
     def total_bits(self) -> int:
-        return self.header_bits + self.centroid_bits + self.position_bits + self.label_bits + self.padding_bits
+        return (
+            self.header_bits + self.centroid_bits + self.position_bits + self.label_bits + self.padding_bits
+        )
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,12 @@ def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
         values = np.zeros(rec.size, dtype=rec.dtype)
     except MemoryError as exc:
         raise FormatError(f"tensor {rec.name!r} declares {rec.size} elements: too many to allocate") from exc
+    with np.errstate(over="ignore"):
+        levels = rec.centroids.astype(rec.dtype)
+    if not np.all(np.isfinite(levels)):
+        raise FormatError(f"tensor {rec.name!r}: centroids overflow {rec.dtype}")
     if rec.kept:
-        values[positions] = rec.centroids.astype(rec.dtype)[labels]
+        values[positions] = levels[labels]
     return values, position_bits
 
 

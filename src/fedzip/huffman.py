@@ -83,7 +83,7 @@ def block_log2(count: int) -> int:
 
 
 def block_width(count: int, max_len: int) -> int:
-    return ((max_len << block_log2(count))).bit_length()
+    return (max_len << block_log2(count)).bit_length()
 
 
 def _symbol_width(alphabet: int) -> int:

@@ -85,7 +85,12 @@ def cluster_centroids(sorted_values: np.ndarray, k: int) -> np.ndarray:
         cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
         cw = np.concatenate(([0.0], np.cumsum(counts)))
         return (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
-    edges = np.linspace(0, x.size, EXACT_POINTS + 1).astype(np.int64)
+    # Bins of equal count resolve the dense middle; bins of equal width in
+    # value resolve the tails, where a few outliers dominate the error.
+    half = EXACT_POINTS // 2
+    by_count = np.linspace(0, x.size, half + 1).astype(np.int64)
+    by_value = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[1:-1], side="left")
+    edges = np.unique(np.concatenate((by_count, by_value)))
     bin_weights = np.diff(edges).astype(np.float64)
     bin_means = np.add.reduceat(x, edges[:-1]) / bin_weights
     bounds = optimal_segments(bin_means, bin_weights, k)
