@@ -17,7 +17,7 @@ from .encodings import Quantized
 from .errors import FormatError
 from .quantize import MAX_CLUSTERS, quantize
 from .registry import register
-from .sparsify import keep_count, top_entries
+from .sparsify import keep_count, peak_magnitude, top_entries
 
 ENCODINGS = ("huffman", "position", "dap", "auto")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -64,9 +64,8 @@ class FedZip(Compressor):
     def quantize(self, name: str, array: np.ndarray) -> Quantized:
         """Sparsify and quantize one tensor."""
         flat = array.reshape(-1)
-        magnitude = np.abs(flat)
         if flat.size:
-            peak = float(magnitude.max())
+            peak = peak_magnitude(flat)
             if not math.isfinite(peak):
                 raise ValueError(f"tensor {name!r} contains NaN or Inf; fix the update before encoding it")
             if peak > _FLOAT32_MAX:
@@ -74,9 +73,9 @@ class FedZip(Compressor):
                     f"tensor {name!r} has values beyond the float32 range; scale the update down"
                 )
         if array.ndim >= 2 or self.sparsify_1d:
-            positions = top_entries(magnitude, keep_count(flat.size, self.keep))
+            positions = top_entries(flat, keep_count(flat.size, self.keep))
         else:
-            positions = np.flatnonzero(magnitude)
+            positions = np.flatnonzero(flat)
         centroids, labels = quantize(flat[positions], self.clusters)
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 

@@ -16,6 +16,8 @@ code, so they are not stored.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from .bitio import BitReader, BitWriter, varbits_of
@@ -25,13 +27,50 @@ MAX_CODE_LENGTH = 15
 LENGTH_BITS = 4
 MAX_GROUP = 8
 GROUP_BITS = 3
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18
+
+
+def _huffman_lengths(weights: list[int]) -> list[int]:
+    """Unconstrained Huffman code lengths for positive ``weights``."""
+    heap = [(w, i, (i,)) for i, w in enumerate(weights)]
+    heapq.heapify(heap)
+    lengths = [0] * len(weights)
+    tie = len(weights)
+    while len(heap) > 1:
+        w1, _, s1 = heapq.heappop(heap)
+        w2, _, s2 = heapq.heappop(heap)
+        for sym in s1 + s2:
+            lengths[sym] += 1
+        heapq.heappush(heap, (w1 + w2, tie, s1 + s2))
+        tie += 1
+    return lengths
+
+
+def _package_merge(weights: list[int], max_length: int) -> list[int]:
+    """Optimal code lengths no longer than ``max_length`` for ascending ``weights``."""
+    n = len(weights)
+    # Each level is a list of (weight, is_package) sorted by weight; a package
+    # pairs two consecutive items of the level below.
+    levels = [[(w, False) for w in weights]]
+    for _ in range(max_length - 1):
+        prev = levels[-1]
+        packages = [(prev[i][0] + prev[i + 1][0], True) for i in range(0, len(prev) - 1, 2)]
+        levels.append(sorted([(w, False) for w in weights] + packages, key=lambda item: item[0]))
+    lengths = [0] * n
+    take = 2 * n - 2
+    for level in reversed(levels):
+        n_leaves = sum(1 for _, is_pkg in level[:take] if not is_pkg)
+        for i in range(n_leaves):
+            lengths[i] += 1
+        take = 2 * (take - n_leaves)
+    return lengths
 
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
-    """Optimal prefix-code lengths no longer than ``max_length`` (package-merge).
+    """Optimal prefix-code lengths no longer than ``max_length``.
 
-    Unused symbols get length 0; with one used symbol it gets length 0 too.
+    Plain Huffman when it fits, package-merge when it does not. Unused
+    symbols get length 0; with one used symbol it gets length 0 too.
     """
     counts = np.asarray(counts, dtype=np.int64)
     lengths = np.zeros(counts.size, dtype=np.int64)
@@ -41,22 +80,11 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
     if used.size > 1 << max_length:
         raise ValueError(f"{used.size} symbols cannot fit in {max_length}-bit codes")
     order = used[np.argsort(counts[used], kind="stable")]
-    leaves = [int(c) for c in counts[order]]
-    n = len(leaves)
-    # Each level is a list of (weight, is_package) sorted by weight; a package
-    # pairs two consecutive items of the level below.
-    levels = [[(w, False) for w in leaves]]
-    for _ in range(max_length - 1):
-        prev = levels[-1]
-        packages = [(prev[i][0] + prev[i + 1][0], True) for i in range(0, len(prev) - 1, 2)]
-        merged = sorted([(w, False) for w in leaves] + packages, key=lambda item: item[0])
-        levels.append(merged)
-    take = 2 * n - 2
-    for level in reversed(levels):
-        chosen = level[:take]
-        n_leaves = sum(1 for _, is_pkg in chosen if not is_pkg)
-        lengths[order[:n_leaves]] += 1
-        take = 2 * (take - n_leaves)
+    weights = [int(c) for c in counts[order]]
+    found = _huffman_lengths(weights)
+    if max(found) > max_length:
+        found = _package_merge(weights, max_length)
+    lengths[order] = found
     return lengths
 
 

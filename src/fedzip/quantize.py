@@ -13,7 +13,7 @@ import numpy as np
 MAX_CLUSTERS = 256
 # The dynamic program is exact up to this many distinct points; above it, it
 # runs on this many equal-count bins and Lloyd iterations refine the result.
-EXACT_POINTS = 1024
+EXACT_POINTS = 512
 AUTO_CANDIDATES = range(2, 9)
 AUTO_SAMPLE = 512
 _LLOYD_ITERATIONS = 100

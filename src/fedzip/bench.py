@@ -1,0 +1,198 @@
+"""Codec benchmark: size, speed and memory of each encoding next to zstd.
+
+Every figure is measured in the same run on the same bytes: compression ratio
+is ``4 * parameters / len(payload)``, throughput is MB of float32 input per
+second (best of ``repeat`` runs), peak extra memory is what ``tracemalloc``
+sees numpy allocate during one encode, relative to the input's size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .codec import FedZip, decode
+
+PAPER_CNN_SHAPES = {
+    "conv1.weight": (3, 3, 1, 32),
+    "conv1.bias": (32,),
+    "conv2.weight": (3, 3, 32, 64),
+    "conv2.bias": (64,),
+    "dense1.weight": (9216, 128),
+    "dense1.bias": (128,),
+    "dense2.weight": (128, 10),
+    "dense2.bias": (10,),
+}
+
+
+def heavy_tailed_update(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic update with the heavy tails of real ones (Student-t, 3 d.o.f.)."""
+    rng = np.random.default_rng(seed)
+    update = {}
+    for name, shape in shapes.items():
+        fan_in = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        scale = 0.01 / math.sqrt(max(fan_in, 1)) * 10
+        update[name] = (rng.standard_t(3, size=shape) * scale).astype(np.float32)
+    return update
+
+
+def large_shapes(parameters: int) -> dict[str, tuple[int, ...]]:
+    """Dense layers (with biases) adding up to about ``parameters``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = 4096
+    layer = 0
+    remaining = parameters
+    while remaining > width:
+        rows = min(width, max(1, (remaining - width) // width))
+        shapes[f"layer{layer}.weight"] = (rows, width)
+        shapes[f"layer{layer}.bias"] = (rows,)
+        remaining -= rows * width + rows
+        layer += 1
+    return shapes
+
+
+def paper_cnn_update(seed: int = 0) -> dict[str, np.ndarray]:
+    return heavy_tailed_update(PAPER_CNN_SHAPES, seed)
+
+
+def entropy_bound_bits(codec: FedZip, update: dict[str, np.ndarray]) -> float:
+    """Positions as Bernoulli(kept fraction) entropy + label entropy + centroid bits."""
+    bits = 0.0
+    for name, array in update.items():
+        q = codec.quantize(name, array)
+        if q.size == 0:
+            continue
+        p = q.kept / q.size
+        if 0 < p < 1:
+            bits += q.size * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+        if q.kept:
+            freq = np.bincount(q.labels) / q.kept
+            freq = freq[freq > 0]
+            bits += q.kept * float(-(freq * np.log2(freq)).sum())
+        bits += 32 * q.centroids.size
+    return bits
+
+
+def _best_time(fn: Callable[[], object], repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak_extra_bytes(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@dataclass
+class BenchRow:
+    update: str
+    parameters: int
+    codec: str
+    payload_bytes: int
+    ratio: float
+    bits_per_kept: float | None
+    vs_entropy_bound: float | None
+    encode_mb_s: float
+    decode_mb_s: float
+    peak_memory_x_input: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_update(
+    label: str,
+    update: dict[str, np.ndarray],
+    encodings: Iterable[str] = ("huffman", "position", "dap"),
+    keep: float = 0.01,
+    clusters: int | str = 3,
+    repeat: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Benchmark each FedZip encoding and zstd level 1 on one update."""
+    import zstandard
+
+    parameters = sum(a.size for a in update.values())
+    raw_bytes = 4 * parameters
+    megabytes = raw_bytes / 1e6
+    rows = []
+    raw = b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in update.values())
+    compressor = zstandard.ZstdCompressor(level=1)
+    decompressor = zstandard.ZstdDecompressor()
+    compressed = compressor.compress(raw)
+    rows.append(
+        BenchRow(
+            label,
+            parameters,
+            "zstd-1",
+            len(compressed),
+            raw_bytes / len(compressed),
+            None,
+            None,
+            megabytes / _best_time(lambda: compressor.compress(raw), repeat),
+            megabytes / _best_time(lambda: decompressor.decompress(compressed), repeat),
+            None,
+        )
+    )
+    for encoding in encodings:
+        if progress:
+            progress(f"{label}: fedzip-{encoding}")
+        codec = FedZip(keep=keep, clusters=clusters, encoding=encoding)
+        payload = codec.encode(update)
+        restored = decode(payload)
+        expected = codec.approximate(update)
+        if any(not np.array_equal(restored[k], expected[k]) for k in expected):
+            raise AssertionError(f"fedzip-{encoding} did not decode to its own approximation")
+        kept = sum(int(np.count_nonzero(v)) for v in expected.values())
+        bound = entropy_bound_bits(codec, update)
+        rows.append(
+            BenchRow(
+                label,
+                parameters,
+                f"fedzip-{encoding}",
+                len(payload),
+                raw_bytes / len(payload),
+                8 * len(payload) / max(kept, 1),
+                8 * len(payload) / bound if bound else None,
+                megabytes / _best_time(lambda c=codec: c.encode(update), repeat),
+                megabytes / _best_time(lambda p=payload: decode(p), repeat),
+                _peak_extra_bytes(lambda c=codec: c.encode(update)) / raw_bytes,
+            )
+        )
+    return rows
+
+
+def run(
+    parameters: int = 25_000_000,
+    keep: float = 0.01,
+    clusters: int | str = 3,
+    encodings: Iterable[str] = ("huffman", "position", "dap"),
+    repeat: int = 3,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """The standard benchmark: the paper CNN's update and a large one."""
+    encodings = list(encodings)
+    rows = bench_update("paper-cnn", paper_cnn_update(seed), encodings, keep, clusters, repeat, progress)
+    if parameters:
+        if progress:
+            progress(f"generating a {parameters:,}-parameter update")
+        update = heavy_tailed_update(large_shapes(parameters), seed)
+        label = f"{sum(a.size for a in update.values()) / 1e6:.1f}M"
+        rows += bench_update(label, update, encodings, keep, clusters, repeat, progress)
+    return rows

@@ -1,0 +1,168 @@
+"""The ``fedzip`` command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+
+class CliError(Exception):
+    """A user error: reported as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _keep(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"keep must be in (0, 1], got {text}")
+    return value
+
+
+def _clusters(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1..256 or 'auto', got {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"clusters must be 1..256 or 'auto', got {text}")
+    return value
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import bench
+
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    unknown = sorted(set(encodings) - {"huffman", "position", "dap", "auto"})
+    if unknown:
+        raise CliError(f"unknown encoding(s) {', '.join(unknown)}; choose from huffman, position, dap, auto")
+    console = Console(stderr=True)
+    with console.status("benchmarking") as status:
+        rows = bench.run(
+            parameters=args.params,
+            keep=args.keep,
+            clusters=args.clusters,
+            encodings=encodings,
+            repeat=args.repeat,
+            seed=args.seed,
+            progress=lambda message: status.update(f"benchmarking {message}"),
+        )
+    table = Table(title=f"fedzip bench: keep={args.keep}, clusters={args.clusters}, best of {args.repeat}")
+    headers = [
+        "update",
+        "codec",
+        "bytes",
+        "ratio",
+        "bits/kept",
+        "x bound",
+        "enc MB/s",
+        "dec MB/s",
+        "peak mem",
+    ]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("update", "codec") else "right")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [
+            row.update,
+            row.codec,
+            f"{row.payload_bytes:,}",
+            f"{row.ratio:.1f}x",
+            "" if row.bits_per_kept is None else f"{row.bits_per_kept:.2f}",
+            "" if row.vs_entropy_bound is None else f"{row.vs_entropy_bound:.3f}",
+            f"{row.encode_mb_s:.0f}",
+            f"{row.decode_mb_s:.0f}",
+            "" if row.peak_memory_x_input is None else f"{row.peak_memory_x_input:.2f}x",
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout = Console(width=140)
+    stdout.print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        data = [row.to_dict() for row in rows]
+        (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+        with open(out / "bench.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(data[0]))
+            writer.writeheader()
+            writer.writerows(data)
+        (out / "bench.md").write_text("\n".join(lines) + "\n")
+        console.print(f"results written to {out}/bench.json, bench.csv, bench.md")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .codec import inspect
+
+    path = Path(args.payload)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    report = inspect(path.read_bytes())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedzip", description="Compressed uploads for federated learning.")
+    parser.add_argument("--version", action="version", version=f"fedzip {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser("bench", help="codec size, speed and memory next to zstd")
+    bench.add_argument(
+        "--params", type=_positive_int, default=25_000_000, help="size of the large update (0: skip it)"
+    )
+    bench.add_argument("--keep", type=_keep, default=0.01, help="fraction of entries kept (default 0.01)")
+    bench.add_argument("--clusters", type=_clusters, default=3, help="1..256 or auto (default 3)")
+    bench.add_argument("--encodings", default="huffman,position,dap", help="comma-separated encodings")
+    bench.add_argument("--repeat", type=_positive_int, default=3, help="timing runs, best kept (default 3)")
+    bench.add_argument("--seed", type=_positive_int, default=0)
+    bench.add_argument("--out", help="directory for bench.json, bench.csv and bench.md")
+    bench.set_defaults(func=_bench)
+
+    inspect = commands.add_parser("inspect", help="per-tensor breakdown of a payload file")
+    inspect.add_argument("payload", help="a file holding one fedzip payload")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "repeat", 1) == 0:
+        args.repeat = 1
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"fedzip: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # FormatError included: bad input, one line
+        print(f"fedzip: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

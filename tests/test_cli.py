@@ -1,0 +1,64 @@
+import json
+import math
+
+import numpy as np
+
+import fedzip
+from fedzip import bench
+from fedzip.cli import main
+
+
+def test_paper_cnn_update_has_the_papers_parameter_count():
+    update = bench.paper_cnn_update()
+    assert sum(a.size for a in update.values()) == 1_199_882
+
+
+def test_large_shapes_add_up():
+    total = sum(math.prod(s) for s in bench.large_shapes(3_000_000).values())
+    assert abs(total - 3_000_000) < 4096 * 2
+
+
+def test_bench_writes_results(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "bench",
+                "--params",
+                "300000",
+                "--repeat",
+                "1",
+                "--encodings",
+                "dap,position",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["codec"] for r in rows] == ["zstd-1", "fedzip-dap", "fedzip-position"] * 2
+    dap = [r for r in rows if r["codec"] == "fedzip-dap"]
+    for row in dap:
+        assert row["ratio"] > 100
+        assert 1.0 <= row["vs_entropy_bound"] < 1.1
+        assert row["encode_mb_s"] > 0 and row["decode_mb_s"] > 0
+    assert (tmp_path / "bench.csv").read_text().startswith("update,parameters,codec")
+    assert "fedzip-dap" in (tmp_path / "bench.md").read_text()
+    assert "fedzip-dap" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_options(capsys):
+    assert main(["bench", "--encodings", "zip"]) == 2
+    assert "unknown encoding" in capsys.readouterr().err
+
+
+def test_inspect_command(tmp_path, capsys):
+    payload = fedzip.FedZip(keep=0.1).encode({"w": np.ones((10, 10), np.float32)})
+    path = tmp_path / "update.fz"
+    path.write_bytes(payload)
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total_bytes"] == len(payload) and report["tensors"][0]["kept"] == 10
+    path.write_bytes(payload[:-1])
+    assert main(["inspect", str(path)]) == 2
+    assert "error" in capsys.readouterr().err
