@@ -2,6 +2,7 @@
 
 from .abc import Compressor
 from .codec import FedZip, Inspection, TensorReport, decode, inspect
+from .compressors import NoCompression
 from .errors import FormatError
 from .feedback import ErrorFeedback
 from .registry import available, get_compressor, register
@@ -14,6 +15,7 @@ __all__ = [
     "FedZip",
     "FormatError",
     "Inspection",
+    "NoCompression",
     "TensorReport",
     "__version__",
     "available",

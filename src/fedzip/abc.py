@@ -8,6 +8,7 @@ configuration; ``get_config()`` returns them with the registry ``id`` and
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 Update = Mapping[str, np.ndarray]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -94,3 +96,15 @@ def check_update(update: Update) -> dict[str, np.ndarray]:
             raise ValueError(f"tensor {name!r} has {array.ndim} dimensions; at most 32 are supported")
         arrays[name] = array
     return arrays
+
+
+def check_values(name: str, array: np.ndarray) -> float:
+    """Largest magnitude of ``array``; ValueError for NaN/Inf or values float32 cannot hold."""
+    from .sparsify import peak_magnitude
+
+    peak = peak_magnitude(array.reshape(-1)) if array.size else 0.0
+    if not math.isfinite(peak):
+        raise ValueError(f"tensor {name!r} contains NaN or Inf; fix the update before encoding it")
+    if peak > FLOAT32_MAX:
+        raise ValueError(f"tensor {name!r} has values beyond the float32 range; scale the update down")
+    return peak

@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 
 from . import encodings, huffman, wire
-from .abc import Compressor, Update, check_update
+from .abc import Compressor, Update, check_update, check_values
 from .bitio import BitReader, BitWriter
 from .encodings import Quantized
 from .errors import FormatError
 from .quantize import MAX_CLUSTERS, quantize
 from .registry import register
-from .sparsify import keep_count, peak_magnitude, top_entries
+from .sparsify import keep_count, top_entries
 
 ENCODINGS = ("huffman", "position", "dap", "auto")
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @register
@@ -64,14 +63,7 @@ class FedZip(Compressor):
     def quantize(self, name: str, array: np.ndarray) -> Quantized:
         """Sparsify and quantize one tensor."""
         flat = array.reshape(-1)
-        if flat.size:
-            peak = peak_magnitude(flat)
-            if not math.isfinite(peak):
-                raise ValueError(f"tensor {name!r} contains NaN or Inf; fix the update before encoding it")
-            if peak > _FLOAT32_MAX:
-                raise ValueError(
-                    f"tensor {name!r} has values beyond the float32 range; scale the update down"
-                )
+        check_values(name, array)
         if array.ndim >= 2 or self.sparsify_1d:
             positions = top_entries(flat, keep_count(flat.size, self.keep))
         else:
@@ -176,8 +168,13 @@ BodyDecoder = Callable[[wire.Record], tuple[np.ndarray, int]]
 _BODY_DECODERS: dict[int, BodyDecoder] = {}
 
 
-def register_body(encoding: int, decoder: BodyDecoder) -> None:
+ENCODING_NAMES: dict[int, str] = {}
+
+
+def register_body(encoding: int, decoder: BodyDecoder, name: str) -> None:
+    """Make ``decode`` understand tensor records of this encoding id."""
     _BODY_DECODERS[encoding] = decoder
+    ENCODING_NAMES[encoding] = name
 
 
 def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
@@ -201,8 +198,8 @@ def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return values, position_bits
 
 
-for _encoding in encodings.NAMES:
-    register_body(_encoding, _fedzip_body)
+for _encoding, _name in encodings.NAMES.items():
+    register_body(_encoding, _fedzip_body, _name)
 
 
 def _decode_records(payload: bytes, max_elements: int | None):
@@ -242,7 +239,7 @@ def inspect(payload: bytes) -> Inspection:
                 name=rec.name,
                 shape=rec.shape,
                 dtype=str(rec.dtype),
-                encoding=encodings.NAMES.get(rec.encoding, str(rec.encoding)),
+                encoding=ENCODING_NAMES.get(rec.encoding, str(rec.encoding)),
                 kept=rec.kept,
                 clusters=rec.centroids.size,
                 header_bits=8 * rec.header_bytes,
