@@ -1,0 +1,187 @@
+"""The Flower ClientApp and ServerApp that run fedzip experiments.
+
+The same apps serve Flower's simulation engine (``fedzip run``) and its
+deployment engine (SuperLink + SuperNodes, see docs/deployment.md): clients get
+their settings from the train message, the server from the run config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from ..flower import FedZipStrategy, fedzip_mod, protocol
+from . import data as datamod
+from . import models, training
+from .config import ExperimentConfig
+
+
+def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
+    """What every client needs to know, sent in the train message's ConfigRecord."""
+    return {
+        "data-dir": cfg.data_dir,
+        "partition": cfg.partition,
+        "model": cfg.model,
+        "local-epochs": cfg.local_epochs,
+        "batch-size": cfg.batch_size,
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "train-limit": cfg.train_limit,
+        "corrupt-clients": ",".join(map(str, cfg.corrupt_clients)),
+    }
+
+
+def _partition(config: ConfigRecord, context: Context) -> tuple[int, int]:
+    node = context.node_config
+    return int(node["partition-id"]), int(node["num-partitions"])
+
+
+def corrupt_payload_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Fault injection: corrupt the payload of the partitions listed in ``corrupt-clients``.
+
+    Installed outside :func:`fedzip_mod`; a no-op unless the run asks for it.
+    """
+    reply = call_next(msg, context)
+    config = msg.content.config_records.get("config")
+    targets = str(config.get("corrupt-clients", "")) if config else ""
+    if not targets or reply.has_error() or protocol.PAYLOAD not in reply.content.config_records:
+        return reply
+    partition, _ = _partition(config, context)
+    if partition in {int(t) for t in targets.split(",")}:
+        record = reply.content.config_records[protocol.PAYLOAD]
+        payload = bytearray(record["payload"])
+        rng = np.random.default_rng(int(config.get("server-round", 0)) * 1000 + partition)
+        for index in rng.integers(0, len(payload), size=8):
+            payload[index] ^= 0xA5
+        record["payload"] = bytes(payload)
+    return reply
+
+
+client_app = ClientApp(mods=[corrupt_payload_mod, fedzip_mod])
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    partition, partitions = _partition(config, context)
+    torch.set_num_threads(1)
+    seed = int(config["seed"])
+    dataset = datamod.subset(
+        datamod.load(str(config["data-dir"]) or None), int(config["train-limit"]), 0, seed
+    )
+    indices = datamod.partition_indices(
+        dataset.train_labels.tobytes(), str(config["partition"]), partitions, seed
+    )
+    own = indices[partition]
+    model = models.build(str(config["model"]), dataset.classes)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    round_seed = seed * 100_003 + partition * 1009 + int(config.get("server-round", 0))
+    loss = training.train(
+        model,
+        dataset.train_images[own],
+        dataset.train_labels[own],
+        int(config["local-epochs"]),
+        int(config["batch-size"]),
+        str(config["optimizer"]),
+        float(config["lr"]),
+        round_seed,
+    )
+    metrics = MetricRecord({"train-loss": loss, "num-examples": int(own.size)})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@dataclass
+class RoundRecord:
+    """One row of metrics.csv."""
+
+    round: int
+    accuracy: float
+    loss: float
+    clients: int = 0
+    accepted: int = 0
+    failures: int = 0
+    uplink_bytes: int = 0
+    raw_bytes: int = 0
+    ratio: float = float("nan")
+    cumulative_uplink_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def serve(
+    grid: Grid, cfg: ExperimentConfig, on_round: Callable[[RoundRecord], None] | None = None
+) -> list[RoundRecord]:
+    """Run the experiment's rounds from the server side; evaluation is central."""
+    dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, cfg.test_limit, cfg.seed)
+    model = models.build(cfg.model, dataset.classes, cfg.seed)
+    strategy = FedZipStrategy(
+        FedAvg(
+            fraction_train=cfg.fraction,
+            fraction_evaluate=0.0,
+            min_train_nodes=1,
+            min_available_nodes=cfg.clients,
+        ),
+        compressor=cfg.compressor_config(),
+        error_feedback=cfg.error_feedback,
+    )
+    records: list[RoundRecord] = []
+    clock = [time.perf_counter()]
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        accuracy, loss = training.evaluate(model, dataset.test_images, dataset.test_labels)
+        record = RoundRecord(server_round, accuracy, loss)
+        if server_round > 0 and strategy.history:
+            stats = strategy.history[-1]
+            previous = records[-1].cumulative_uplink_bytes if records else 0
+            record.clients = stats.replies
+            record.accepted = stats.accepted
+            record.failures = len(stats.failures)
+            record.uplink_bytes = stats.uplink_bytes
+            record.raw_bytes = stats.raw_bytes
+            record.ratio = stats.ratio
+            record.cumulative_uplink_bytes = previous + stats.uplink_bytes
+        now = time.perf_counter()
+        record.seconds = now - clock[0]
+        clock[0] = now
+        records.append(record)
+        if on_round:
+            on_round(record)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.rounds,
+        train_config=ConfigRecord(client_settings(cfg)),
+        evaluate_fn=evaluate,
+    )
+    return records
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    """Deployment entry point: settings from the run config, results to ``out``."""
+    from .runner import write_results
+
+    cfg = ExperimentConfig.from_dict(dict(context.run_config))
+    started = time.perf_counter()
+    records = serve(grid, cfg)
+    write_results(Path(cfg.out), cfg, records, time.perf_counter() - started)

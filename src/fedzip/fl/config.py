@@ -1,0 +1,148 @@
+"""Experiment configuration: one dataclass, from CLI options or a TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import parse_partition
+from .models import MODELS
+
+CODEC_NAMES = ("none", "fedzip-huffman", "fedzip-position", "fedzip-dap", "fedzip-auto")
+
+
+def parse_codec(name: str) -> tuple[str, bool]:
+    """``<codec>[+ef]`` -> (codec, error feedback)."""
+    base, plus, suffix = name.partition("+")
+    if base not in CODEC_NAMES or (plus and suffix != "ef"):
+        raise ValueError(
+            f"unknown codec {name!r}; choose from {', '.join(CODEC_NAMES)} (add +ef for error feedback)"
+        )
+    return base, bool(plus)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a run; ``fedzip run --help`` documents each field."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    partition: str = "iid"
+    model: str = "mlp"
+    clients: int = 10
+    fraction: float = 1.0
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    codec: str = "fedzip-dap"
+    keep: float = 0.01
+    clusters: int | str = 3
+    error_feedback: bool = False
+    seed: int = 0
+    train_limit: int = 0  # 0: the whole training split
+    test_limit: int = 0
+    corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
+    out: str = "runs/run"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        parse_partition(self.partition)
+        base, ef = parse_codec(self.codec)
+        if ef:
+            self.codec, self.error_feedback = base, True
+        need(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for name in ("clients", "rounds", "local_epochs", "batch_size"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be an integer >= 1, got {value!r}",
+            )
+        for name in ("train_limit", "test_limit", "seed"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction!r}")
+        need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
+        need(
+            self.clusters == "auto" or (isinstance(self.clusters, int) and 1 <= self.clusters <= 256),
+            f"clusters must be 1..256 or auto, got {self.clusters!r}",
+        )
+        need(
+            all(isinstance(c, int) and 0 <= c < self.clients for c in self.corrupt_clients),
+            f"corrupt_clients must be partition ids in [0, {self.clients}), got {self.corrupt_clients!r}",
+        )
+
+    @property
+    def label(self) -> str:
+        return self.codec + ("+ef" if self.error_feedback else "")
+
+    def compressor_config(self) -> dict[str, Any]:
+        if self.codec == "none":
+            return {"id": "none"}
+        encoding = self.codec.split("-", 1)[1]
+        return {
+            "id": "fedzip",
+            "keep": self.keep,
+            "clusters": self.clusters,
+            "encoding": encoding,
+            "sparsify_1d": False,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        normalised = {key.replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(normalised) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**normalised)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> ExperimentConfig:
+        try:
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+        values = values.get("experiment", values)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def to_toml(self) -> str:
+        lines = ["[experiment]"]
+        for key, value in self.to_dict().items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,136 @@
+"""Run experiments on Flower's simulation engine and write their results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .apps import RoundRecord, serve
+from .config import ExperimentConfig
+from .data import find_data_dir
+
+
+def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
+    rounds = [r for r in records if r.round > 0]
+    uplink = sum(r.uplink_bytes for r in rounds)
+    raw = sum(r.raw_bytes for r in rounds)
+    return {
+        "codec": cfg.label,
+        "rounds": len(rounds),
+        "initial_accuracy": records[0].accuracy if records else None,
+        "final_accuracy": records[-1].accuracy if records else None,
+        "best_accuracy": max((r.accuracy for r in records), default=None),
+        "final_loss": records[-1].loss if records else None,
+        "uplink_bytes": uplink,
+        "raw_bytes": raw,
+        "compression_ratio": raw / uplink if uplink else None,
+        "failures": sum(r.failures for r in rounds),
+        "wall_seconds": round(seconds, 2),
+        "config": cfg.to_dict(),
+    }
+
+
+def write_results(
+    out: Path, cfg: ExperimentConfig, records: list[RoundRecord], seconds: float
+) -> dict[str, Any]:
+    """metrics.csv, summary.json, config.toml and accuracy.png in ``out``."""
+    from .report import plot_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict() for r in records]
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(RoundRecord.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(cfg, records, seconds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "config.toml").write_text(cfg.to_toml())
+    plot_run(records, out / "accuracy.png", title=cfg.label)
+    return summary
+
+
+def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[str, Any]:
+    """One run on Flower's simulation engine (Ray), results written to ``cfg.out``."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .apps import client_app
+
+    find_data_dir(cfg.data_dir or None)  # fail early, with the install hint
+    records: list[RoundRecord] = []
+    errors: list[BaseException] = []
+    progress = Progress(
+        TextColumn("[bold]{task.fields[label]}"),
+        BarColumn(),
+        TextColumn("round {task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
+    task = progress.add_task("run", total=cfg.rounds, label=cfg.label, status="starting")
+
+    def on_round(record: RoundRecord) -> None:
+        status = f"acc {record.accuracy:.4f}"
+        if record.round:
+            status += (
+                f" | up {record.uplink_bytes / 1e6:.3f} MB | {record.ratio:.1f}x | fail {record.failures}"
+            )
+        progress.update(task, completed=record.round, status=status)
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            records.extend(serve(grid, cfg, on_round))
+        except BaseException as exc:  # surfaced after the simulation stops
+            errors.append(exc)
+            raise
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    started = time.perf_counter()
+    try:
+        with progress:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.clients,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"log_to_driver": False, "include_dashboard": False},
+                },
+            )
+    finally:
+        flwr_logger.setLevel(level)
+    if errors:
+        raise RuntimeError(f"the server app failed: {errors[0]}") from errors[0]
+    if len(records) != cfg.rounds + 1:
+        raise RuntimeError(f"the simulation stopped after {max(len(records) - 1, 0)} of {cfg.rounds} rounds")
+    return write_results(Path(cfg.out), cfg, records, time.perf_counter() - started)
+
+
+def compare(
+    cfg: ExperimentConfig, codecs: Sequence[str], out: Path, show_progress: bool = True
+) -> list[dict[str, Any]]:
+    """Run each codec on the same data, partition and seed; write report.md and plots."""
+    from .config import parse_codec
+    from .report import write_report
+
+    summaries = []
+    for name in codecs:
+        codec, feedback = parse_codec(name)
+        run_cfg = cfg.replace(codec=codec, error_feedback=feedback, out=str(out / name.replace("+", "_")))
+        summaries.append(run_experiment(run_cfg, show_progress))
+    write_report(out, summaries)
+    return summaries

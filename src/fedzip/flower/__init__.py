@@ -1,0 +1,13 @@
+"""Flower integration: a client mod that uploads compressed payloads and a
+server strategy wrapper that decodes them.
+
+    from fedzip.flower import FedZipStrategy, fedzip_mod
+
+    client_app = ClientApp(mods=[fedzip_mod])
+    strategy = FedZipStrategy(FedAvg(), compressor=FedZip(keep=0.01), error_feedback=True)
+"""
+
+from .mod import fedzip_mod
+from .strategy import FedZipStrategy, RoundStats
+
+__all__ = ["FedZipStrategy", "RoundStats", "fedzip_mod"]
