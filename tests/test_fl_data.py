@@ -1,0 +1,88 @@
+import gzip
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("flwr_datasets")
+
+from fedzip.fl import data, models
+from fedzip.fl.config import ExperimentConfig
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (600, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(600) % 10)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (100, 28, 28)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(100) % 10)
+    return tmp_path
+
+
+def test_reads_any_directory_of_idx_files(idx_dir):
+    dataset = data.load(str(idx_dir))
+    assert dataset.train_images.shape == (600, 28, 28) and dataset.test_labels.shape == (100,)
+    assert dataset.classes == 10
+
+
+def test_missing_data_names_the_install_command(tmp_path):
+    with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
+        data.find_data_dir(str(tmp_path))
+
+
+def test_malformed_idx_is_a_clear_error(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 5)
+    with pytest.raises(data.DataError, match="does not match"):
+        data.read_idx(tmp_path / "train-images-idx3-ubyte")
+
+
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5", "classes:2"])
+def test_partitions_cover_the_data_without_overlap(spec):
+    labels = np.repeat(np.arange(10), 100)
+    parts = data.partition_indices(labels.tobytes(), spec, 5, 0)
+    joined = np.concatenate(parts)
+    assert len(parts) == 5 and np.unique(joined).size == joined.size
+    if spec == "iid":
+        assert sorted(map(len, parts)) == [200] * 5
+    if spec == "classes:2":
+        assert all(np.unique(labels[p]).size <= 2 for p in parts)
+    again = data.partition_indices(labels.tobytes(), spec, 5, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_invalid_partition_spec():
+    for spec in ["dirichlet:-1", "classes:0", "random", "iid:3"]:
+        with pytest.raises(ValueError, match="invalid partition"):
+            data.parse_partition(spec)
+
+
+def test_paper_cnn_has_the_papers_parameter_count():
+    assert models.parameter_count(models.build("cnn")) == 1_199_882
+    with pytest.raises(ValueError):
+        models.build("resnet")
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = ExperimentConfig(codec="fedzip-dap+ef", clusters="auto", corrupt_clients=[1], rounds=3)
+    assert cfg.codec == "fedzip-dap" and cfg.error_feedback
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    assert ExperimentConfig.from_toml(path) == cfg
+    assert ExperimentConfig.from_toml(path, rounds=7).rounds == 7
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"rounds": 0}, {"model": "vgg"}, {"codec": "zip"}, {"keep": 0}, {"partition": "x"}, {"colour": 1}],
+)
+def test_invalid_configs(values):
+    with pytest.raises(ValueError):
+        ExperimentConfig.from_dict(values)
