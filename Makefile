@@ -1,13 +1,13 @@
-# make demo: install everything, then run the main job.
+# make demo: install everything, then run the main job (FedAvg vs FedZip on Fashion-MNIST).
 # make test: install everything, then lint and run the test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install data test lint demo bench clean
 
-install: $(STAMP)
+install: $(STAMP) data
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,18 +15,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# Fashion-MNIST from Debian's dataset-fashion-mnist (nothing downloads at run time).
+data:
+	bash scripts/install-data.sh
+
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 test: install lint
 	$(BIN)/pytest
 
 demo: install
-	$(BIN)/fedzip bench --out results/bench
+	$(BIN)/fedzip compare --codecs none,fedzip-dap,fedzip-dap+ef --model mlp --clients 10 --rounds 20 \
+		--keep 0.01 --out results/demo
 
 bench: install
-	$(BIN)/python benchmarks/bench_codec.py --out results/bench
+	$(BIN)/fedzip bench --out results/bench
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) results runs .pytest_cache .ruff_cache .hypothesis

@@ -95,7 +95,7 @@ def test_round_trip_through_mod_and_strategy(rng):
     carried = sum(r.count_bytes() for r in replies[0].content.values())
     assert carried * 10 < to_record(model).count_bytes()
 
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    arrays, _ = strategy.aggregate_train(1, replies)
     expected = {
         k: model[k] + 0.25 * codec.approximate(deltas[0])[k] + 0.75 * codec.approximate(deltas[1])[k]
         for k in model
