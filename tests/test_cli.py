@@ -2,6 +2,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 import fedzip
 from fedzip import bench
@@ -62,3 +63,22 @@ def test_inspect_command(tmp_path, capsys):
     path.write_bytes(payload[:-1])
     assert main(["inspect", str(path)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_invalid_options_give_one_line(capsys):
+    def one_line():
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fedzip") and "error" in err and len(err.splitlines()) == 1
+
+    for argv in (["run", "--rounds", "x"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+        one_line()
+    for argv in (
+        ["run", "--partition", "nope"],
+        ["compare", "--codecs", "zip"],
+        ["run", "--config", "missing.toml"],
+    ):
+        assert main(argv) == 2
+        one_line()

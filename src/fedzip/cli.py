@@ -199,10 +199,17 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end in one line (and a pointer to --help), not a usage dump."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedzip", description="Compressed uploads for federated learning.")
+    parser = _Parser(prog="fedzip", description="Compressed uploads for federated learning.")
     parser.add_argument("--version", action="version", version=f"fedzip {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     bench = commands.add_parser("bench", help="codec size, speed and memory next to zstd")
     bench.add_argument(
