@@ -43,7 +43,7 @@ def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
     }
 
 
-def _partition(config: ConfigRecord, context: Context) -> tuple[int, int]:
+def _partition(context: Context) -> tuple[int, int]:
     node = context.node_config
     return int(node["partition-id"]), int(node["num-partitions"])
 
@@ -58,7 +58,7 @@ def corrupt_payload_mod(msg: Message, context: Context, call_next: ClientAppCall
     targets = str(config.get("corrupt-clients", "")) if config else ""
     if not targets or reply.has_error() or protocol.PAYLOAD not in reply.content.config_records:
         return reply
-    partition, _ = _partition(config, context)
+    partition, _ = _partition(context)
     if partition in {int(t) for t in targets.split(",")}:
         record = reply.content.config_records[protocol.PAYLOAD]
         payload = bytearray(record["payload"])
@@ -75,7 +75,7 @@ client_app = ClientApp(mods=[corrupt_payload_mod, fedzip_mod])
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
-    partition, partitions = _partition(config, context)
+    partition, partitions = _partition(context)
     torch.set_num_threads(1)
     seed = int(config["seed"])
     dataset = datamod.subset(

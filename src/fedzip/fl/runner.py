@@ -97,8 +97,9 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[st
 
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.setLevel(logging.ERROR)  # progress shows rounds and failures; details go to metrics.csv
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     started = time.perf_counter()
     try:
         with progress:
