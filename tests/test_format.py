@@ -164,3 +164,22 @@ def test_max_elements_refuses_a_decompression_bomb():
 def test_huge_declared_tensor_without_limit_is_a_format_error_not_memory_error():
     bomb = wire.write([record(shape=(2**62,), kept=0, centroids=np.zeros(0, np.float32))])
     expect_format_error(bomb)
+
+
+def test_a_constant_huffman_tensor_of_absurd_size_is_a_format_error():
+    # one Huffman symbol for every entry costs no bits, so only the declared size stands in the way
+    from fedzip.bitio import BitWriter
+
+    body = BitWriter()
+    body.write(1, 1)  # single symbol
+    body.write(0, 1)  # symbol 0: pruned
+    rec = record(
+        shape=(2**50,),
+        encoding=1,
+        kept=0,
+        centroids=np.zeros(0, np.float32),
+        body_bits=2,
+        body=body.getvalue(),
+    )
+    expect_format_error(wire.write([rec]))
+    expect_format_error(wire.write([rec]), max_elements=10**9)

@@ -211,6 +211,10 @@ def _decode_records(payload: bytes, max_elements: int | None):
             values, position_bits = decoder(rec)
         except FormatError:
             raise
+        except MemoryError as exc:
+            raise FormatError(
+                f"tensor {rec.name!r} declares {rec.size} elements: too many to allocate"
+            ) from exc
         except (ValueError, IndexError, OverflowError) as exc:
             # Every check should have caught a defect before numpy does; if
             # one slips through it is still the payload's fault.

@@ -111,6 +111,12 @@ def read(
     if size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8), 0
     if encoding == HUFFMAN:
+        if size > reader.remaining and kept == 0:
+            # Only a one-symbol stream can hold more entries than bits: all pruned.
+            # Checked without materialising one symbol per entry.
+            if reader.read(1) != 1 or reader.read(huffman.symbol_width(clusters + 1)) != 0:
+                raise FormatError(f"{size} entries declared, only {reader.remaining} bits left")
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8), 0
         symbols = huffman.read_stream(reader, size, clusters + 1)
         positions = np.flatnonzero(symbols)
         if positions.size != kept:

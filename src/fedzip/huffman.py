@@ -114,7 +114,7 @@ def block_width(count: int, max_len: int) -> int:
     return (max_len << block_log2(count)).bit_length()
 
 
-def _symbol_width(alphabet: int) -> int:
+def symbol_width(alphabet: int) -> int:
     return max(alphabet - 1, 0).bit_length()
 
 
@@ -123,7 +123,7 @@ def stream_bits(counts: np.ndarray) -> int:
     counts = np.asarray(counts, dtype=np.int64)
     count = int(counts.sum())
     if np.count_nonzero(counts) < 2:
-        return 1 + _symbol_width(counts.size)
+        return 1 + symbol_width(counts.size)
     lengths = code_lengths(counts)
     nblocks = -(-count >> block_log2(count))
     return (
@@ -140,7 +140,7 @@ def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
     used = np.flatnonzero(counts)
     if used.size < 2:
         writer.write(1, 1)
-        writer.write(int(used[0]) if used.size else 0, _symbol_width(alphabet))
+        writer.write(int(used[0]) if used.size else 0, symbol_width(alphabet))
         return
     writer.write(0, 1)
     lengths = code_lengths(counts)
@@ -164,7 +164,7 @@ def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=np.uint16)
     if reader.read(1):
-        sym = reader.read(_symbol_width(alphabet))
+        sym = reader.read(symbol_width(alphabet))
         if sym >= alphabet:
             raise FormatError(f"symbol {sym} outside an alphabet of {alphabet}")
         return np.full(count, sym, dtype=np.uint16)
