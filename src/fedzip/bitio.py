@@ -74,10 +74,6 @@ class BitWriter:
             self._pieces.append(bits)
             self.nbits += bits.size
 
-    def mark(self) -> int:
-        """Current length in bits, for size accounting."""
-        return self.nbits
-
     def getvalue(self) -> bytes:
         if not self._pieces:
             return b""
