@@ -19,24 +19,19 @@ except DataError:
     pytest.skip("Fashion-MNIST is not installed (make data)", allow_module_level=True)
 
 
+def small_run(tmp_path, **changes):
+    """Three rounds of FedZip (dap, error feedback) on a slice of Fashion-MNIST."""
+    settings = dict(rounds=3, test_limit=1000, codec="fedzip-dap", error_feedback=True, out=str(tmp_path))
+    return ExperimentConfig(**{**settings, **changes})
+
+
 def read_metrics(out):
     with open(out / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
 
 def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
-    cfg = ExperimentConfig(
-        model="mlp",
-        clients=3,
-        rounds=3,
-        train_limit=3000,
-        test_limit=1000,
-        codec="fedzip-dap",
-        keep=0.05,
-        error_feedback=True,
-        corrupt_clients=[1],
-        out=str(tmp_path),
-    )
+    cfg = small_run(tmp_path, model="mlp", clients=3, train_limit=3000, keep=0.05, corrupt_clients=[1])
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
@@ -68,19 +63,7 @@ def test_compare_writes_a_report(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_paper_cnn_learns_with_fedzip(tmp_path):
-    cfg = ExperimentConfig(
-        model="cnn",
-        clients=2,
-        rounds=3,
-        train_limit=2000,
-        test_limit=1000,
-        batch_size=10,
-        lr=0.02,
-        codec="fedzip-dap",
-        keep=0.01,
-        error_feedback=True,
-        out=str(tmp_path),
-    )
+    cfg = small_run(tmp_path, model="cnn", clients=2, train_limit=2000, batch_size=10, lr=0.02, keep=0.01)
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     accuracies = [float(r["accuracy"]) for r in rows]

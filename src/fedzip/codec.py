@@ -185,17 +185,12 @@ def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     positions, labels, position_bits = encodings.read(reader, rec.encoding, rec.size, rec.kept, clusters)
     if reader.pos != rec.body_bits:
         raise FormatError(f"tensor {rec.name!r}: {rec.body_bits - reader.pos} unused bits in the body")
-    try:
-        values = np.zeros(rec.size, dtype=rec.dtype)
-    except MemoryError as exc:
-        raise FormatError(f"tensor {rec.name!r} declares {rec.size} elements: too many to allocate") from exc
     with np.errstate(over="ignore"):
         levels = rec.centroids.astype(rec.dtype)
     if not np.all(np.isfinite(levels)):
         raise FormatError(f"tensor {rec.name!r}: centroids overflow {rec.dtype}")
-    if rec.kept:
-        values[positions] = levels[labels]
-    return values, position_bits
+    values = Quantized(rec.shape, rec.dtype, positions, labels, rec.centroids).dense()
+    return values.reshape(-1), position_bits
 
 
 for _encoding, _name in encodings.NAMES.items():

@@ -35,33 +35,40 @@ def plot_run(records, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _plot_runs(
+    series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, title: str, log_x: bool = False
+) -> None:
+    """One line of (x, accuracy) points per run, on one figure."""
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        axis.plot(*zip(*points, strict=True), marker="o", label=label)
+    if log_x:
+        axis.set_xscale("log")
+    axis.set(xlabel=xlabel, ylabel="test accuracy", title=title)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(out: Path, summaries: Sequence[dict[str, Any]]) -> Path:
     """report.md with a table, plus accuracy_vs_round.png and accuracy_vs_uplink.png."""
     out.mkdir(parents=True, exist_ok=True)
     runs = {s["codec"]: _read_metrics(Path(s["config"]["out"])) for s in summaries}
-    fig, axis = plt.subplots(figsize=(6, 4))
-    for label, rows in runs.items():
-        axis.plot([r["round"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
-    axis.set(xlabel="round", ylabel="test accuracy", title="accuracy per round")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_round.png", dpi=110)
-    plt.close(fig)
-
-    fig, axis = plt.subplots(figsize=(6, 4))
-    for label, rows in runs.items():
-        points = [(r["cumulative_uplink_bytes"] / 1e6, r["accuracy"]) for r in rows if r["round"] > 0]
-        axis.plot(*zip(*points, strict=True), marker="o", label=label)
-    axis.set_xscale("log")
-    axis.set(
-        xlabel="cumulative uplink (MB, log scale)", ylabel="test accuracy", title="accuracy vs bytes sent"
+    rounds = {label: [(r["round"], r["accuracy"]) for r in rows] for label, rows in runs.items()}
+    _plot_runs(rounds, out / "accuracy_vs_round.png", "round", "accuracy per round")
+    uplink = {
+        label: [(r["cumulative_uplink_bytes"] / 1e6, r["accuracy"]) for r in rows if r["round"] > 0]
+        for label, rows in runs.items()
+    }
+    _plot_runs(
+        uplink,
+        out / "accuracy_vs_uplink.png",
+        "cumulative uplink (MB, log scale)",
+        "accuracy vs bytes sent",
+        log_x=True,
     )
-    axis.grid(alpha=0.3, which="both")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_uplink.png", dpi=110)
-    plt.close(fig)
 
     first = summaries[0]["config"]
     lines = [

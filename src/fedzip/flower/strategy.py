@@ -140,15 +140,11 @@ class FedZipStrategy(Strategy):
             raise ValueError("the payload's tensor names do not match the global model")
         trained = {}
         for name, base in reference.items():
-            if name in passthrough:
-                value = passthrough[name]
-            else:
-                delta = update[name]
-                if delta.shape != base.shape:
-                    raise ValueError(f"tensor {name!r} has shape {delta.shape}, the model has {base.shape}")
-                value = (base + delta).astype(base.dtype, copy=False)
+            value = passthrough[name] if name in passthrough else update[name]
             if value.shape != base.shape:
                 raise ValueError(f"tensor {name!r} has shape {value.shape}, the model has {base.shape}")
+            if name not in passthrough:
+                value = (base + value).astype(base.dtype, copy=False)
             trained[name] = value
         array_key = str(record["array-record"])
         del reply.content[protocol.PAYLOAD]
