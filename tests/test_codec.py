@@ -215,3 +215,24 @@ def test_config_round_trip_and_registry():
         fedzip.get_compressor("nope")
     with pytest.raises(ValueError, match="unknown option"):
         fedzip.get_compressor({"id": "fedzip", "level": 3})
+
+
+@pytest.mark.parametrize("source", ["huffman", "position", "dap"])
+def test_transcode_is_lossless_and_matches_a_direct_encode(rng, source):
+    update = paper_like_update(rng)
+    payload = fedzip.FedZip(keep=0.05, encoding=source).encode(update)
+    restored = fedzip.decode(payload)
+    for target in ("huffman", "position", "dap", "auto"):
+        other = fedzip.transcode(payload, target)
+        assert other == fedzip.FedZip(keep=0.05, encoding=target).encode(update)
+        assert_same(fedzip.decode(other), restored)
+
+
+def test_transcode_refuses_what_it_cannot_do(rng):
+    update = paper_like_update(rng)
+    with pytest.raises(ValueError, match="only FedZip tensors"):
+        fedzip.transcode(fedzip.get_compressor("signsgd").encode(update), "dap")
+    with pytest.raises(ValueError, match="encoding must be"):
+        fedzip.transcode(fedzip.FedZip().encode(update), "zip")
+    with pytest.raises(fedzip.FormatError):
+        fedzip.transcode(fedzip.FedZip().encode(update)[:-1], "dap")

@@ -6,8 +6,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("flwr_datasets")
 
+from fedzip import get_compressor
 from fedzip.fl import data, models
-from fedzip.fl.config import ExperimentConfig
+from fedzip.fl.config import CODEC_NAMES, ExperimentConfig
 
 
 def write_idx(path, array):
@@ -81,8 +82,32 @@ def test_config_round_trips_through_toml(tmp_path):
 
 @pytest.mark.parametrize(
     "values",
-    [{"rounds": 0}, {"model": "vgg"}, {"codec": "zip"}, {"keep": 0}, {"partition": "x"}, {"colour": 1}],
+    [
+        {"rounds": 0},
+        {"model": "vgg"},
+        {"codec": "zip"},
+        {"codec": "stc+ec"},
+        {"keep": 0},
+        {"partition": "x"},
+        {"colour": 1},
+        {"levels": 0},
+        {"link": "5g"},
+    ],
 )
 def test_invalid_configs(values):
     with pytest.raises(ValueError):
         ExperimentConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_every_codec_name_builds_its_compressor(codec):
+    cfg = ExperimentConfig(codec=codec, keep=0.05, levels=4)
+    compressor = get_compressor(cfg.compressor_config())
+    assert compressor.codec_id == codec.split("-")[0]
+    assert getattr(compressor, "keep", 0.05) == 0.05 and getattr(compressor, "levels", 4) == 4
+
+
+def test_stc_always_accumulates_its_residual():
+    cfg = ExperimentConfig(codec="stc")
+    assert cfg.error_feedback and cfg.label == "stc"
+    assert ExperimentConfig(codec="signsgd+ef").label == "signsgd+ef"

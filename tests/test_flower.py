@@ -158,3 +158,37 @@ def test_other_messages_pass_through(rng):
     called = []
     fedzip_mod(msg, context(0), lambda m, c: called.append(m) or m)
     assert called == [msg]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"id": "fp16"},
+        {"id": "topk", "keep": 0.05},
+        {"id": "qsgd", "levels": 8, "seed": 4},
+        {"id": "signsgd"},
+        {"id": "stc", "keep": 0.05},
+    ],
+)
+def test_baselines_travel_through_mod_and_strategy(rng, config):
+    model = global_model(rng)
+    delta = {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()}
+    seen = []
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=config,
+        error_feedback=True,
+        on_payload=lambda rnd, payload: seen.append((rnd, payload)),
+    )
+    ctx = context(0)
+    replies = run_round(strategy, model, [make_client(delta, 10)], [ctx])
+    arrays, _ = strategy.aggregate_train(1, replies)
+    ((rnd, payload),) = seen
+    sent = fedzip.decode(payload)
+    for k in model:
+        np.testing.assert_allclose(arrays[k].numpy(), model[k] + sent[k], rtol=1e-6, atol=1e-7)
+        # error feedback: what was not sent waits in the node's state
+        residual = ctx.state.array_records[protocol.RESIDUAL][k].numpy()
+        np.testing.assert_allclose(residual, delta[k] - sent[k], atol=1e-6)
+    stats = strategy.history[-1]
+    assert rnd == 1 and stats.accepted == 1 and stats.payload_bytes == len(payload)

@@ -47,17 +47,23 @@ def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
 
 
 def test_compare_writes_a_report(tmp_path, capsys):
-    args = ["compare", "--codecs", "none,fedzip-dap", "--model", "mlp", "--clients", "2", "--rounds", "2"]
-    args += ["--train-limit", "2000", "--test-limit", "500", "--out", str(tmp_path)]
+    args = ["compare", "--codecs", "none,stc,fedzip-dap+ef", "--model", "mlp", "--clients", "2"]
+    args += ["--rounds", "2", "--train-limit", "2000", "--test-limit", "500", "--out", str(tmp_path)]
     assert main(args) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "| none |" in report and "| fedzip-dap |" in report
+    assert "| none |" in report and "| stc |" in report and "| fedzip-dap+ef |" in report
+    assert "## To reach" in report and "upload J/client/round" in report
     for name in ("accuracy_vs_round.png", "accuracy_vs_uplink.png"):
         assert (tmp_path / name).stat().st_size > 0
     none = json.loads((tmp_path / "none" / "summary.json").read_text())
-    dap = json.loads((tmp_path / "fedzip-dap" / "summary.json").read_text())
+    stc = json.loads((tmp_path / "stc" / "summary.json").read_text())
+    dap = json.loads((tmp_path / "fedzip-dap_ef" / "summary.json").read_text())
     assert 0.9 < none["compression_ratio"] < 1.1
     assert dap["uplink_bytes"] * 100 < none["uplink_bytes"]
+    assert stc["config"]["error_feedback"] and stc["payload_compression_rate"] > 100
+    sizes = dap["encoding_payload_bytes"]
+    assert sizes["dap"] == dap["payload_bytes"] < sizes["position"] < sizes["huffman"]
+    assert dap["upload_energy_saved_percent"] > 99 > dap["radio_energy_saved_percent"]
     assert "report:" in capsys.readouterr().out
 
 

@@ -1,7 +1,7 @@
 """fedzip: compressed uploads for federated learning (FedZip and baselines)."""
 
 from .abc import Compressor
-from .codec import FedZip, Inspection, TensorReport, decode, inspect
+from .codec import FedZip, Inspection, TensorReport, decode, inspect, transcode
 from .compressors import NoCompression
 from .errors import FormatError
 from .feedback import ErrorFeedback
@@ -23,4 +23,5 @@ __all__ = [
     "get_compressor",
     "inspect",
     "register",
+    "transcode",
 ]

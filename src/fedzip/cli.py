@@ -136,8 +136,10 @@ _EXPERIMENT_OPTIONS = (
     ("--batch-size", int, "local batch size (default 32)"),
     ("--optimizer", str, "sgd (default) or adam"),
     ("--lr", float, "learning rate (default 0.05)"),
-    ("--keep", float, "FedZip: fraction of entries kept per tensor (default 0.01)"),
-    ("--clusters", _clusters, "FedZip: 1..256 or auto (default 3)"),
+    ("--keep", float, "fedzip, topk, stc: fraction of entries kept per tensor (default 0.01)"),
+    ("--clusters", _clusters, "fedzip: 1..256 or auto (default 3)"),
+    ("--levels", int, "qsgd: quantisation levels, 1..255 (default 16)"),
+    ("--link", str, "radio link of the energy estimate: lte (default), wifi or 3g"),
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),
     ("--train-limit", int, "use a random subset of this many training examples (0: all)"),
     ("--test-limit", int, "use a random subset of this many test examples (0: all)"),
@@ -173,7 +175,6 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-
     from .fl.config import parse_codec
     from .fl.runner import compare
 
@@ -184,7 +185,9 @@ def _compare(args: argparse.Namespace) -> None:
         parse_codec(codec)
     cfg = _experiment_config(args)
     out = Path(args.out)
-    compare(cfg, codecs, out)
+    if args.target is not None and not 0 < args.target <= 1:
+        raise CliError(f"--target is an accuracy in (0, 1], got {args.target}")
+    compare(cfg, codecs, out, target=args.target)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'}")
 
@@ -226,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="one federated run on Flower's simulation engine")
     _add_experiment_options(run)
     run.add_argument(
-        "--codec", help="none, fedzip-huffman, fedzip-position, fedzip-dap (default) or fedzip-auto"
+        "--codec",
+        help="none, fp16, topk, qsgd, signsgd, stc, fedzip-huffman, fedzip-position, "
+        "fedzip-dap (default) or fedzip-auto; +ef adds error feedback",
     )
     run.add_argument(
         "--error-feedback",
@@ -243,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--codecs",
         default="none,fedzip-huffman,fedzip-position,fedzip-dap",
         help="comma-separated; +ef adds error feedback",
+    )
+    comp.add_argument(
+        "--target",
+        type=float,
+        help="accuracy for the rounds/bytes-to-target table (default: FedAvg's final accuracy - 0.01)",
     )
     comp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     comp.set_defaults(func=_compare)

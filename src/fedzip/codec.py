@@ -85,21 +85,18 @@ class FedZip(Compressor):
         return self._encode(quantized), {name: q.dense() for name, q in quantized.items()}
 
     def _encode(self, quantized: dict[str, Quantized]) -> bytes:
-        records = []
-        for name, q in quantized.items():
-            label_plan = huffman.plan_labels(q.labels, q.centroids.size)
-            if self.encoding == "auto":
-                encoding = min(encodings.NAMES, key=lambda e: encodings.plan(e, q, label_plan))
-            else:
-                encoding = encodings.IDS[self.encoding]
-            writer = BitWriter()
-            encodings.write(writer, encoding, q, label_plan)
-            records.append(
-                wire.Record(
-                    name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue()
-                )
-            )
-        return wire.write(records)
+        return wire.write([_record(name, q, self.encoding) for name, q in quantized.items()])
+
+
+def _record(name: str, q: Quantized, encoding_name: str) -> wire.Record:
+    label_plan = huffman.plan_labels(q.labels, q.centroids.size)
+    if encoding_name == "auto":
+        encoding = min(encodings.NAMES, key=lambda e: encodings.plan(e, q, label_plan))
+    else:
+        encoding = encodings.IDS[encoding_name]
+    writer = BitWriter()
+    encodings.write(writer, encoding, q, label_plan)
+    return wire.Record(name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,8 @@ def register_body(encoding: int, decoder: BodyDecoder, name: str) -> None:
     ENCODING_NAMES[encoding] = name
 
 
-def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
+def _read_quantized(rec: wire.Record) -> tuple[Quantized, int]:
+    """The quantized tensor a FedZip record carries, and the bits spent on positions."""
     clusters = rec.centroids.size
     if clusters > MAX_CLUSTERS or (clusters == 0) != (rec.kept == 0):
         raise FormatError(f"tensor {rec.name!r}: {clusters} centroids for {rec.kept} kept entries")
@@ -189,8 +187,32 @@ def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
         levels = rec.centroids.astype(rec.dtype)
     if not np.all(np.isfinite(levels)):
         raise FormatError(f"tensor {rec.name!r}: centroids overflow {rec.dtype}")
-    values = Quantized(rec.shape, rec.dtype, positions, labels, rec.centroids).dense()
-    return values.reshape(-1), position_bits
+    return Quantized(rec.shape, rec.dtype, positions, labels, rec.centroids), position_bits
+
+
+def _fedzip_body(rec: wire.Record) -> tuple[np.ndarray, int]:
+    quantized, position_bits = _read_quantized(rec)
+    return quantized.dense().reshape(-1), position_bits
+
+
+def transcode(payload: bytes, encoding: str, max_elements: int | None = None) -> bytes:
+    """The same FedZip payload in another ``encoding``; it decodes to identical arrays.
+
+    The three encodings are lossless codes of one quantized update, so this
+    tells what an update would have cost in each without re-running the
+    sparsifier and k-means. Raises :class:`FormatError` for a malformed
+    payload, ``ValueError`` for one that holds non-FedZip tensors.
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+    records = []
+    for rec in wire.read(payload, max_elements=max_elements):
+        if rec.encoding not in encodings.NAMES:
+            kind = ENCODING_NAMES.get(rec.encoding, f"encoding id {rec.encoding}")
+            raise ValueError(f"tensor {rec.name!r} is a {kind} tensor; only FedZip tensors can be transcoded")
+        quantized, _ = _read_quantized(rec)
+        records.append(_record(rec.name, quantized, encoding))
+    return wire.write(records)
 
 
 for _encoding, _name in encodings.NAMES.items():

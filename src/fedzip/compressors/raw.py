@@ -10,7 +10,7 @@ from ..codec import register_body
 from ..errors import FormatError
 from ..registry import register
 
-RAW = 16
+ENCODING_ID = 16
 
 
 @register
@@ -32,7 +32,9 @@ class NoCompression(Compressor):
             body = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             empty = np.zeros(0, np.float32)
             records.append(
-                wire.Record(name, array.dtype, array.shape, RAW, array.size, empty, 8 * len(body), body)
+                wire.Record(
+                    name, array.dtype, array.shape, ENCODING_ID, array.size, empty, 8 * len(body), body
+                )
             )
         return wire.write(records)
 
@@ -45,4 +47,4 @@ def _raw_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return values, 0
 
 
-register_body(RAW, _raw_body, "raw")
+register_body(ENCODING_ID, _raw_body, "raw")

@@ -21,10 +21,13 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from ..codec import transcode
 from ..flower import FedZipStrategy, fedzip_mod, protocol
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
+
+TRANSCODED = ("huffman", "position", "dap")
 
 
 def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
@@ -112,10 +115,15 @@ class RoundRecord:
     clients: int = 0
     accepted: int = 0
     failures: int = 0
-    uplink_bytes: int = 0
-    raw_bytes: int = 0
+    uplink_bytes: int = 0  # the replies as Flower carried them (payload, keys, metrics)
+    raw_bytes: int = 0  # the same replies with float32 weights
     ratio: float = float("nan")
     cumulative_uplink_bytes: int = 0
+    payload_bytes: int = 0  # len() of the compressed payloads alone
+    # FedZip runs: the same payloads transcoded to each encoding (lossless, so same accuracy)
+    huffman_bytes: int = 0
+    position_bytes: int = 0
+    dap_bytes: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -128,6 +136,12 @@ def serve(
     """Run the experiment's rounds from the server side; evaluation is central."""
     dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, cfg.test_limit, cfg.seed)
     model = models.build(cfg.model, dataset.classes, cfg.seed)
+    transcoded: dict[str, int] = dict.fromkeys(TRANSCODED, 0)
+
+    def measure_encodings(server_round: int, payload: bytes) -> None:
+        for encoding in TRANSCODED:
+            transcoded[encoding] += len(transcode(payload, encoding))
+
     strategy = FedZipStrategy(
         FedAvg(
             fraction_train=cfg.fraction,
@@ -137,6 +151,7 @@ def serve(
         ),
         compressor=cfg.compressor_config(),
         error_feedback=cfg.error_feedback,
+        on_payload=measure_encodings if cfg.codec.startswith("fedzip") else None,
     )
     records: list[RoundRecord] = []
     clock = [time.perf_counter()]
@@ -155,6 +170,10 @@ def serve(
             record.raw_bytes = stats.raw_bytes
             record.ratio = stats.ratio
             record.cumulative_uplink_bytes = previous + stats.uplink_bytes
+            record.payload_bytes = stats.payload_bytes
+            for encoding, size in transcoded.items():
+                setattr(record, f"{encoding}_bytes", size)
+        transcoded.update(dict.fromkeys(TRANSCODED, 0))
         now = time.perf_counter()
         record.seconds = now - clock[0]
         clock[0] = now

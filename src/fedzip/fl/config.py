@@ -8,20 +8,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..energy import get_link
 from .data import parse_partition
 from .models import MODELS
 
-CODEC_NAMES = ("none", "fedzip-huffman", "fedzip-position", "fedzip-dap", "fedzip-auto")
+CODEC_NAMES = (
+    "none",
+    "fp16",
+    "topk",
+    "qsgd",
+    "signsgd",
+    "stc",
+    "fedzip-huffman",
+    "fedzip-position",
+    "fedzip-dap",
+    "fedzip-auto",
+)
+# Codecs whose algorithm includes residual accumulation: always run with error feedback.
+ALWAYS_EF = ("stc",)
 
 
 def parse_codec(name: str) -> tuple[str, bool]:
-    """``<codec>[+ef]`` -> (codec, error feedback)."""
+    """``<codec>[+ef]`` -> (codec, error feedback); ``stc`` always has it."""
     base, plus, suffix = name.partition("+")
     if base not in CODEC_NAMES or (plus and suffix != "ef"):
         raise ValueError(
             f"unknown codec {name!r}; choose from {', '.join(CODEC_NAMES)} (add +ef for error feedback)"
         )
-    return base, bool(plus)
+    return base, bool(plus) or base in ALWAYS_EF
 
 
 @dataclass
@@ -42,6 +56,8 @@ class ExperimentConfig:
     codec: str = "fedzip-dap"
     keep: float = 0.01
     clusters: int | str = 3
+    levels: int = 16  # qsgd
+    link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
     error_feedback: bool = False
     seed: int = 0
     train_limit: int = 0  # 0: the whole training split
@@ -76,6 +92,11 @@ class ExperimentConfig:
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
         need(
+            isinstance(self.levels, int) and 1 <= self.levels <= 255,
+            f"levels must be an integer from 1 to 255, got {self.levels!r}",
+        )
+        get_link(self.link)
+        need(
             self.clusters == "auto" or (isinstance(self.clusters, int) and 1 <= self.clusters <= 256),
             f"clusters must be 1..256 or auto, got {self.clusters!r}",
         )
@@ -86,11 +107,15 @@ class ExperimentConfig:
 
     @property
     def label(self) -> str:
-        return self.codec + ("+ef" if self.error_feedback else "")
+        return self.codec + ("+ef" if self.error_feedback and self.codec not in ALWAYS_EF else "")
 
     def compressor_config(self) -> dict[str, Any]:
-        if self.codec == "none":
-            return {"id": "none"}
+        if self.codec in ("none", "fp16", "signsgd"):
+            return {"id": self.codec}
+        if self.codec in ("topk", "stc"):
+            return {"id": self.codec, "keep": self.keep}
+        if self.codec == "qsgd":
+            return {"id": "qsgd", "levels": self.levels}
         encoding = self.codec.split("-", 1)[1]
         return {
             "id": "fedzip",

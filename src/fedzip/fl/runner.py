@@ -11,16 +11,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .apps import RoundRecord, serve
+from ..energy import get_link, saved_percent
+from .apps import TRANSCODED, RoundRecord, serve
 from .config import ExperimentConfig
 from .data import find_data_dir
 
 
 def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
+    """Totals of a run: accuracy, bytes, compression and client radio energy."""
+    from .models import build, parameter_count
+
     rounds = [r for r in records if r.round > 0]
     uplink = sum(r.uplink_bytes for r in rounds)
     raw = sum(r.raw_bytes for r in rounds)
-    return {
+    payload = sum(r.payload_bytes for r in rounds)
+    accepted = sum(r.accepted for r in rounds)
+    model_bytes = 4 * parameter_count(build(cfg.model))
+    link = get_link(cfg.link)
+    per_reply = uplink / accepted if accepted else 0.0
+    per_reply_raw = raw / accepted if accepted else 0.0
+    upload_j = link.upload_joules(round(per_reply))
+    float32_j = link.upload_joules(round(per_reply_raw))
+    download_j = link.download_joules(model_bytes)  # the global model travels uncompressed
+    summary = {
         "codec": cfg.label,
         "rounds": len(rounds),
         "initial_accuracy": records[0].accuracy if records else None,
@@ -30,10 +43,25 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "uplink_bytes": uplink,
         "raw_bytes": raw,
         "compression_ratio": raw / uplink if uplink else None,
+        "payload_bytes": payload,
+        "payload_compression_rate": accepted * model_bytes / payload if payload else None,
+        "model_bytes": model_bytes,
+        "bandwidth_saved_percent": saved_percent(raw, uplink),
+        "link": link.name,
+        "upload_joules_per_client_round": upload_j,
+        "float32_upload_joules_per_client_round": float32_j,
+        "upload_energy_saved_percent": saved_percent(float32_j, upload_j),
+        "download_joules_per_client_round": download_j,
+        "radio_energy_saved_percent": saved_percent(float32_j + download_j, upload_j + download_j),
         "failures": sum(r.failures for r in rounds),
         "wall_seconds": round(seconds, 2),
         "config": cfg.to_dict(),
     }
+    if cfg.codec.startswith("fedzip"):
+        summary["encoding_payload_bytes"] = {
+            encoding: sum(getattr(r, f"{encoding}_bytes") for r in rounds) for encoding in TRANSCODED
+        }
+    return summary
 
 
 def write_results(
@@ -122,7 +150,11 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[st
 
 
 def compare(
-    cfg: ExperimentConfig, codecs: Sequence[str], out: Path, show_progress: bool = True
+    cfg: ExperimentConfig,
+    codecs: Sequence[str],
+    out: Path,
+    show_progress: bool = True,
+    target: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run each codec on the same data, partition and seed; write report.md and plots."""
     from .config import parse_codec
@@ -133,5 +165,5 @@ def compare(
         codec, feedback = parse_codec(name)
         run_cfg = cfg.replace(codec=codec, error_feedback=feedback, out=str(out / name.replace("+", "_")))
         summaries.append(run_experiment(run_cfg, show_progress))
-    write_report(out, summaries)
+    write_report(out, summaries, target)
     return summaries

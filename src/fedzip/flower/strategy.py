@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -31,6 +31,7 @@ class RoundStats:
     failures: list[str] = field(default_factory=list)
     uplink_bytes: int = 0  # Flower's count_bytes() of every accepted reply, as carried
     raw_bytes: int = 0  # count_bytes() of the same replies with their weights uncompressed
+    payload_bytes: int = 0  # len() of the accepted payloads alone
 
     @property
     def ratio(self) -> float:
@@ -50,6 +51,7 @@ class FedZipStrategy(Strategy):
     model's names and shapes, turned back into trained weights and handed to
     the inner strategy. A reply that fails is logged, counted in
     :attr:`history`, and left out; the round aggregates the rest.
+    ``on_payload(round, payload)`` is called for every accepted payload.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class FedZipStrategy(Strategy):
         strategy: Strategy | None = None,
         compressor: Compressor | Mapping[str, Any] | str | None = None,
         error_feedback: bool = False,
+        on_payload: Callable[[int, bytes], None] | None = None,
     ) -> None:
         super().__init__()
         self.strategy = strategy if strategy is not None else FedAvg()
@@ -64,6 +67,7 @@ class FedZipStrategy(Strategy):
             compressor = FedZip()
         self.compressor = compressor if isinstance(compressor, Compressor) else get_compressor(compressor)
         self.error_feedback = bool(error_feedback)
+        self.on_payload = on_payload
         self.history: list[RoundStats] = []
         self._current: ArrayRecord | None = None
 
@@ -100,7 +104,7 @@ class FedZipStrategy(Strategy):
                 continue
             carried = _content_bytes(reply)
             try:
-                self._restore(reply, reference, max_elements)
+                payload = self._restore(reply, reference, max_elements)
             except (FormatError, ValueError, KeyError, TypeError) as exc:
                 reason = f"node {reply.metadata.src_node_id}: {exc}"
                 log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, reason)
@@ -109,6 +113,9 @@ class FedZipStrategy(Strategy):
             stats.accepted += 1
             stats.uplink_bytes += carried
             stats.raw_bytes += _content_bytes(reply)
+            stats.payload_bytes += len(payload)
+            if self.on_payload is not None:
+                self.on_payload(server_round, payload)
             accepted.append(reply)
         self.history.append(stats)
         log(
@@ -124,8 +131,8 @@ class FedZipStrategy(Strategy):
             return None, None
         return self.strategy.aggregate_train(server_round, accepted)
 
-    def _restore(self, reply: Message, reference: dict[str, np.ndarray], max_elements: int) -> None:
-        """Replace the payload in ``reply`` by the client's trained weights."""
+    def _restore(self, reply: Message, reference: dict[str, np.ndarray], max_elements: int) -> bytes:
+        """Replace the payload in ``reply`` by the client's trained weights; return the payload."""
         if protocol.PAYLOAD not in reply.content.config_records:
             raise ValueError("the reply carries no fedzip payload (is fedzip_mod installed on the client?)")
         record = reply.content.config_records[protocol.PAYLOAD]
@@ -150,6 +157,7 @@ class FedZipStrategy(Strategy):
         del reply.content[protocol.PAYLOAD]
         reply.content.pop(protocol.PASSTHROUGH, None)
         reply.content[array_key] = protocol.to_record(trained)
+        return payload
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,0 +1,262 @@
+"""The baseline compressors: real payloads, exact decoding, their papers' semantics."""
+
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fedzip
+from conftest import heavy_tailed
+from fedzip import wire
+from fedzip.compressors import QSGD, STC, Float16, SignSGD, TopK
+from fedzip.compressors.stc import golomb_parameter
+
+BASELINES = [
+    Float16(),
+    TopK(keep=0.01),
+    TopK(keep=1.0),
+    QSGD(levels=16, bucket=512, seed=1),
+    QSGD(levels=1, bucket=7, seed=2),
+    SignSGD(),
+    STC(keep=0.0025),
+    STC(keep=0.3),
+]
+IDS = [repr(c) for c in BASELINES]
+
+
+def update_of(rng, dtype=np.float32):
+    return {
+        "conv": heavy_tailed(rng, (32, 16, 3, 3), dtype),
+        "fc": heavy_tailed(rng, (300, 200), dtype),
+        "bias": heavy_tailed(rng, (32,), dtype),
+        "empty": np.zeros((0, 4), dtype),
+        "scalar": np.asarray(0.25, dtype),
+    }
+
+
+@pytest.mark.parametrize("codec", BASELINES, ids=IDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_decode_is_exactly_what_the_encoder_reconstructs(rng, codec, dtype):
+    update = update_of(rng, dtype)
+    payload, sent = codec.encode_with_approximation(update)
+    restored = fedzip.decode(payload)
+    assert list(restored) == list(update)
+    for name, array in update.items():
+        assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
+        np.testing.assert_array_equal(restored[name], sent[name])
+    assert fedzip.inspect(payload).total_bytes == len(payload)
+
+
+@pytest.mark.parametrize("codec", BASELINES, ids=IDS)
+def test_config_round_trip(codec):
+    config = codec.get_config()
+    assert fedzip.get_compressor(config) == codec
+    with pytest.raises(ValueError, match="unknown option"):
+        fedzip.get_compressor({**config, "bogus": 1})
+
+
+@pytest.mark.parametrize("codec", BASELINES, ids=IDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_are_rejected(codec, bad):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        codec.encode({"w": np.array([1.0, bad], np.float32)})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"id": "topk", "keep": 0},
+        {"id": "topk", "keep": 1.5},
+        {"id": "stc", "keep": True},
+        {"id": "qsgd", "levels": 0},
+        {"id": "qsgd", "levels": 256},
+        {"id": "qsgd", "bucket": 0},
+        {"id": "qsgd", "seed": -1},
+    ],
+)
+def test_bad_options_raise_value_error(config):
+    with pytest.raises(ValueError, match=r"must be"):
+        fedzip.get_compressor(config)
+
+
+def test_every_baseline_is_registered():
+    assert {"none", "fp16", "topk", "qsgd", "signsgd", "stc", "fedzip"} <= set(fedzip.available())
+
+
+def test_fp16_halves_the_bytes_and_refuses_what_it_cannot_hold(rng):
+    x = heavy_tailed(rng, (1000, 100))
+    payload = Float16().encode({"x": x})
+    assert 2 * x.size <= len(payload) < 2 * x.size + 64
+    np.testing.assert_array_equal(fedzip.decode(payload)["x"], x.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="float16"):
+        Float16().encode({"x": np.array([1e6], np.float32)})
+
+
+def test_topk_sends_the_largest_entries_exactly(rng):
+    x = heavy_tailed(rng, (1000, 50))
+    out = fedzip.decode(TopK(keep=0.02).encode({"x": x}))["x"]
+    kept = np.flatnonzero(out)
+    assert kept.size == 1000
+    np.testing.assert_array_equal(out.reshape(-1)[kept], x.reshape(-1)[kept])
+    assert np.abs(x).reshape(-1)[kept].min() >= np.abs(np.delete(x.reshape(-1), kept)).max()
+    # 32-bit index + 32-bit value per kept entry, plus the record header
+    size = len(TopK(keep=0.02).encode({"x": x}))
+    assert 8000 <= size < 8000 + 64
+
+
+def test_qsgd_levels_and_norms():
+    x = np.array([3.0, -4.0, 0.0, 1.0, -1.0, 2.0], np.float32)
+    out = fedzip.decode(QSGD(levels=4, bucket=2, seed=0).encode({"x": x}))["x"]
+    norms = np.repeat([5.0, 1.0, np.hypot(1, 2)], 2).astype(np.float32)
+    steps = out / norms * 4
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-5)  # multiples of norm / levels
+    assert np.all(np.abs(steps) <= 4 + 1e-6) and np.all(np.sign(out) * np.sign(x) >= 0)
+    assert np.all(np.abs(np.abs(steps) - np.abs(x) / norms * 4) < 1 + 1e-5)  # rounded up or down
+    assert out[2] == 0
+
+
+def test_qsgd_is_unbiased_and_seeded(rng):
+    x = {"x": rng.normal(size=64).astype(np.float32)}
+    codec = QSGD(levels=2, bucket=16, seed=3)
+    draws = np.stack([codec.approximate(x)["x"] for _ in range(3000)])
+    spread = draws.std(axis=0) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - x["x"]) <= 5 * spread + 1e-6)
+    assert QSGD(seed=9).encode(x) == QSGD(seed=9).encode(x)
+
+
+def test_qsgd_codes_levels_compactly(rng):
+    x = heavy_tailed(rng, (200_000,))
+    size = len(QSGD(levels=4, bucket=512).encode({"x": x}))
+    assert size < x.size * 4 / 12  # well under 3 bits per entry with 4 levels
+
+
+def test_signsgd_sends_scaled_signs_in_one_bit_each(rng):
+    x = heavy_tailed(rng, (4000, 10))
+    payload = SignSGD().encode({"x": x})
+    out = fedzip.decode(payload)["x"]
+    scale = np.float32(np.abs(x).mean(dtype=np.float64))
+    np.testing.assert_array_equal(out, np.where(x < 0, -scale, scale))
+    assert x.size / 8 <= len(payload) < x.size / 8 + 64
+
+
+def test_ef_signsgd_loses_nothing_over_rounds(rng):
+    sender = fedzip.ErrorFeedback(SignSGD())
+    total_in, total_out = np.zeros(500), np.zeros(500)
+    for _ in range(200):
+        step = heavy_tailed(rng, (500,)).astype(np.float32)
+        total_in += step
+        total_out += fedzip.decode(sender.encode({"w": step}))["w"]
+    # What was not sent is exactly the residual, which stays bounded.
+    np.testing.assert_allclose(total_in - total_out, sender.residual["w"], atol=1e-4)
+    assert np.abs(sender.residual["w"]).max() < 50 * np.abs(step).max()
+
+
+def test_golomb_parameter_is_sattlers_formula():
+    for p in [0.5, 0.1, 0.01, 1 / 400, 0.001]:
+        expected = 1 + math.floor(math.log2(math.log((math.sqrt(5) - 1) / 2) / math.log(1 - p)))
+        assert golomb_parameter(p) == max(expected, 0)
+    assert golomb_parameter(1 / 400) == 8
+
+
+def test_stc_ternarises_the_top_entries(rng):
+    x = heavy_tailed(rng, (1000, 100))
+    out = fedzip.decode(STC(keep=0.01).encode({"x": x}))["x"].reshape(-1)
+    flat = x.reshape(-1)
+    kept = np.flatnonzero(out)
+    assert kept.size == 1000
+    mu = np.float32(np.abs(flat[kept]).mean(dtype=np.float64))
+    np.testing.assert_array_equal(out[kept], np.where(flat[kept] < 0, -mu, mu))
+    assert np.abs(flat[kept]).min() >= np.abs(np.delete(flat, kept)).max()
+
+
+def test_stc_reaches_about_a_thousand_x_at_p_one_in_400(rng):
+    x = heavy_tailed(rng, (1000, 1000))
+    payload = STC(keep=1 / 400).encode({"x": x})
+    assert 4 * x.size / len(payload) > 1000
+
+
+@given(
+    arrays=st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        hnp.arrays(
+            st.sampled_from([np.float16, np.float32, np.float64]),
+            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+            elements=st.floats(-1000, 1000, width=16),
+        ),
+        max_size=3,
+    ),
+    codec=st.sampled_from(BASELINES),
+)
+def test_round_trip_property(arrays, codec):
+    payload, sent = codec.encode_with_approximation(arrays)
+    restored = fedzip.decode(payload)
+    assert list(restored) == list(arrays)
+    for name in arrays:
+        np.testing.assert_array_equal(restored[name], sent[name])
+        assert restored[name].dtype == arrays[name].dtype
+
+
+@pytest.fixture(scope="module")
+def payloads():
+    rng = np.random.default_rng(7)
+    update = {"conv": heavy_tailed(rng, (8, 3, 3, 3)), "fc": heavy_tailed(rng, (40, 30), np.float16)}
+    return {repr(c): c.encode(update) for c in BASELINES}
+
+
+def reseal(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_every_truncation_fails(payloads, name):
+    payload = payloads[name]
+    for length in range(len(payload)):
+        with pytest.raises(fedzip.FormatError):
+            fedzip.decode(payload[:length])
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_mutations_behind_a_valid_checksum_fail_cleanly(payloads, name):
+    body = payloads[name][:-4]
+    rng = np.random.default_rng(5)
+    for _ in range(600):
+        data = bytearray(body)
+        data[rng.integers(5, len(data))] = rng.integers(256)
+        try:
+            out = fedzip.decode(reseal(bytes(data)), max_elements=10**5)
+        except fedzip.FormatError:
+            continue
+        for value in out.values():
+            assert isinstance(value, np.ndarray) and np.all(np.isfinite(value))
+
+
+def one_record(encoding, kept, params, body_bits, body, shape=(8,)):
+    rec = wire.Record(
+        "w", np.dtype(np.float32), shape, encoding, kept, np.asarray(params, np.float32), body_bits, body
+    )
+    return wire.write([rec])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        one_record(17, 8, [], 128, bytes([0, 0x7C] * 8)),  # float16 +Inf
+        one_record(17, 7, [], 128, bytes(16)),  # kept != size
+        one_record(18, 2, [], 128, struct.pack("<II", 5, 3) + bytes(8)),  # indices not increasing
+        one_record(18, 1, [], 64, struct.pack("<I", 8) + bytes(4)),  # index outside the tensor
+        one_record(20, 8, [-1.0], 8, b"\x00"),  # negative scale
+        one_record(20, 8, [1.0, 2.0], 8, b"\x00"),  # two scales
+        one_record(20, 8, [np.nan], 8, b"\x00"),  # NaN scale
+        one_record(21, 9, [1.0], 8, b"\xff"),  # more kept than entries
+        one_record(19, 0, [1.0], 41, bytes(6)),  # levels = 0
+        one_record(42, 0, [], 0, b""),  # unknown encoding
+    ],
+)
+def test_fields_out_of_range_fail(payload):
+    with pytest.raises(fedzip.FormatError):
+        fedzip.decode(payload)
