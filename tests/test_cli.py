@@ -82,3 +82,15 @@ def test_invalid_options_give_one_line(capsys):
     ):
         assert main(argv) == 2
         one_line()
+
+
+def test_reproduce_refuses_unknown_runs_and_missing_plans(tmp_path, capsys):
+    plan = tmp_path / "p.toml"
+    plan.write_text('[experiment]\nmodel = "mlp"\n\n[[run]]\nname = "a"\ncodec = "none"\n')
+    assert main(["reproduce", str(plan), "--only", "b"]) == 2
+    assert "unknown runs: b" in capsys.readouterr().err
+    assert main(["reproduce", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    plan.write_text('[experiment]\nmodel = "mlp"\n\n[[run]]\ncodec = "none"\n')
+    assert main(["reproduce", str(plan)]) == 2
+    assert "unique name" in capsys.readouterr().err

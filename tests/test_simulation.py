@@ -89,3 +89,56 @@ def test_the_minimal_example_app_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 5:" in result.stdout and "smaller than float32" in result.stdout
+
+
+TINY_PLAN = """
+[experiment]
+model = "mlp"
+clients = 2
+rounds = 2
+batch_size = 10
+train_limit = 1000
+test_limit = 500
+keep = 0.05
+
+[[run]]
+name = "fedavg"
+codec = "none"
+
+[[run]]
+name = "fedzip+ef"
+codec = "fedzip-dap+ef"
+
+[[run]]
+name = "stc"
+codec = "stc"
+keep = 0.01
+"""
+
+
+def test_reproduce_runs_a_plan_resumes_it_and_writes_the_document(tmp_path, capsys):
+    plan = tmp_path / "tiny.toml"
+    plan.write_text(TINY_PLAN)
+    doc = tmp_path / "docs" / "results.md"
+    args = ["reproduce", str(plan), "--out", str(tmp_path / "runs"), "--doc", str(doc)]
+    assert main(args) == 0
+    text = doc.read_text()
+    for expected in (
+        "| fedavg | none |",
+        "| fedzip+ef (huffman) |",
+        "| fedzip+ef (dap) |",
+        "| stc | stc | 0.01 |",
+        "## 4. The paper's targets",
+        "authors' estimate",
+    ):
+        assert expected in text
+    assert (doc.parent / "results" / "tiny-accuracy_vs_uplink.png").stat().st_size > 0
+    summary = tmp_path / "runs" / "tiny" / "stc" / "summary.json"
+    first = summary.stat().st_mtime_ns
+    capsys.readouterr()
+
+    # Finished runs are reused; --only with --force re-runs just the one named.
+    assert main([*args, "--only", "fedavg", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "stc: done earlier" in err and "fedavg: running" in err
+    assert summary.stat().st_mtime_ns == first

@@ -192,6 +192,37 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _reproduce(args: argparse.Namespace) -> None:
+    import time
+
+    from rich.console import Console
+
+    from .fl.reproduce import load_plan, run_plan
+    from .fl.results import first_round_update, rate_rows, write_document
+
+    console = Console(stderr=True)
+    out = Path(args.out)
+    plans = [load_plan(path, out) for path in args.plans]
+    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    if only:
+        known = {run.name for plan in plans for run in plan.runs}
+        if only - known:
+            raise CliError(
+                f"--only names unknown runs: {', '.join(sorted(only - known))}; known: {', '.join(sorted(known))}"
+            )
+    results = []
+    for plan in plans:
+        summaries = (
+            run_plan(plan, only=only, force=args.force) if not args.no_runs else run_plan(plan, only=set())
+        )
+        results.append((plan, summaries))
+    console.print("compression rates of a real paper-CNN update ...")
+    started = time.perf_counter()
+    rates = rate_rows(first_round_update(plans[0].base))
+    doc = write_document(Path(args.doc), results, rates, out, time.perf_counter() - started)
+    print(f"results: {doc}")
+
+
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with an [experiment] table; options override it")
     for flag, kind, text in _EXPERIMENT_OPTIONS:
@@ -256,6 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     comp.set_defaults(func=_compare)
+
+    repro = commands.add_parser(
+        "reproduce", help="run the experiment plans (resumable) and regenerate docs/results.md"
+    )
+    repro.add_argument(
+        "plans",
+        nargs="*",
+        default=["experiments/paper-iid.toml", "experiments/paper-dirichlet.toml"],
+        help="plan files (default: experiments/paper-iid.toml experiments/paper-dirichlet.toml)",
+    )
+    repro.add_argument("--out", default="runs/paper", help="run directories (default runs/paper)")
+    repro.add_argument("--doc", default="docs/results.md", help="document to write (default docs/results.md)")
+    repro.add_argument("--only", help="comma-separated run names that may run; the rest are read from disk")
+    repro.add_argument("--force", action="store_true", help="re-run selected runs even when results exist")
+    repro.add_argument("--no-runs", action="store_true", help="only rewrite the document from finished runs")
+    repro.set_defaults(func=_reproduce)
 
     inspect = commands.add_parser("inspect", help="per-tensor breakdown of a payload file")
     inspect.add_argument("payload", help="a file holding one fedzip payload")

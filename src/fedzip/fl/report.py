@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / "metrics.csv") as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
@@ -68,6 +68,11 @@ def default_target(summaries: Sequence[dict[str, Any]]) -> float | None:
     return None
 
 
+def _label(summary: dict[str, Any]) -> str:
+    """A run's name in a plan, else its codec label."""
+    return summary.get("name") or summary["codec"]
+
+
 def _ratio(value: float | None) -> str:
     return f"{value:.1f}x" if value else "-"
 
@@ -79,7 +84,7 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
     accuracy for the rounds- and bytes-to-target columns.
     """
     out.mkdir(parents=True, exist_ok=True)
-    runs = {s["codec"]: _read_metrics(Path(s["config"]["out"])) for s in summaries}
+    runs = {_label(s): read_metrics(Path(s["config"]["out"])) for s in summaries}
     rounds = {label: [(r["round"], r["accuracy"]) for r in rows] for label, rows in runs.items()}
     _plot_runs(rounds, out / "accuracy_vs_round.png", "round", "accuracy per round")
     uplink = {
@@ -117,7 +122,7 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
     ]
     for s in summaries:
         lines.append(
-            f"| {s['codec']} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
+            f"| {_label(s)} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
             f"| {s['uplink_bytes'] / 1e6:.3f} | {s['bandwidth_saved_percent']:.2f}% "
             f"| {_ratio(s['payload_compression_rate'])} | {s['upload_joules_per_client_round']:.4f} "
             f"| {s['upload_energy_saved_percent']:.2f}% | {s['radio_energy_saved_percent']:.2f}% "
@@ -132,11 +137,10 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
             "|---|---|---|",
         ]
         for s in summaries:
-            hit = reach(runs[s["codec"]], target)
+            label = _label(s)
+            hit = reach(runs[label], target)
             lines.append(
-                f"| {s['codec']} | {hit[0]} | {hit[1] / 1e6:.3f} |"
-                if hit
-                else f"| {s['codec']} | not reached | - |"
+                f"| {label} | {hit[0]} | {hit[1] / 1e6:.3f} |" if hit else f"| {label} | not reached | - |"
             )
     lines += [
         "",

@@ -1,0 +1,324 @@
+"""docs/results.md: the paper's claims checked with real bytes, regenerated from runs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bench import entropy_bound_bits
+from ..codec import FedZip
+from ..energy import get_link, saved_percent
+from ..paper import authors_estimate
+from .config import ExperimentConfig
+from .report import reach, read_metrics, write_report
+from .reproduce import Plan
+
+KEEPS = (0.2, 0.1, 0.01, 0.003, 0.001)
+ENCODINGS = ("huffman", "position", "dap")
+PAPER_RATE = 1085.0
+
+
+def first_round_update(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
+    """A real update of the paper CNN: client 0's first local epoch from the initial model."""
+    import torch
+
+    from . import data as datamod
+    from . import models, training
+
+    dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, 0, cfg.seed)
+    own = datamod.partition_indices(dataset.train_labels.tobytes(), cfg.partition, cfg.clients, cfg.seed)[0]
+    model = models.build("cnn", dataset.classes, cfg.seed)
+    before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    torch.set_num_threads(1)
+    training.train(
+        model,
+        dataset.train_images[own],
+        dataset.train_labels[own],
+        1,
+        cfg.batch_size,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.seed,
+    )
+    return {k: v.detach().numpy() - before[k] for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class RateRow:
+    keep: float
+    encoding: str
+    payload_bytes: int
+    real_rate: float
+    estimated_rate: float
+    bound_rate: float
+
+
+def rate_rows(update: dict[str, np.ndarray], keeps: Sequence[float] = KEEPS) -> list[RateRow]:
+    """Real payload rates of each encoding next to the authors' estimate and the entropy bound."""
+    original = 4 * sum(a.size for a in update.values())
+    rows = []
+    for keep in keeps:
+        estimate = authors_estimate(update, keep)
+        bound = entropy_bound_bits(FedZip(keep=keep, clusters=3), update) / 8
+        for encoding in ENCODINGS:
+            size = len(FedZip(keep=keep, clusters=3, encoding=encoding).encode(update))
+            rows.append(
+                RateRow(
+                    keep,
+                    encoding,
+                    size,
+                    original / size,
+                    estimate["original"] / max(estimate[encoding], 1),
+                    original / bound,
+                )
+            )
+    return rows
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:.3f}"
+
+
+def _pts(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _variants(name: str, s: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, codec, byte counts) rows of one run; FedZip runs give one row per encoding."""
+    base = {"uplink": s["uplink_bytes"], "payload": s["payload_bytes"]}
+    sizes = s.get("encoding_payload_bytes")
+    if not sizes:
+        return [(name, s["codec"], base)]
+    rows = []
+    for encoding in ENCODINGS:
+        # Same messages, a different code for the same quantized payloads.
+        uplink = s["uplink_bytes"] - s["payload_bytes"] + sizes[encoding]
+        codec = s["codec"].replace("fedzip-dap", f"fedzip-{encoding}")
+        rows.append((f"{name} ({encoding})", codec, {"uplink": uplink, "payload": sizes[encoding]}))
+    return rows
+
+
+def _plan_section(
+    plan: Plan, summaries: dict[str, dict[str, Any]], out: Path, assets: Path
+) -> tuple[list[str], dict]:
+    fedavg = summaries.get("fedavg") or next((s for s in summaries.values() if s["codec"] == "none"), None)
+    target = fedavg["final_accuracy"] - 0.01 if fedavg else None
+    labelled = [{**s, "name": name} for name, s in summaries.items()]
+    report_dir = out / plan.name / "report"
+    write_report(report_dir, labelled, target)
+    for figure in ("accuracy_vs_round.png", "accuracy_vs_uplink.png"):
+        shutil.copyfile(report_dir / figure, assets / f"{plan.name}-{figure}")
+
+    cfg = plan.base
+    raw_per_reply = next(iter(summaries.values()))["model_bytes"]
+    lines = [
+        f"## {plan.name}: {cfg.partition} partition",
+        "",
+        f"`experiments/{plan.name}.toml`: model `{cfg.model}`, {cfg.clients} clients (fraction {cfg.fraction}), "
+        f"{cfg.rounds} rounds, {cfg.local_epochs} local epoch, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, "
+        f"{cfg.train_limit or 'all'} training images, {cfg.test_limit or 'all 10,000'} test images, seed {cfg.seed}. "
+        f"A float32 update is {raw_per_reply / 1e6:.3f} MB.",
+        "",
+        "| run | codec | keep | final acc. | vs FedAvg (pts) | uplink MB | payload rate | bandwidth saved "
+        "| upload J/client/round | radio energy saved (up+down) | rounds to target | uplink MB to target | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    facts: dict[str, Any] = {"target": target, "fedavg": fedavg, "rows": []}
+    link = None
+    for name, s in summaries.items():
+        link = get_link(s["link"])
+        rows_metrics = read_metrics(Path(s["config"]["out"]))
+        accepted = sum(int(r["accepted"]) for r in rows_metrics if r["round"] > 0)
+        hit = reach(rows_metrics, target) if target is not None else None
+        for label, codec, size in _variants(name, s):
+            scale = size["uplink"] / s["uplink_bytes"] if s["uplink_bytes"] else 1.0
+            upload_j = link.upload_joules(round(size["uplink"] / max(accepted, 1)))
+            float32_j = s["float32_upload_joules_per_client_round"]
+            download_j = s["download_joules_per_client_round"]
+            radio_saved = saved_percent(float32_j + download_j, upload_j + download_j)
+            rate = accepted * s["model_bytes"] / size["payload"] if size["payload"] else float("nan")
+            keep = s["config"]["keep"] if codec.split("-")[0] in ("fedzip", "topk", "stc") else None
+            delta = s["final_accuracy"] - fedavg["final_accuracy"] if fedavg else float("nan")
+            row = {
+                "label": label,
+                "codec": codec,
+                "keep": keep,
+                "final": s["final_accuracy"],
+                "delta": delta,
+                "uplink": size["uplink"],
+                "rate": rate,
+                "hit": (hit[0], hit[1] * scale) if hit else None,
+            }
+            facts["rows"].append(row)
+            lines.append(
+                f"| {label} | {codec} | {keep if keep is not None else '-'} | {s['final_accuracy']:.4f} "
+                f"| {_pts(delta)} | {_mb(size['uplink'])} | {rate:.1f}x "
+                f"| {saved_percent(s['raw_bytes'], size['uplink']):.2f}% | {upload_j:.4f} | {radio_saved:.1f}% "
+                f"| {hit[0] if hit else 'not reached'} | {_mb(hit[1] * scale) if hit else '-'} "
+                f"| {s['wall_seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        f"Target for the last two columns: FedAvg's final accuracy minus one point = **{target:.4f}**."
+        if target is not None
+        else "",
+        f"Energy: `{link.name}` link, {link.up_mbps} Mbps up / {link.down_mbps} Mbps down; "
+        f"a float32 upload costs {fedavg['float32_upload_joules_per_client_round']:.3f} J and the float32 "
+        f"download {fedavg['download_joules_per_client_round']:.3f} J per client per round."
+        if fedavg and link
+        else "",
+        "",
+        f"![accuracy vs cumulative uplink, log scale](results/{plan.name}-accuracy_vs_uplink.png)",
+        "",
+        f"![accuracy per round](results/{plan.name}-accuracy_vs_round.png)",
+        "",
+    ]
+    return lines, facts
+
+
+def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
+    """Item 4: the most compressed FedZip run within one point of FedAvg, against 1085x and STC."""
+    target = facts["target"]
+    fedzip = [r for r in facts["rows"] if r["codec"].startswith("fedzip")]
+    within = [r for r in fedzip if r["delta"] >= -0.01]
+    lines = [f"### {plan.name}", ""]
+    if not within:
+        closest = max(fedzip, key=lambda r: r["delta"], default=None)
+        lines.append(
+            "No FedZip run ends within 1 point of FedAvg"
+            + (
+                f"; the closest is {closest['label']} ({_pts(closest['delta'])} pts, {closest['rate']:.0f}x)."
+                if closest
+                else "."
+            )
+        )
+    else:
+        best = max(within, key=lambda r: r["rate"])
+        verdict = "reaches" if best["rate"] >= PAPER_RATE else "does not reach"
+        lines.append(
+            f"Highest real compression within 1 point of FedAvg: **{best['label']}**, keep {best['keep']}, "
+            f"{best['rate']:.0f}x ({_pts(best['delta'])} pts); this {verdict} the paper's {PAPER_RATE:.0f}x."
+        )
+        beyond = [r for r in fedzip if r["rate"] > best["rate"]]
+        for r in sorted(beyond, key=lambda r: r["rate"]):
+            lines.append(f"- {r['label']}: {r['rate']:.0f}x, but {_pts(r['delta'])} pts against FedAvg.")
+    stc = [r for r in facts["rows"] if r["codec"] == "stc"]
+    reached = [r for r in fedzip if r["hit"]]
+    if target is not None and stc:
+        stc_row = stc[0]
+        cheapest = min(reached, key=lambda r: r["hit"][1], default=None)
+        stc_text = (
+            f"STC needs {_mb(stc_row['hit'][1])} MB ({stc_row['hit'][0]} rounds)"
+            if stc_row["hit"]
+            else "STC does not reach it"
+        )
+        if cheapest:
+            lines.append(
+                f"- To reach {target:.4f}: the cheapest FedZip run, {cheapest['label']}, needs "
+                f"{_mb(cheapest['hit'][1])} MB of uplink ({cheapest['hit'][0]} rounds); {stc_text}."
+            )
+        else:
+            lines.append(f"- No FedZip run reaches {target:.4f} within the rounds run; {stc_text}.")
+    lines.append("")
+    return lines
+
+
+def write_document(
+    path: Path,
+    plans: Sequence[tuple[Plan, dict[str, dict[str, Any]]]],
+    rates: Sequence[RateRow],
+    out: Path,
+    rate_seconds: float,
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assets = path.parent / "results"
+    assets.mkdir(exist_ok=True)
+    total = sum(s["wall_seconds"] for _, summaries in plans for s in summaries.values())
+    lines = [
+        "# Results: FedZip's claims, checked with real bytes",
+        "",
+        "Generated by `fedzip reproduce` from the plans in `experiments/`; every size below is `len()` of a "
+        "payload that decodes (headers, names, shapes, centroids and checksum included), except the column "
+        "marked as the authors' estimate. Runs are resumable per run: `fedzip reproduce --only NAME` re-runs one.",
+        "",
+        f"Machine: {platform.machine()}, {_cpus()} CPU cores, Python {platform.python_version()}; "
+        f"training runs took {total / 60:.1f} minutes in all (per-run wall times in the tables); "
+        f"generated {time.strftime('%Y-%m-%d')}.",
+        "",
+        "## 1. Compression rate of each encoding on the paper CNN",
+        "",
+        "The update is a real one: the paper CNN (1,199,882 parameters) after client 0's first local epoch on "
+        "its IID share of the training subset. k = 3 clusters; 1-D tensors (biases) are not sparsified, as in "
+        "the authors' code. *Authors' estimate* is their way of counting (`fedzip.paper`); *i.i.d. entropy* is "
+        "what an ideal code would need if the kept positions were independent (Bernoulli) and the labels "
+        f"independent, plus float32 centroids. ({rate_seconds:.0f} s to compute.)",
+        "",
+        "| keep | encoding | payload bytes | real rate | authors' estimate | estimate / real | i.i.d. entropy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rates:
+        lines.append(
+            f"| {r.keep} | {r.encoding} | {r.payload_bytes:,} | **{r.real_rate:.1f}x** | {r.estimated_rate:.1f}x "
+            f"| {r.estimated_rate / r.real_rate:.2f} | {r.bound_rate:.1f}x |"
+        )
+    dap = [r for r in rates if r.encoding == "dap"]
+    lines += [
+        "",
+        "Why the estimate differs from real bytes:",
+        "- its *huffman* gives code lengths 2, 1, 1 to three symbols (Kraft sum 1.25): not a prefix code, so "
+        "it undercounts; real Huffman cannot go below one bit per entry (32x);",
+        "- its *dap* counts ⌊log2 g⌋+1 bits per gap with nothing that marks where a gap ends: not decodable. "
+        "Real DAP uses a self-delimiting gap code (Elias-gamma or Golomb-Rice, whichever is smaller) and pays "
+        f"for it: the estimate is {min(r.estimated_rate / r.real_rate for r in dap):.1f}-"
+        f"{max(r.estimated_rate / r.real_rate for r in dap):.1f}x too optimistic here;",
+        "- its *position* spends 27 bits per address whatever the layer size and nothing on labels; real "
+        "position spends ⌈log2 n⌉ bits per address plus Huffman-coded labels;",
+        "- its k-means runs over the whole tensor, zeros included, so small kept values fall into the zero "
+        "cluster and are neither counted nor sent; none of the three counts centroids, names, shapes or headers.",
+        "",
+        "Real DAP beats the i.i.d. entropy figure on this update because the kept positions of a real update "
+        "cluster (the weights of one neuron or one input tend to move together) and gap codes exploit that "
+        "locality; on "
+        "synthetic i.i.d. updates (`fedzip bench`) DAP lands within 1% of that figure.",
+        "",
+        "## 2-3. Accuracy, uplink bytes, bandwidth and client energy",
+        "",
+        "Same data, partition, seed and rounds for every run. FedZip's three encodings are lossless codes of the "
+        "same quantized update, so each FedZip run is trained once (dap) and every payload is also transcoded "
+        "(`fedzip.transcode`) to huffman and position: the accuracy is identical, the bytes are each encoding's "
+        "own. *uplink MB*: every accepted reply as Flower carried it; *payload rate*: float32 update size / "
+        "payload size; *radio energy saved* counts the upload and the (uncompressed) download of the global "
+        "model. Under the Huang et al. model an upload's energy is proportional to its bytes, so the upload "
+        "energy saved equals the bandwidth saved.",
+        "",
+    ]
+    verdicts = []
+    for plan, summaries in plans:
+        if not summaries:
+            continue
+        section, facts = _plan_section(plan, summaries, out, assets)
+        lines += section
+        verdicts += _verdict(plan, facts)
+    lines += [
+        "## 4. The paper's targets",
+        "",
+        f"Target: at least {PAPER_RATE:.0f}x real compression with final accuracy within 1 point of FedAvg, and "
+        "fewer uplink bytes than STC to reach FedAvg's accuracy minus 1 point. Nothing was tuned on the test data: "
+        "the plans were fixed before the runs.",
+        "",
+        *verdicts,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
