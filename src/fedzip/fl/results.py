@@ -141,8 +141,8 @@ def _plan_section(
         for label, codec, size in _variants(name, s):
             scale = size["uplink"] / s["uplink_bytes"] if s["uplink_bytes"] else 1.0
             upload_j = link.upload_joules(round(size["uplink"] / max(accepted, 1)))
-            float32_j = s["float32_upload_joules_per_client_round"]
-            download_j = s["download_joules_per_client_round"]
+            float32_j = link.upload_joules(round(s["raw_bytes"] / max(accepted, 1)))
+            download_j = link.download_joules(s["model_bytes"])
             radio_saved = saved_percent(float32_j + download_j, upload_j + download_j)
             rate = accepted * s["model_bytes"] / size["payload"] if size["payload"] else float("nan")
             keep = s["config"]["keep"] if codec.split("-")[0] in ("fedzip", "topk", "stc") else None
@@ -170,10 +170,10 @@ def _plan_section(
         f"Target for the last two columns: FedAvg's final accuracy minus one point = **{target:.4f}**."
         if target is not None
         else "",
-        f"Energy: `{link.name}` link, {link.up_mbps} Mbps up / {link.down_mbps} Mbps down; "
-        f"a float32 upload costs {fedavg['float32_upload_joules_per_client_round']:.3f} J and the float32 "
-        f"download {fedavg['download_joules_per_client_round']:.3f} J per client per round."
-        if fedavg and link
+        f"Energy: `{link.name}` link, {link.up_mbps} Mbps up / {link.down_mbps} Mbps down; a float32 update "
+        f"costs {link.upload_joules(raw_per_reply):.3f} J to upload and the float32 model "
+        f"{link.download_joules(raw_per_reply):.3f} J to download, per client per round."
+        if link
         else "",
         "",
         f"![accuracy vs cumulative uplink, log scale](results/{plan.name}-accuracy_vs_uplink.png)",
