@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test lint demo bench clean
+.PHONY: install data test lint demo bench reproduce clean
 
 install: $(STAMP) data
 
@@ -27,11 +27,15 @@ test: install lint
 	$(BIN)/pytest
 
 demo: install
-	$(BIN)/fedzip compare --codecs none,fedzip-dap,fedzip-dap+ef --model mlp --clients 10 --rounds 20 \
-		--keep 0.01 --out results/demo
+	$(BIN)/fedzip compare --codecs none,signsgd+ef,stc,fedzip-dap,fedzip-dap+ef --model mlp --clients 10 \
+		--rounds 20 --keep 0.01 --out results/demo
 
 bench: install
 	$(BIN)/fedzip bench --out results/bench
+
+# The paper's setting (experiments/*.toml), resumable per run; rewrites docs/results.md.
+reproduce: install
+	$(BIN)/fedzip reproduce
 
 clean:
 	rm -rf $(VENV) results runs .pytest_cache .ruff_cache .hypothesis

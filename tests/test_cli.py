@@ -30,6 +30,8 @@ def test_bench_writes_results(tmp_path, capsys):
                 "1",
                 "--encodings",
                 "dap,position",
+                "--baselines",
+                "stc,signsgd",
                 "--out",
                 str(tmp_path),
             ]
@@ -37,7 +39,12 @@ def test_bench_writes_results(tmp_path, capsys):
         == 0
     )
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["codec"] for r in rows] == ["zstd-1", "fedzip-dap", "fedzip-position"] * 2
+    assert [r["codec"] for r in rows] == ["zstd-1", "fedzip-dap", "fedzip-position", "stc", "signsgd"] * 2
+    for row in rows:
+        if row["codec"] == "stc":
+            assert row["ratio"] > 100 and row["vs_entropy_bound"] is None
+        if row["codec"] == "signsgd":
+            assert 30 < row["ratio"] < 32
     dap = [r for r in rows if r["codec"] == "fedzip-dap"]
     for row in dap:
         assert row["ratio"] > 100
@@ -51,6 +58,8 @@ def test_bench_writes_results(tmp_path, capsys):
 def test_bench_rejects_bad_options(capsys):
     assert main(["bench", "--encodings", "zip"]) == 2
     assert "unknown encoding" in capsys.readouterr().err
+    assert main(["bench", "--baselines", "stc,zip"]) == 2
+    assert "unknown baseline(s) zip" in capsys.readouterr().err
 
 
 def test_inspect_command(tmp_path, capsys):

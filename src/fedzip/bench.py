@@ -1,4 +1,4 @@
-"""Codec benchmark: size, speed and memory of each encoding next to zstd.
+"""Codec benchmark: size, speed and memory of each encoding and baseline next to zstd.
 
 Every figure is measured in the same run on the same bytes: compression ratio
 is ``4 * parameters / len(payload)``, throughput is MB of float32 input per
@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .abc import Compressor
 from .codec import FedZip, decode
+from .registry import get_compressor
 
 PAPER_CNN_SHAPES = {
     "conv1.weight": (3, 3, 1, 32),
@@ -123,8 +125,9 @@ def bench_update(
     clusters: int | str = 3,
     repeat: int = 3,
     progress: Callable[[str], None] | None = None,
+    baselines: Iterable[str] = (),
 ) -> list[BenchRow]:
-    """Benchmark each FedZip encoding and zstd level 1 on one update."""
+    """Benchmark each FedZip encoding, the named baseline compressors and zstd level 1 on one update."""
     import zstandard
 
     parameters = sum(a.size for a in update.values())
@@ -149,22 +152,26 @@ def bench_update(
             None,
         )
     )
-    for encoding in encodings:
+    codecs: list[tuple[str, Compressor]] = [
+        (f"fedzip-{e}", FedZip(keep=keep, clusters=clusters, encoding=e)) for e in encodings
+    ]
+    for name in baselines:
+        config = {"id": name, "keep": keep} if name in ("topk", "stc") else {"id": name}
+        codecs.append((name, get_compressor(config)))
+    for name, codec in codecs:
         if progress:
-            progress(f"{label}: fedzip-{encoding}")
-        codec = FedZip(keep=keep, clusters=clusters, encoding=encoding)
-        payload = codec.encode(update)
+            progress(f"{label}: {name}")
+        payload, expected = codec.encode_with_approximation(update)
         restored = decode(payload)
-        expected = codec.approximate(update)
         if any(not np.array_equal(restored[k], expected[k]) for k in expected):
-            raise AssertionError(f"fedzip-{encoding} did not decode to its own approximation")
+            raise AssertionError(f"{name} did not decode to its own approximation")
         kept = sum(int(np.count_nonzero(v)) for v in expected.values())
-        bound = entropy_bound_bits(codec, update)
+        bound = entropy_bound_bits(codec, update) if isinstance(codec, FedZip) else None
         rows.append(
             BenchRow(
                 label,
                 parameters,
-                f"fedzip-{encoding}",
+                name,
                 len(payload),
                 raw_bytes / len(payload),
                 8 * len(payload) / max(kept, 1),
@@ -185,14 +192,17 @@ def run(
     repeat: int = 3,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    baselines: Iterable[str] = (),
 ) -> list[BenchRow]:
     """The standard benchmark: the paper CNN's update and a large one."""
-    encodings = list(encodings)
-    rows = bench_update("paper-cnn", paper_cnn_update(seed), encodings, keep, clusters, repeat, progress)
+    encodings, baselines = list(encodings), list(baselines)
+    rows = bench_update(
+        "paper-cnn", paper_cnn_update(seed), encodings, keep, clusters, repeat, progress, baselines
+    )
     if parameters:
         if progress:
             progress(f"generating a {parameters:,}-parameter update")
         update = heavy_tailed_update(large_shapes(parameters), seed)
         label = f"{sum(a.size for a in update.values()) / 1e6:.1f}M"
-        rows += bench_update(label, update, encodings, keep, clusters, repeat, progress)
+        rows += bench_update(label, update, encodings, keep, clusters, repeat, progress, baselines)
     return rows

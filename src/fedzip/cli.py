@@ -58,6 +58,10 @@ def _bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(encodings) - {"huffman", "position", "dap", "auto"})
     if unknown:
         raise CliError(f"unknown encoding(s) {', '.join(unknown)}; choose from huffman, position, dap, auto")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise CliError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
         rows = bench.run(
@@ -68,6 +72,7 @@ def _bench(args: argparse.Namespace) -> None:
             repeat=args.repeat,
             seed=args.seed,
             progress=lambda message: status.update(f"benchmarking {message}"),
+            baselines=baselines,
         )
     table = Table(title=f"fedzip bench: keep={args.keep}, clusters={args.clusters}, best of {args.repeat}")
     headers = [
@@ -124,6 +129,8 @@ def _inspect(args: argparse.Namespace) -> None:
     report = inspect(path.read_bytes())
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
 
+
+BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc")
 
 _EXPERIMENT_OPTIONS = (
     ("--data-dir", str, "directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)"),
@@ -252,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep", type=_keep, default=0.01, help="fraction of entries kept (default 0.01)")
     bench.add_argument("--clusters", type=_clusters, default=3, help="1..256 or auto (default 3)")
     bench.add_argument("--encodings", default="huffman,position,dap", help="comma-separated encodings")
+    bench.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma-separated baseline compressors to measure too (default {','.join(BASELINES)}; '' for none)",
+    )
     bench.add_argument("--repeat", type=_positive_int, default=3, help="timing runs, best kept (default 3)")
     bench.add_argument("--seed", type=_positive_int, default=0)
     bench.add_argument("--out", help="directory for bench.json, bench.csv and bench.md")

@@ -99,10 +99,6 @@ def close_body(rec: wire.Record, reader: BitReader | None, values: np.ndarray) -
     return out
 
 
-def sign_bits(negative: np.ndarray) -> np.ndarray:
-    return negative.astype(np.uint8)
-
-
 def signed(magnitudes: np.ndarray, negative: np.ndarray) -> np.ndarray:
     """``magnitudes`` with the sign flipped where ``negative`` (float32)."""
     return np.where(negative, -magnitudes, magnitudes).astype(np.float32)

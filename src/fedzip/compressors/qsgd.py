@@ -45,6 +45,8 @@ class QSGD(TensorCompressor):
     """QSGD with ``levels`` quantisation levels and buckets of ``bucket`` entries.
 
     ``seed`` fixes the random rounding (None: fresh randomness every encode).
+    Each call draws new roundings, so ``approximate`` and a later ``encode``
+    differ; ``encode_with_approximation`` returns a matching pair.
     """
 
     codec_id = "qsgd"

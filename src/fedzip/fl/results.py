@@ -131,7 +131,14 @@ def _plan_section(
         "| upload J/client/round | radio energy saved (up+down) | rounds to target | uplink MB to target | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    facts: dict[str, Any] = {"target": target, "fedavg": fedavg, "rows": []}
+    facts: dict[str, Any] = {
+        "target": target,
+        "fedavg": fedavg,
+        "fedavg_accuracy": [r["accuracy"] for r in read_metrics(Path(fedavg["config"]["out"]))]
+        if fedavg
+        else [],
+        "rows": [],
+    }
     link = None
     for name, s in summaries.items():
         link = get_link(s["link"])
@@ -156,6 +163,7 @@ def _plan_section(
                 "uplink": size["uplink"],
                 "rate": rate,
                 "hit": (hit[0], hit[1] * scale) if hit else None,
+                "accuracy": [r["accuracy"] for r in rows_metrics],
             }
             facts["rows"].append(row)
             lines.append(
@@ -187,13 +195,15 @@ def _plan_section(
 def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
     """Item 4: the most compressed FedZip run within one point of FedAvg, against 1085x and STC."""
     target = facts["target"]
-    fedzip = [r for r in facts["rows"] if r["codec"].startswith("fedzip")]
+    # dap is the smallest encoding of every FedZip run; the others have the same accuracy.
+    fedzip = [r for r in facts["rows"] if r["codec"].startswith("fedzip") and r["label"].endswith("(dap)")]
     within = [r for r in fedzip if r["delta"] >= -0.01]
     lines = [f"### {plan.name}", ""]
     if not within:
         closest = max(fedzip, key=lambda r: r["delta"], default=None)
         lines.append(
-            "No FedZip run ends within 1 point of FedAvg"
+            "No FedZip run ends within 1 point of FedAvg, so the 1085x-within-1-point target is **not "
+            "reached**"
             + (
                 f"; the closest is {closest['label']} ({_pts(closest['delta'])} pts, {closest['rate']:.0f}x)."
                 if closest
@@ -207,9 +217,19 @@ def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
             f"Highest real compression within 1 point of FedAvg: **{best['label']}**, keep {best['keep']}, "
             f"{best['rate']:.0f}x ({_pts(best['delta'])} pts); this {verdict} the paper's {PAPER_RATE:.0f}x."
         )
-        beyond = [r for r in fedzip if r["rate"] > best["rate"]]
-        for r in sorted(beyond, key=lambda r: r["rate"]):
-            lines.append(f"- {r['label']}: {r['rate']:.0f}x, but {_pts(r['delta'])} pts against FedAvg.")
+    beyond = [r for r in fedzip if not within or r["rate"] > max(w["rate"] for w in within)]
+    if beyond:
+        lines.append("More compressed FedZip runs and their accuracy gap to FedAvg:")
+    reference = facts["fedavg_accuracy"]
+    for r in sorted(beyond, key=lambda r: r["rate"]):
+        trend = ""
+        if reference and len(r["accuracy"]) == len(reference) > 2:
+            middle = (len(reference) - 1) // 2
+            gaps = [r["accuracy"][i] - reference[i] for i in (middle, len(reference) - 1)]
+            trend = (
+                f" (gap at round {middle}: {_pts(gaps[0])}, at round {len(reference) - 1}: {_pts(gaps[1])})"
+            )
+        lines.append(f"- {r['label']}: {r['rate']:.0f}x, {_pts(r['delta'])} pts against FedAvg{trend}.")
     stc = [r for r in facts["rows"] if r["codec"] == "stc"]
     reached = [r for r in fedzip if r["hit"]]
     if target is not None and stc:
