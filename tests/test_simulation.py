@@ -142,3 +142,15 @@ def test_reproduce_runs_a_plan_resumes_it_and_writes_the_document(tmp_path, caps
     err = capsys.readouterr().err
     assert "stc: done earlier" in err and "fedavg: running" in err
     assert summary.stat().st_mtime_ns == first
+
+
+def test_run_command_with_a_baseline(tmp_path, capsys):
+    args = ["run", "--codec", "signsgd+ef", "--model", "mlp", "--clients", "2", "--rounds", "2"]
+    args += ["--train-limit", "1000", "--test-limit", "300", "--link", "wifi", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("signsgd+ef: final accuracy") and "J per client per round on wifi" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["error_feedback"] and summary["failures"] == 0
+    assert 25 < summary["payload_compression_rate"] < 32  # one bit per weight, plus headers
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.2

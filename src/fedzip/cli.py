@@ -177,6 +177,8 @@ def _run(args: argparse.Namespace) -> None:
     print(
         f"{summary['codec']}: final accuracy {summary['final_accuracy']:.4f}, "
         f"uplink {summary['uplink_bytes'] / 1e6:.3f} MB ({summary['compression_ratio'] or 0:.1f}x smaller), "
+        f"upload energy {summary['upload_joules_per_client_round']:.3f} J per client per round on "
+        f"{summary['link']} ({summary['upload_energy_saved_percent']:.1f}% saved), "
         f"{summary['failures']} failed replies; results in {cfg.out}"
     )
 
