@@ -39,14 +39,26 @@ def _plot_runs(
     series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, title: str, log_x: bool = False
 ) -> None:
     """One line of (x, accuracy) points per run, on one figure."""
-    fig, axis = plt.subplots(figsize=(6, 4))
-    for label, points in series.items():
-        axis.plot(*zip(*points, strict=True), marker="o", label=label)
+    many = len(series) > 6
+    fig, axis = plt.subplots(figsize=(8.5, 4.5) if many else (6, 4))
+    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
+    markers = "os^vD<>ph*"
+    for index, (label, points) in enumerate(series.items()):
+        axis.plot(
+            *zip(*points, strict=True),
+            marker=markers[index % len(markers)],
+            markersize=4,
+            color=colors[index % len(colors)],
+            label=label,
+        )
     if log_x:
         axis.set_xscale("log")
     axis.set(xlabel=xlabel, ylabel="test accuracy", title=title)
     axis.grid(alpha=0.3, which="both")
-    axis.legend()
+    if many:
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

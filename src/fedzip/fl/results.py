@@ -152,7 +152,11 @@ def _plan_section(
             download_j = link.download_joules(s["model_bytes"])
             radio_saved = saved_percent(float32_j + download_j, upload_j + download_j)
             rate = accepted * s["model_bytes"] / size["payload"] if size["payload"] else float("nan")
-            keep = s["config"]["keep"] if codec.split("-")[0] in ("fedzip", "topk", "stc") else None
+            keep = (
+                s["config"]["keep"]
+                if s["config"]["codec"].split("-")[0] in ("fedzip", "topk", "stc")
+                else None
+            )
             delta = s["final_accuracy"] - fedavg["final_accuracy"] if fedavg else float("nan")
             row = {
                 "label": label,
@@ -269,12 +273,33 @@ def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
             else "STC does not reach it"
         )
         if cheapest:
+            wins = not stc_row["hit"] or cheapest["hit"][1] < stc_row["hit"][1]
             lines.append(
                 f"- To reach {target:.4f}: the cheapest FedZip run, {cheapest['label']}, needs "
-                f"{_mb(cheapest['hit'][1])} MB of uplink ({cheapest['hit'][0]} rounds); {stc_text}."
+                f"{_mb(cheapest['hit'][1])} MB of uplink ({cheapest['hit'][0]} rounds); {stc_text}: "
+                f"FedZip {'meets' if wins else 'does not meet'} the fewer-bytes-than-STC target."
             )
         else:
             lines.append(f"- No FedZip run reaches {target:.4f} within the rounds run; {stc_text}.")
+        # A level STC does reach, to compare the two where both get there.
+        level = max(
+            (
+                lv
+                for lv in (0.6, 0.65, 0.7, 0.72, 0.74, 0.75, 0.76, 0.78, 0.8)
+                if _first(stc_row, lv) is not None
+            ),
+            default=None,
+        )
+        if level is not None:
+            runs = [(r, _first(r, level)) for r in fedzip]
+            runs = [(r, mb) for r, mb in runs if mb is not None]
+            if runs:
+                best_run, best_mb = min(runs, key=lambda item: item[1])
+                lines.append(
+                    f"- At {level} accuracy, the highest of 0.6-0.8 that STC reaches, STC needs "
+                    f"{_mb(_first(stc_row, level))} MB; the cheapest FedZip run, {best_run['label']}, "
+                    f"needs {_mb(best_mb)} MB."
+                )
     lines.append("")
     return lines
 
@@ -364,6 +389,15 @@ def write_document(
         "the plans were fixed before the runs.",
         "",
         *verdicts,
+        "What limits it, as far as these runs show: compression around 1000x needs keeping about 0.3% of each "
+        "update (real bytes per kept entry cannot go much below ~10 bits: a gap code and a label), and with "
+        "that little sent per round the model learns more slowly, with or without error feedback; within the "
+        "rounds run here, the sparse runs stay several points below FedAvg. The accuracy gaps per round above "
+        "say whether a gap was still closing when the runs stopped; longer runs were not made on this machine. "
+        "The paper's 1085x is close to what the authors' own *position* estimate gives at keep 0.001 on this "
+        "CNN (section 1); whether that is where it comes from is a guess. As real bytes, the sparsity needed "
+        "for ~1000x costs accuracy in this setting.",
+        "",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -42,7 +42,7 @@ def train(
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             count += len(batch)
         last = total / max(count, 1)
     return last
