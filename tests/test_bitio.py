@@ -56,3 +56,20 @@ def test_reads_past_the_end_raise_format_error():
 def test_writer_rejects_values_that_do_not_fit():
     with pytest.raises(ValueError):
         BitWriter().write(8, 3)
+
+
+def test_read_flags_matches_single_bit_reads():
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2, size=1000).astype(np.uint8)
+    writer = BitWriter()
+    writer.write_bits(bits)
+    for start in (0, 3, 8, 13):
+        for count in (0, 1, 7, 64, 500):
+            reader = BitReader(writer.getvalue(), writer.nbits)
+            reader.read_array(start, 1)
+            flags = reader.read_flags(count)
+            assert flags.dtype == bool and np.array_equal(flags, bits[start : start + count].astype(bool))
+            assert reader.pos == start + count
+    reader = BitReader(writer.getvalue(), writer.nbits)
+    with pytest.raises(FormatError):
+        reader.read_flags(1001)

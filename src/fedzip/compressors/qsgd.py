@@ -100,7 +100,7 @@ def _qsgd_body(rec: wire.Record) -> tuple[np.ndarray, int]:
             f"tensor {rec.name!r}: {rec.kept} nonzero levels declared, {int(nonzero.sum())} coded"
         )
     negative = np.zeros(rec.size, dtype=bool)
-    negative[nonzero] = reader.read_array(rec.kept, 1).astype(bool)
+    negative[nonzero] = reader.read_flags(rec.kept)
     values = _reconstruct(rec.centroids, levels, negative, s, bucket)
     return close_body(rec, reader, values), 0
 

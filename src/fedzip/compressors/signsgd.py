@@ -54,7 +54,7 @@ def _sign_body(rec: wire.Record) -> tuple[np.ndarray, int]:
         return close_body(rec, None, np.zeros(0)), 0
     if rec.kept != rec.size or rec.centroids[0] < 0:
         raise FormatError(f"tensor {rec.name!r}: a sign body carries every entry and a scale >= 0")
-    negative = reader.read_array(rec.size, 1).astype(bool)
+    negative = reader.read_flags(rec.size)
     return close_body(rec, reader, _reconstruct(rec.centroids, negative)), 0
 
 

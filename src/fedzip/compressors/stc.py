@@ -81,7 +81,7 @@ def _stc_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     position_bits = reader.pos
     if rec.kept and positions[-1] >= rec.size:
         raise FormatError(f"tensor {rec.name!r}: kept address {positions[-1]} outside the tensor")
-    negative = reader.read_array(rec.kept, 1).astype(bool)
+    negative = reader.read_flags(rec.kept)
     values = _reconstruct(rec.size, positions, rec.centroids, negative)
     return close_body(rec, reader, values), position_bits
 
