@@ -219,12 +219,9 @@ def _reproduce(args: argparse.Namespace) -> None:
             raise CliError(
                 f"--only names unknown runs: {', '.join(sorted(only - known))}; known: {', '.join(sorted(known))}"
             )
-    results = []
-    for plan in plans:
-        summaries = (
-            run_plan(plan, only=only, force=args.force) if not args.no_runs else run_plan(plan, only=set())
-        )
-        results.append((plan, summaries))
+    if args.no_runs:
+        only = set()  # read finished runs, run nothing
+    results = [(plan, run_plan(plan, only=only, force=args.force)) for plan in plans]
     console.print("compression rates of a real paper-CNN update ...")
     started = time.perf_counter()
     rates = rate_rows(first_round_update(plans[0].base))
@@ -292,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--codecs",
         default="none,fedzip-huffman,fedzip-position,fedzip-dap",
-        help="comma-separated; +ef adds error feedback",
+        help="comma-separated codecs (none, fp16, topk, qsgd, signsgd, stc, fedzip-huffman, fedzip-position, "
+        "fedzip-dap, fedzip-auto); +ef adds error feedback",
     )
     comp.add_argument(
         "--target",
