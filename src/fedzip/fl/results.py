@@ -91,19 +91,24 @@ def _pts(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def _variants(name: str, s: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, codec, byte counts) rows of one run; FedZip runs give one row per encoding."""
-    base = {"uplink": s["uplink_bytes"], "payload": s["payload_bytes"]}
-    sizes = s.get("encoding_payload_bytes")
-    if not sizes:
-        return [(name, s["codec"], base)]
-    rows = []
-    for encoding in ENCODINGS:
-        # Same messages, a different code for the same quantized payloads.
-        uplink = s["uplink_bytes"] - s["payload_bytes"] + sizes[encoding]
-        codec = s["codec"].replace("fedzip-dap", f"fedzip-{encoding}")
-        rows.append((f"{name} ({encoding})", codec, {"uplink": uplink, "payload": sizes[encoding]}))
-    return rows
+def _variants(name: str, s: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(label, codec, transcoded encoding) rows of one run; FedZip runs give one row per encoding."""
+    if not s.get("encoding_payload_bytes"):
+        return [(name, s["codec"], None)]
+    return [
+        (f"{name} ({encoding})", s["codec"].replace("fedzip-dap", f"fedzip-{encoding}"), encoding)
+        for encoding in ENCODINGS
+    ]
+
+
+def _round_bytes(metrics: list[dict[str, float]], encoding: str | None) -> tuple[list[float], list[float]]:
+    """(uplink, payload) bytes per round; with ``encoding``, the same messages carrying that encoding."""
+    if encoding is None:
+        return [r["uplink_bytes"] for r in metrics], [r["payload_bytes"] for r in metrics]
+    payload = [r[f"{encoding}_bytes"] for r in metrics]
+    return [
+        r["uplink_bytes"] - r["payload_bytes"] + p for r, p in zip(metrics, payload, strict=True)
+    ], payload
 
 
 def _plan_section(
@@ -144,14 +149,20 @@ def _plan_section(
         link = get_link(s["link"])
         rows_metrics = read_metrics(Path(s["config"]["out"]))
         accepted = sum(int(r["accepted"]) for r in rows_metrics if r["round"] > 0)
-        hit = reach(rows_metrics, target) if target is not None else None
-        for label, codec, size in _variants(name, s):
-            scale = size["uplink"] / s["uplink_bytes"] if s["uplink_bytes"] else 1.0
-            upload_j = link.upload_joules(round(size["uplink"] / max(accepted, 1)))
+        for label, codec, encoding in _variants(name, s):
+            uplink_per_round, payload_per_round = _round_bytes(rows_metrics, encoding)
+            cumulative = np.cumsum(uplink_per_round).tolist()
+            uplink, payload = cumulative[-1], sum(payload_per_round)
+            history = [
+                {"round": r["round"], "accuracy": r["accuracy"], "cumulative_uplink_bytes": c}
+                for r, c in zip(rows_metrics, cumulative, strict=True)
+            ]
+            hit = reach(history, target) if target is not None else None
+            upload_j = link.upload_joules(round(uplink / max(accepted, 1)))
             float32_j = link.upload_joules(round(s["raw_bytes"] / max(accepted, 1)))
             download_j = link.download_joules(s["model_bytes"])
             radio_saved = saved_percent(float32_j + download_j, upload_j + download_j)
-            rate = accepted * s["model_bytes"] / size["payload"] if size["payload"] else float("nan")
+            rate = accepted * s["model_bytes"] / payload if payload else float("nan")
             keep = (
                 s["config"]["keep"]
                 if s["config"]["codec"].split("-")[0] in ("fedzip", "topk", "stc")
@@ -164,18 +175,18 @@ def _plan_section(
                 "keep": keep,
                 "final": s["final_accuracy"],
                 "delta": delta,
-                "uplink": size["uplink"],
+                "uplink": uplink,
                 "rate": rate,
-                "hit": (hit[0], hit[1] * scale) if hit else None,
+                "hit": hit,
                 "accuracy": [r["accuracy"] for r in rows_metrics],
-                "cumulative": [r["cumulative_uplink_bytes"] * scale for r in rows_metrics],
+                "cumulative": cumulative,
             }
             facts["rows"].append(row)
             lines.append(
                 f"| {label} | {codec} | {keep if keep is not None else '-'} | {s['final_accuracy']:.4f} "
-                f"| {_pts(delta)} | {_mb(size['uplink'])} | {rate:.1f}x "
-                f"| {saved_percent(s['raw_bytes'], size['uplink']):.2f}% | {upload_j:.4f} | {radio_saved:.1f}% "
-                f"| {hit[0] if hit else 'not reached'} | {_mb(hit[1] * scale) if hit else '-'} "
+                f"| {_pts(delta)} | {_mb(uplink)} | {rate:.1f}x "
+                f"| {saved_percent(s['raw_bytes'], uplink):.2f}% | {upload_j:.4f} | {radio_saved:.1f}% "
+                f"| {hit[0] if hit else 'not reached'} | {_mb(hit[1]) if hit else '-'} "
                 f"| {s['wall_seconds']:.0f} |"
             )
     lines += [
