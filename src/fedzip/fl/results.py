@@ -18,7 +18,7 @@ from ..codec import FedZip
 from ..energy import get_link, saved_percent
 from ..paper import authors_estimate
 from .config import ExperimentConfig
-from .report import reach, read_metrics, write_report
+from .report import default_target, reach, read_metrics, write_report
 from .reproduce import Plan
 
 KEEPS = (0.2, 0.1, 0.01, 0.003, 0.001)
@@ -114,8 +114,8 @@ def _round_bytes(metrics: list[dict[str, float]], encoding: str | None) -> tuple
 def _plan_section(
     plan: Plan, summaries: dict[str, dict[str, Any]], out: Path, assets: Path
 ) -> tuple[list[str], dict]:
-    fedavg = summaries.get("fedavg") or next((s for s in summaries.values() if s["codec"] == "none"), None)
-    target = fedavg["final_accuracy"] - 0.01 if fedavg else None
+    fedavg = next((s for s in summaries.values() if s["codec"] == "none"), None)
+    target = default_target(list(summaries.values()))
     labelled = [{**s, "name": name} for name, s in summaries.items()]
     report_dir = out / plan.name / "report"
     write_report(report_dir, labelled, target)
