@@ -306,8 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "plans",
         nargs="*",
-        default=["experiments/paper-iid.toml", "experiments/paper-dirichlet.toml"],
-        help="plan files (default: experiments/paper-iid.toml experiments/paper-dirichlet.toml)",
+        default=[
+            "experiments/paper-iid.toml",
+            "experiments/paper-dirichlet.toml",
+            "experiments/paper-iid-long.toml",
+        ],
+        help="plan files (default: the three experiments/paper-*.toml)",
     )
     repro.add_argument("--out", default="runs/paper", help="run directories (default runs/paper)")
     repro.add_argument("--doc", default="docs/results.md", help="document to write (default docs/results.md)")
