@@ -24,6 +24,16 @@ class Compressor(ABC):
     """Turns a model update (name -> float array) into bytes and back."""
 
     codec_id: ClassVar[str]
+    # Whether the method only works with its residual carried between rounds
+    # (STC); Flower's FedZipStrategy then turns error feedback on by default.
+    needs_error_feedback: ClassVar[bool] = False
+    # Whether ||decode(encode(x))|| <= ||x|| up to float rounding, so that an
+    # update clipped on the client stays clipped (client-side DP).
+    norm_bounded: ClassVar[bool] = True
+
+    @abstractmethod
+    def body_encodings(self) -> frozenset[int]:
+        """The tensor encoding ids this compressor writes (to recognise its payloads)."""
 
     @abstractmethod
     def encode(self, update: Update) -> bytes:

@@ -60,6 +60,11 @@ class FedZip(Compressor):
         self.encoding = encoding
         self.sparsify_1d = sparsify_1d
 
+    def body_encodings(self) -> frozenset[int]:
+        if self.encoding == "auto":
+            return frozenset(encodings.NAMES)
+        return frozenset({encodings.IDS[self.encoding]})
+
     def quantize(self, name: str, array: np.ndarray) -> Quantized:
         """Sparsify and quantize one tensor."""
         flat = array.reshape(-1)
@@ -219,13 +224,14 @@ for _encoding, _name in encodings.NAMES.items():
     register_body(_encoding, _fedzip_body, _name)
 
 
-def _decode_records(payload: bytes, max_elements: int | None):
-    for rec in wire.read(payload, max_elements=max_elements):
+def _decode_each(records: list[wire.Record]):
+    for rec in records:
         decoder = _BODY_DECODERS.get(rec.encoding)
         if decoder is None:
             raise FormatError(f"tensor {rec.name!r}: unknown encoding id {rec.encoding}")
         try:
             values, position_bits = decoder(rec)
+            values = values.reshape(rec.shape)
         except FormatError:
             raise
         except MemoryError as exc:
@@ -236,7 +242,16 @@ def _decode_records(payload: bytes, max_elements: int | None):
             # Every check should have caught a defect before numpy does; if
             # one slips through it is still the payload's fault.
             raise FormatError(f"tensor {rec.name!r}: malformed body ({exc})") from exc
-        yield rec, values.reshape(rec.shape), position_bits
+        yield rec, values, position_bits
+
+
+def decode_records(records: list[wire.Record]) -> dict[str, np.ndarray]:
+    """Decode the bodies of records parsed by :func:`fedzip.wire.read`.
+
+    Lets a receiver check the headers (names, shapes, dtypes, encodings)
+    before paying for the bodies.
+    """
+    return {rec.name: values for rec, values, _ in _decode_each(records)}
 
 
 def decode(payload: bytes, max_elements: int | None = None) -> dict[str, np.ndarray]:
@@ -245,14 +260,14 @@ def decode(payload: bytes, max_elements: int | None = None) -> dict[str, np.ndar
     ``max_elements`` refuses payloads that declare more elements in total,
     before anything is allocated. Malformed input raises :class:`FormatError`.
     """
-    return {rec.name: values for rec, values, _ in _decode_records(payload, max_elements)}
+    return decode_records(wire.read(payload, max_elements=max_elements))
 
 
 def inspect(payload: bytes) -> Inspection:
     """Decode ``payload`` and report where its bytes go, tensor by tensor."""
     tensors = []
     used = 0
-    for rec, _, position_bits in _decode_records(payload, None):
+    for rec, _, position_bits in _decode_each(wire.read(payload)):
         body_bytes = len(rec.body)
         used += rec.header_bytes + 4 * rec.centroids.size + body_bytes
         tensors.append(

@@ -35,6 +35,9 @@ class TensorCompressor(Compressor):
 
     encoding: ClassVar[int]
 
+    def body_encodings(self) -> frozenset[int]:
+        return frozenset({self.encoding})
+
     @abstractmethod
     def pack(self, flat: np.ndarray) -> Packed:
         """Compress one flat tensor (size >= 1, finite)."""

@@ -50,6 +50,7 @@ class QSGD(TensorCompressor):
     """
 
     codec_id = "qsgd"
+    norm_bounded = False  # unbiased rounding may round magnitudes up
     encoding = ENCODING_ID
 
     def __init__(self, levels: int = 16, bucket: int = 512, seed: int | None = None) -> None:

@@ -22,6 +22,9 @@ class NoCompression(Compressor):
     def __init__(self) -> None:
         pass
 
+    def body_encodings(self) -> frozenset[int]:
+        return frozenset({ENCODING_ID})
+
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
         return {name: array.copy() for name, array in check_update(update).items()}
 

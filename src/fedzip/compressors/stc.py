@@ -51,6 +51,7 @@ class STC(TensorCompressor):
     """Top-``keep`` sparsification, ternarisation to +-mu, Golomb-coded positions."""
 
     codec_id = "stc"
+    needs_error_feedback = True  # Sattler et al. always accumulate the residual
     encoding = ENCODING_ID
 
     def __init__(self, keep: float = 0.0025) -> None:

@@ -59,16 +59,15 @@ def corrupt_payload_mod(msg: Message, context: Context, call_next: ClientAppCall
     reply = call_next(msg, context)
     config = msg.content.config_records.get("config")
     targets = str(config.get("corrupt-clients", "")) if config else ""
-    if not targets or reply.has_error() or protocol.PAYLOAD not in reply.content.config_records:
+    if not targets or reply.has_error() or protocol.PAYLOAD not in reply.content.array_records:
         return reply
     partition, _ = _partition(context)
     if partition in {int(t) for t in targets.split(",")}:
-        record = reply.content.config_records[protocol.PAYLOAD]
-        payload = bytearray(record["payload"])
+        payload = bytearray(protocol.payload_bytes(reply.content.array_records[protocol.PAYLOAD]))
         rng = np.random.default_rng(int(config.get("server-round", 0)) * 1000 + partition)
         for index in rng.integers(0, len(payload), size=8):
             payload[index] ^= 0xA5
-        record["payload"] = bytes(payload)
+        reply.content[protocol.PAYLOAD] = protocol.payload_record(bytes(payload))
     return reply
 
 

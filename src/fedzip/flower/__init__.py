@@ -8,6 +8,6 @@ server strategy wrapper that decodes them.
 """
 
 from .mod import fedzip_mod
-from .strategy import FedZipStrategy, RoundStats
+from .strategy import ConfigurationError, FedZipStrategy, RoundStats
 
-__all__ = ["FedZipStrategy", "RoundStats", "fedzip_mod"]
+__all__ = ["ConfigurationError", "FedZipStrategy", "RoundStats", "fedzip_mod"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from logging import WARNING
 
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType
+import numpy as np
+from flwr.app import Context, Error, Message
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
@@ -13,6 +16,14 @@ from flwr.common.logger import log
 from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from . import protocol
+
+# Flower mods that rewrite the reply's weights: they must run inside fedzip_mod
+# (after it in ``mods=[...]``) so that they see weights, not a payload.
+_ARRAY_MODS = {
+    fixedclipping_mod.__code__: "fixedclipping_mod",
+    adaptiveclipping_mod.__code__: "adaptiveclipping_mod",
+    LocalDpMod.__call__.__code__: "LocalDpMod",
+}
 
 
 def _error(msg: Message, reason: str) -> Message:
@@ -22,22 +33,58 @@ def _error(msg: Message, reason: str) -> Message:
     )
 
 
+def _array_mods_outside() -> list[str]:
+    """Names of the weight-rewriting Flower mods that called this mod, outermost last."""
+    found = []
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = _ARRAY_MODS.get(frame.f_code)
+        if name is not None:
+            found.append(name)
+        frame = frame.f_back
+    return found
+
+
+def _residual(context: Context, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The stored residual if it fits ``update``; otherwise none (the model changed)."""
+    if protocol.RESIDUAL not in context.state.array_records:
+        return {}
+    residual = protocol.from_record(context.state.array_records[protocol.RESIDUAL])
+    fits = list(residual) == list(update) and all(
+        residual[k].shape == v.shape and residual[k].dtype == v.dtype for k, v in update.items()
+    )
+    if not fits:
+        log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback residual reset")
+        return {}
+    return residual
+
+
 def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Upload ``trained - received`` as one compressed payload.
 
     Acts on train messages that carry the settings of a
     :class:`~fedzip.flower.FedZipStrategy`; everything else passes through.
-    The reply's ArrayRecord is replaced by a ConfigRecord holding the payload.
-    With error feedback, the residual lives in ``context.state`` between rounds.
+    Put it first in ``ClientApp(mods=[fedzip_mod, ...])``: mods after it
+    (clipping, local DP) then work on weights as usual, and fedzip compresses
+    what they produce. With error feedback, the residual lives in
+    ``context.state`` between rounds.
     """
-    if msg.metadata.message_type != MessageType.TRAIN or protocol.SETTINGS not in msg.content.config_records:
+    settings = protocol.pop_settings(msg.content)
+    if settings is None:
         return call_next(msg, context)
-    settings = msg.content.config_records[protocol.SETTINGS]
-    del msg.content[protocol.SETTINGS]  # the ClientApp sees the message the inner strategy built
+    codec_json, error_feedback = settings
+    outside = _array_mods_outside()
+    if outside:
+        return _error(
+            msg,
+            f"{outside[0]} is listed before fedzip_mod in the ClientApp's mods, so it would see the "
+            f"compressed payload instead of weights; list fedzip_mod first: "
+            f"mods=[fedzip_mod, {outside[0]}]",
+        )
     try:
-        compressor = get_compressor(json.loads(str(settings["codec"])))
-    except (KeyError, ValueError, TypeError) as exc:
-        return _error(msg, f"invalid codec settings from the server: {exc}")
+        compressor = get_compressor(json.loads(codec_json))
+    except (ValueError, TypeError) as exc:
+        return _error(msg, f"invalid codec settings from the server ({exc}); is fedzip the same version?")
     if len(msg.content.array_records) != 1:
         return _error(
             msg, f"expects one ArrayRecord in the train message, found {len(msg.content.array_records)}"
@@ -48,7 +95,11 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     if reply.has_error():
         return reply
     if len(reply.content.array_records) != 1:
-        return _error(msg, f"expects one ArrayRecord in the reply, found {len(reply.content.array_records)}")
+        return _error(
+            msg,
+            f"the ClientApp's reply must hold one ArrayRecord of trained weights, "
+            f"found {len(reply.content.array_records)}",
+        )
     key, trained_record = next(iter(reply.content.array_records.items()))
     trained = protocol.from_record(trained_record)
     if list(trained) != list(received) or any(trained[k].shape != received[k].shape for k in trained):
@@ -57,23 +108,24 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     update, passthrough = {}, {}
     for name, array in trained.items():
         if protocol.is_compressible(array):
-            update[name] = array - received[name]
+            # in the dtype the client trained in: that is what it would have sent
+            update[name] = np.subtract(array, received[name], dtype=array.dtype, casting="unsafe")
         else:
             passthrough[name] = array
     try:
-        if settings.get("error-feedback", False):
+        if error_feedback:
             sender = ErrorFeedback(compressor)
-            if protocol.RESIDUAL in context.state.array_records:
-                sender.residual = protocol.from_record(context.state.array_records[protocol.RESIDUAL])
+            sender.residual = _residual(context, update)
             payload = sender.encode(update)
             context.state[protocol.RESIDUAL] = protocol.to_record(sender.residual)
         else:
+            context.state.pop(protocol.RESIDUAL, None)
             payload = compressor.encode(update)
     except ValueError as exc:
         return _error(msg, f"could not encode the update: {exc}")
 
     del reply.content[key]
-    reply.content[protocol.PAYLOAD] = ConfigRecord({"payload": payload, "array-record": key})
+    reply.content[protocol.PAYLOAD] = protocol.payload_record(payload)
     if passthrough:
         reply.content[protocol.PASSTHROUGH] = protocol.to_record(passthrough)
     return reply

@@ -1,19 +1,41 @@
-"""What the strategy and the mod agree on: record names and their contents."""
+"""What the strategy and the mod agree on: where settings and payloads travel.
+
+Train message (server -> client): the inner strategy's message, unchanged but
+for two keys added to its ConfigRecord (the one record Flower's DP mods expect):
+
+    CODEC_KEY     JSON config of the compressor (``get_config()``)
+    FEEDBACK_KEY  bool, whether the client keeps an error-feedback residual
+
+Train reply (client -> server): the ClientApp's reply with its one ArrayRecord
+of trained weights replaced by
+
+    PAYLOAD       ArrayRecord {"payload": 1-D uint8 Array}: the compressed
+                  ``trained - received`` of every float tensor. An Array, not a
+                  ConfigRecord value, so Flower streams it in chunks like weights.
+    PASSTHROUGH   ArrayRecord of the non-float tensors (integer buffers such as
+                  BatchNorm's ``num_batches_tracked``), as they are; absent if none.
+
+The server puts the rebuilt weights back under the key of the ArrayRecord it
+sent; the client has no say in it.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import Array, ArrayRecord
+import json
+from typing import Any
 
-# ConfigRecord the strategy adds to train messages: {"codec": JSON, "error-feedback": bool}
-SETTINGS = "fedzip.settings"
-# ConfigRecord that replaces the reply's ArrayRecord:
-#   {"payload": bytes, "array-record": name of the replaced ArrayRecord}
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+CODEC_KEY = "fedzip.codec"
+FEEDBACK_KEY = "fedzip.error-feedback"
 PAYLOAD = "fedzip.payload"
-# ArrayRecord in the reply for arrays the codec does not take (non-float buffers), sent as they are.
+PAYLOAD_ENTRY = "payload"
 PASSTHROUGH = "fedzip.passthrough"
 # ArrayRecord in the node's state holding the error-feedback residual.
 RESIDUAL = "fedzip.residual"
+# ConfigRecord name used when the inner strategy's train message has none.
+DEFAULT_CONFIG = "config"
 
 
 def is_compressible(array: np.ndarray) -> bool:
@@ -21,8 +43,47 @@ def is_compressible(array: np.ndarray) -> bool:
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    """An ArrayRecord of exactly these arrays: shapes (0-d included) and dtypes kept."""
+    return ArrayRecord({name: Array(np.asarray(value, order="C")) for name, value in arrays.items()})
 
 
 def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
+
+
+def add_settings(content: RecordDict, codec: dict[str, Any], error_feedback: bool) -> None:
+    """Put the settings in the message's ConfigRecord (a new one if it has none)."""
+    names = list(content.config_records)
+    name = names[0] if names else DEFAULT_CONFIG
+    config = dict(content.config_records[name]) if names else {}
+    config[CODEC_KEY] = json.dumps(codec, sort_keys=True)
+    config[FEEDBACK_KEY] = bool(error_feedback)
+    # A copy: the inner strategy may hand the same ConfigRecord to other messages.
+    content[name] = ConfigRecord(config)
+
+
+def pop_settings(content: RecordDict) -> tuple[str, bool] | None:
+    """Take the settings out of the message: (codec JSON, error feedback), or None."""
+    for name, config in content.config_records.items():
+        if CODEC_KEY in config:
+            rest = {k: v for k, v in config.items() if k not in (CODEC_KEY, FEEDBACK_KEY)}
+            # a new record, not an edit: the received one may be shared
+            del content[name]
+            if rest or name != DEFAULT_CONFIG or content.config_records:
+                content[name] = ConfigRecord(rest)
+            return str(config[CODEC_KEY]), bool(config.get(FEEDBACK_KEY, False))
+    return None
+
+
+def payload_record(payload: bytes) -> ArrayRecord:
+    return ArrayRecord({PAYLOAD_ENTRY: Array(np.frombuffer(payload, dtype=np.uint8))})
+
+
+def payload_bytes(record: ArrayRecord) -> bytes:
+    """The payload carried by a PAYLOAD record; ValueError if the record is not one."""
+    if list(record) != [PAYLOAD_ENTRY]:
+        raise ValueError(f"the {PAYLOAD!r} record must hold one entry {PAYLOAD_ENTRY!r}, got {list(record)}")
+    array = record[PAYLOAD_ENTRY].numpy()
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise ValueError(f"the payload must be a 1-D uint8 array, got {array.dtype} {array.shape}")
+    return array.tobytes()

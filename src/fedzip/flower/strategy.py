@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
+from .. import wire
 from ..abc import Compressor
-from ..codec import FedZip, decode
+from ..codec import FedZip, decode_records
 from ..errors import FormatError
 from ..registry import get_compressor
 from . import protocol
+
+_DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
+_CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
+
+
+class ConfigurationError(RuntimeError):
+    """Every reply of a round was unusable for a reason only a setting can fix.
+
+    Raised out of ``aggregate_train`` (so the run stops) with a message that
+    says what to change; transient failures never raise it.
+    """
+
+
+class Rejected(Exception):
+    """A reply that cannot be aggregated; ``configuration`` if a setting is the likely cause."""
+
+    def __init__(self, reason: str, configuration: bool = False) -> None:
+        super().__init__(reason)
+        self.configuration = configuration
 
 
 @dataclass
@@ -30,8 +59,9 @@ class RoundStats:
     accepted: int = 0
     failures: list[str] = field(default_factory=list)
     uplink_bytes: int = 0  # Flower's count_bytes() of every accepted reply, as carried
-    raw_bytes: int = 0  # count_bytes() of the same replies with their weights uncompressed
+    raw_bytes: int = 0  # count_bytes() of the same replies with the weights the clients trained
     payload_bytes: int = 0  # len() of the accepted payloads alone
+    aggregated: bool = False  # False when too few replies were accepted to update the model
 
     @property
     def ratio(self) -> float:
@@ -42,34 +72,100 @@ def _content_bytes(msg: Message) -> int:
     return sum(record.count_bytes() for record in msg.content.values())
 
 
+def _inner_chain(strategy: Strategy) -> list[Strategy]:
+    chain = [strategy]
+    while isinstance(getattr(chain[-1], "strategy", None), Strategy) and len(chain) < 64:
+        chain.append(chain[-1].strategy)
+    return chain
+
+
 class FedZipStrategy(Strategy):
     """Wraps a Flower strategy so that client uploads travel compressed.
 
     Train messages carry the compressor's configuration to
-    :func:`~fedzip.flower.fedzip_mod`; each reply's payload is decoded
-    (refusing more elements than the model has), checked against the global
-    model's names and shapes, turned back into trained weights and handed to
-    the inner strategy. A reply that fails is logged, counted in
-    :attr:`history`, and left out; the round aggregates the rest.
-    ``on_payload(round, payload)`` is called for every accepted payload.
+    :func:`~fedzip.flower.fedzip_mod` inside their ConfigRecord. Each reply is
+    checked (record layout, codec, tensor names, shapes and dtypes against the
+    global model, finite values), its payload decoded into the weights the
+    client trained (in the client's dtypes) and handed to the inner strategy
+    under the ArrayRecord key the inner strategy sent. A reply that fails is
+    logged, counted in :attr:`history` and passed to the inner strategy as an
+    error reply, so its failure count includes it.
+
+    Args:
+        strategy: the strategy to wrap (default ``FedAvg()``). Wrap Flower's DP
+            wrappers, never the reverse: ``FedZipStrategy(DifferentialPrivacy...(FedAvg()))``.
+        compressor: a :class:`~fedzip.Compressor`, its config dict or its id.
+        error_feedback: clients keep what compression dropped and add it to the
+            next update; ``None`` (default) turns it on for compressors that
+            need it (STC) and off otherwise.
+        min_accepted: a round with fewer accepted replies leaves the model
+            unchanged (the inner strategy is not asked to aggregate).
+        on_payload: called as ``on_payload(round, payload)`` for every accepted payload.
+
+    Raises :class:`ConfigurationError` out of a round in which every reply was
+    unusable because of a setting (no payload: fedzip_mod missing; another
+    codec; names or shapes that do not match the model; a client mod that
+    refused the message). Attribute reads and writes the wrapper does not
+    define go to the inner strategy (``strategy.fraction_train``).
     """
 
     def __init__(
         self,
         strategy: Strategy | None = None,
         compressor: Compressor | Mapping[str, Any] | str | None = None,
-        error_feedback: bool = False,
+        error_feedback: bool | None = None,
+        *,
+        min_accepted: int = 1,
         on_payload: Callable[[int, bytes], None] | None = None,
     ) -> None:
         super().__init__()
-        self.strategy = strategy if strategy is not None else FedAvg()
+        inner = strategy if strategy is not None else FedAvg()
+        if not isinstance(inner, Strategy):
+            raise ValueError(
+                f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(inner).__name__}"
+            )
+        if any(isinstance(s, FedZipStrategy) for s in _inner_chain(inner)):
+            raise ValueError("FedZipStrategy cannot wrap another FedZipStrategy")
         if compressor is None:
             compressor = FedZip()
-        self.compressor = compressor if isinstance(compressor, Compressor) else get_compressor(compressor)
-        self.error_feedback = bool(error_feedback)
+        codec = compressor if isinstance(compressor, Compressor) else get_compressor(compressor)
+        feedback = codec.needs_error_feedback if error_feedback is None else bool(error_feedback)
+        if isinstance(min_accepted, bool) or not isinstance(min_accepted, int) or min_accepted < 1:
+            raise ValueError(f"min_accepted must be an int >= 1, got {min_accepted!r}")
+        client_dp = next((s for s in _inner_chain(inner) if isinstance(s, _CLIENT_SIDE_DP)), None)
+        if client_dp is not None and feedback:
+            raise ValueError(
+                f"error feedback adds earlier residuals to the clipped update, so uploads would exceed the "
+                f"clipping norm of {type(client_dp).__name__}: pass error_feedback=False, or clip on the "
+                "server (DifferentialPrivacyServerSide...) instead"
+            )
+        if client_dp is not None and not codec.norm_bounded:
+            raise ValueError(
+                f"{codec.codec_id!r} can decode to a larger norm than it was given, which breaks the "
+                f"clipping bound of {type(client_dp).__name__}; use another compressor or server-side clipping"
+            )
+        self.compressor = codec
+        self.error_feedback = feedback
+        self.min_accepted = min_accepted
         self.on_payload = on_payload
         self.history: list[RoundStats] = []
         self._current: ArrayRecord | None = None
+        self._weights_key: str | None = None
+        self.strategy = inner  # last: from here on, unknown attributes go to it
+
+    # Attributes of the inner strategy read and written through the wrapper.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "strategy" or "strategy" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["strategy"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        inner = self.__dict__.get("strategy")
+        own = name in self.__dict__ or hasattr(type(self), name)
+        if inner is not None and not own and hasattr(inner, name):
+            setattr(inner, name, value)
+        else:
+            object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return f"FedZipStrategy({self.strategy!r}, {self.compressor!r}, error_feedback={self.error_feedback})"
@@ -78,37 +174,74 @@ class FedZipStrategy(Strategy):
         log(INFO, "\t├──> fedzip: %r, error feedback %s", self.compressor, self.error_feedback)
         self.strategy.summary()
 
+    def _refuse_outer_dp_wrapper(self) -> None:
+        """Flower's DP wrappers clip the replies they see: outside this wrapper they'd see payloads."""
+        frame = sys._getframe(2)
+        while frame is not None:
+            outer = frame.f_locals.get("self")
+            if isinstance(outer, _DP_WRAPPERS) and getattr(outer, "strategy", None) is self:
+                name = type(outer).__name__
+                raise ConfigurationError(
+                    f"{name} wraps FedZipStrategy, so it would clip compressed replies, not weights: "
+                    f"put FedZipStrategy outside, FedZipStrategy({name}(FedAvg(), ...), compressor=...)"
+                )
+            frame = frame.f_back
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._refuse_outer_dp_wrapper()
         self._current = arrays
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        settings = ConfigRecord(
-            {"codec": json.dumps(self.compressor.get_config()), "error-feedback": self.error_feedback}
-        )
+        codec = self.compressor.get_config()
+        done: set[int] = set()
         for message in messages:
-            message.content[protocol.SETTINGS] = settings
+            content = message.content
+            if id(content) in done:  # Flower's strategies share one RecordDict among messages
+                continue
+            done.add(id(content))
+            keys = list(content.array_records)
+            if len(keys) != 1:
+                raise ConfigurationError(
+                    f"FedZipStrategy needs train messages with one ArrayRecord of weights; "
+                    f"{type(self.strategy).__name__} built one with {len(keys)}"
+                )
+            self._weights_key = keys[0]
+            protocol.add_settings(content, codec, self.error_feedback)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self._refuse_outer_dp_wrapper()
         stats = RoundStats(server_round)
-        reference = protocol.from_record(self._current or ArrayRecord())
-        max_elements = sum(a.size for a in reference.values())
-        accepted = []
+        reference = protocol.from_record(self._current if self._current is not None else ArrayRecord())
+        forwarded: list[Message] = []
+        configuration: list[str] = []
         for reply in replies:
             stats.replies += 1
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                stats.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                reason = f"node {node}: {reply.error.reason}"
+                stats.failures.append(reason)
+                if reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION:
+                    configuration.append(reply.error.reason)
+                forwarded.append(reply)
                 continue
             carried = _content_bytes(reply)
             try:
-                payload = self._restore(reply, reference, max_elements)
-            except (FormatError, ValueError, KeyError, TypeError) as exc:
-                reason = f"node {reply.metadata.src_node_id}: {exc}"
+                payload = self._restore(reply, reference)
+            except Rejected as exc:
+                reason = f"node {node}: {exc}"
                 log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, reason)
                 stats.failures.append(reason)
+                if exc.configuration:
+                    configuration.append(str(exc))
+                forwarded.append(
+                    Message(
+                        error=Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {exc}"), metadata=reply.metadata
+                    )
+                )
                 continue
             stats.accepted += 1
             stats.uplink_bytes += carried
@@ -116,48 +249,122 @@ class FedZipStrategy(Strategy):
             stats.payload_bytes += len(payload)
             if self.on_payload is not None:
                 self.on_payload(server_round, payload)
-            accepted.append(reply)
+            forwarded.append(reply)
         self.history.append(stats)
         log(
             INFO,
-            "FedZipStrategy: round %d: %d/%d replies decoded, %d uplink bytes (%.1fx smaller)",
+            "FedZipStrategy: round %d: %d/%d replies accepted, %d uplink bytes (%.1fx smaller)",
             server_round,
             stats.accepted,
             stats.replies,
             stats.uplink_bytes,
             stats.ratio,
         )
-        if not accepted:
+        if stats.replies and not stats.accepted and len(configuration) == stats.replies:
+            reasons = "\n".join(f"  - {r}" for r in dict.fromkeys(configuration))
+            raise ConfigurationError(
+                f"round {server_round}: none of the {stats.replies} replies could be used, for reasons "
+                f"only a setting can fix:\n{reasons}"
+            )
+        if stats.accepted < self.min_accepted:
+            log(
+                WARNING,
+                "FedZipStrategy: round %d: %d replies accepted, fewer than min_accepted=%d; "
+                "the model is not updated",
+                server_round,
+                stats.accepted,
+                self.min_accepted,
+            )
             return None, None
-        return self.strategy.aggregate_train(server_round, accepted)
+        stats.aggregated = True
+        return self.strategy.aggregate_train(server_round, forwarded)
 
-    def _restore(self, reply: Message, reference: dict[str, np.ndarray], max_elements: int) -> bytes:
+    def _restore(self, reply: Message, reference: dict[str, np.ndarray]) -> bytes:
         """Replace the payload in ``reply`` by the client's trained weights; return the payload."""
-        if protocol.PAYLOAD not in reply.content.config_records:
-            raise ValueError("the reply carries no fedzip payload (is fedzip_mod installed on the client?)")
-        record = reply.content.config_records[protocol.PAYLOAD]
-        payload = record["payload"]
-        if not isinstance(payload, bytes):
-            raise ValueError("the payload is not bytes")
-        update = decode(payload, max_elements=max_elements)
-        passthrough = {}
-        if protocol.PASSTHROUGH in reply.content.array_records:
-            passthrough = protocol.from_record(reply.content.array_records[protocol.PASSTHROUGH])
-        if set(update) | set(passthrough) != set(reference) or set(update) & set(passthrough):
-            raise ValueError("the payload's tensor names do not match the global model")
+        content = reply.content
+        if protocol.PAYLOAD not in content.array_records:
+            if content.array_records:
+                raise Rejected(
+                    "the reply carries weights, not a fedzip payload: add fedzip_mod to the ClientApp, "
+                    "first in its mods (ClientApp(mods=[fedzip_mod, ...]))",
+                    configuration=True,
+                )
+            raise Rejected("the reply carries no fedzip payload", configuration=True)
+        extra = set(content.array_records) - {protocol.PAYLOAD, protocol.PASSTHROUGH}
+        if self._weights_key in content:
+            extra.add(self._weights_key)
+        if extra:
+            raise Rejected(f"unexpected records in the reply: {sorted(extra)}")
+        try:
+            payload = protocol.payload_bytes(content.array_records[protocol.PAYLOAD])
+            passthrough = {}
+            if protocol.PASSTHROUGH in content.array_records:
+                passthrough = protocol.from_record(content.array_records[protocol.PASSTHROUGH])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise Rejected(f"unreadable record: {exc}") from exc
+        max_elements = sum(a.size for a in reference.values())
+        try:
+            records = wire.read(payload, max_elements=max_elements)
+        except FormatError as exc:
+            raise Rejected(f"malformed payload: {exc}") from exc
+        self._check_header(records, passthrough, reference)
+        try:
+            update = decode_records(records)
+        except FormatError as exc:
+            raise Rejected(f"malformed payload: {exc}") from exc
         trained = {}
         for name, base in reference.items():
-            value = passthrough[name] if name in passthrough else update[name]
-            if value.shape != base.shape:
-                raise ValueError(f"tensor {name!r} has shape {value.shape}, the model has {base.shape}")
-            if name not in passthrough:
-                value = (base + value).astype(base.dtype, copy=False)
+            if name in passthrough:
+                value = passthrough[name]
+            else:
+                delta = update[name]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    # what the client trained, in the dtype it trained in
+                    value = (base + delta).astype(delta.dtype, copy=False)
+                if not np.isfinite(value).all():
+                    raise Rejected(f"tensor {name!r} is not finite once the update is applied")
             trained[name] = value
-        array_key = str(record["array-record"])
-        del reply.content[protocol.PAYLOAD]
-        reply.content.pop(protocol.PASSTHROUGH, None)
-        reply.content[array_key] = protocol.to_record(trained)
+        del content[protocol.PAYLOAD]
+        content.pop(protocol.PASSTHROUGH, None)
+        content[self._weights_key] = protocol.to_record(trained)
         return payload
+
+    def _check_header(
+        self, records: list[wire.Record], passthrough: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+    ) -> None:
+        names = [rec.name for rec in records]
+        if set(names) | set(passthrough) != set(reference) or set(names) & set(passthrough):
+            missing = sorted(set(reference) - set(names) - set(passthrough))
+            unknown = sorted((set(names) | set(passthrough)) - set(reference))
+            raise Rejected(
+                f"the payload's tensors do not match the global model (missing {missing[:5]}, "
+                f"unknown {unknown[:5]}): the client trains another model",
+                configuration=True,
+            )
+        expected = self.compressor.body_encodings()
+        for rec in records:
+            if rec.encoding not in expected:
+                raise Rejected(
+                    f"tensor {rec.name!r} was encoded by another codec than the configured "
+                    f"{json.dumps(self.compressor.get_config())}: do clients and server run the same fedzip?",
+                    configuration=True,
+                )
+            base = reference[rec.name]
+            if rec.shape != base.shape:
+                raise Rejected(
+                    f"tensor {rec.name!r} has shape {rec.shape}, the model has {base.shape}",
+                    configuration=True,
+                )
+            if not protocol.is_compressible(base):
+                raise Rejected(f"tensor {rec.name!r} is {base.dtype} in the model; it must pass through")
+        for name, value in passthrough.items():
+            base = reference[name]
+            # The global copy of an integer buffer may be float: Flower's FedAvg averages it in float64.
+            if value.dtype.kind not in "iub" or value.shape != base.shape:
+                raise Rejected(
+                    f"passthrough tensor {name!r} is {value.dtype}{list(value.shape)} (the model has "
+                    f"{base.dtype}{list(base.shape)}); only integer and bool tensors pass through uncompressed"
+                )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
