@@ -1,5 +1,7 @@
 """The mod and the strategy wrapper, exchanging real Flower messages without an engine."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -275,3 +277,151 @@ def test_baselines_travel_through_mod_and_strategy(rng, config):
         np.testing.assert_allclose(residual, delta[k] - sent[k], atol=1e-6)
     stats = strategy.history[-1]
     assert rnd == 1 and stats.accepted == 1 and stats.payload_bytes == len(payload)
+
+
+def test_the_wrapper_reads_and_writes_the_inner_strategys_attributes():
+    inner = FedAvg(fraction_train=0.5, min_available_nodes=7)
+    strategy = FedZipStrategy(inner)
+    assert strategy.fraction_train == 0.5 and strategy.min_available_nodes == 7
+    strategy.fraction_train = 0.25
+    assert inner.fraction_train == 0.25 and strategy.fraction_train == 0.25
+    strategy.min_accepted = 3  # the wrapper's own attribute stays its own
+    assert strategy.min_accepted == 3 and not hasattr(inner, "min_accepted")
+    with pytest.raises(AttributeError):
+        _ = strategy.no_such_attribute
+
+
+def test_error_feedback_defaults_to_what_the_compressor_needs():
+    assert FedZipStrategy(compressor="stc").error_feedback is True
+    assert FedZipStrategy(compressor="stc", error_feedback=False).error_feedback is False
+    assert FedZipStrategy(compressor="fedzip").error_feedback is False
+    assert FedZipStrategy(compressor={"id": "topk", "keep": 0.1}, error_feedback=True).error_feedback is True
+
+
+def test_compositions_that_would_break_client_side_dp_are_refused():
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    def dp():
+        return DifferentialPrivacyClientSideFixedClipping(FedAvg(), 1.0, 0.5, 2)
+
+    with pytest.raises(ValueError, match="error feedback"):
+        FedZipStrategy(dp(), compressor="stc")
+    with pytest.raises(ValueError, match="larger norm"):
+        FedZipStrategy(dp(), compressor="qsgd")
+    FedZipStrategy(dp(), compressor="stc", error_feedback=False)  # allowed: STC never grows the norm
+    with pytest.raises(ValueError, match="another FedZipStrategy"):
+        FedZipStrategy(FedZipStrategy())
+
+
+def test_settings_travel_in_the_inner_strategys_config_record(rng):
+    model = global_model(rng)
+    user_config = ConfigRecord({"lr": 0.1})
+    strategy = FedZipStrategy(FedAvg(min_available_nodes=2), compressor=fedzip.FedZip(keep=0.1))
+    messages = list(strategy.configure_train(3, to_record(model), user_config, FakeGrid([0, 1])))
+    for message in messages:
+        (name,) = message.content.config_records
+        config = message.content.config_records[name]
+        assert name == "config" and config["lr"] == 0.1 and config["server-round"] == 3
+        assert fedzip.get_compressor(json.loads(config[protocol.CODEC_KEY])) == fedzip.FedZip(keep=0.1)
+    assert protocol.CODEC_KEY not in user_config  # the user's record is not edited
+
+    # What the ClientApp behind the mod sees: the message as the inner strategy built it.
+    content = RecordDict(dict(messages[0].content.items()))
+    assert protocol.pop_settings(content) is not None
+    assert dict(content.config_records["config"]) == {"lr": 0.1, "server-round": 3}
+    assert protocol.pop_settings(content) is None
+
+
+def test_zero_d_arrays_keep_their_shape_in_records_payloads_and_residuals():
+    arrays = {
+        "scale": np.array(0.5, np.float32),
+        "count": np.array(7, np.int64),
+        "w": np.ones((2, 3), np.float64),
+    }
+    back = protocol.from_record(protocol.to_record(arrays))
+    assert {k: (v.shape, v.dtype) for k, v in back.items()} == {
+        k: (v.shape, v.dtype) for k, v in arrays.items()
+    }
+
+    model = {"scale": np.array(1.0, np.float32), "w": np.zeros((8, 8), np.float32), "count": np.array(0)}
+
+    def app(msg, context):
+        received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+        trained = {
+            "scale": received["scale"] + 0.25,
+            "w": received["w"] + 0.01,
+            "count": (received["count"] + 5).astype(np.int64),  # as load_state_dict would cast it
+        }
+        return Message(
+            RecordDict({"arrays": protocol.to_record(trained), "metrics": MetricRecord({"num-examples": 1})}),
+            reply_to=msg,
+        )
+
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.5, sparsify_1d=True),
+        error_feedback=True,
+    )
+    ctx = context(0)
+    for server_round in (1, 2, 3):
+        replies = run_round(strategy, model, [app], [ctx])
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert strategy.history[-1].accepted == 1
+        model = {k: a.numpy() for k, a in arrays.items()}
+        residual = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
+        assert residual["scale"].shape == () and "count" not in residual
+    assert model["scale"].shape == () and model["count"].shape == ()
+    np.testing.assert_allclose(model["scale"], 1.75, rtol=1e-6)
+    assert float(model["count"]) == 15.0
+
+
+def test_a_residual_from_another_model_is_reset_not_an_error(rng):
+    model = global_model(rng)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.1),
+        error_feedback=True,
+    )
+    ctx = context(0)
+    ctx.state[protocol.RESIDUAL] = to_record({"other": np.ones(3, np.float32)})
+    delta = {k: np.full_like(v, 0.5) for k, v in model.items()}
+    replies = run_round(strategy, model, [make_client(delta, 1)], [ctx])
+    strategy.aggregate_train(1, replies)
+    assert strategy.history[-1].accepted == 1
+    assert set(ctx.state.array_records[protocol.RESIDUAL]) == set(model)
+
+
+def test_without_error_feedback_no_residual_is_kept(rng):
+    model = global_model(rng)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1), compressor=fedzip.FedZip(keep=0.1)
+    )
+    ctx = context(0)
+    ctx.state[protocol.RESIDUAL] = to_record({k: np.ones_like(v) for k, v in model.items()})
+    run_round(strategy, model, [make_client(model, 1)], [ctx])
+    assert protocol.RESIDUAL not in ctx.state.array_records
+
+
+def test_the_mod_refuses_settings_it_cannot_read(rng):
+    model = global_model(rng)
+    content = RecordDict(
+        {"arrays": to_record(model), "config": ConfigRecord({protocol.CODEC_KEY: '{"id": "zstd-9000"}'})}
+    )
+    msg = Message(content, dst_node_id=0, message_type="train")
+    reply = fedzip_mod(msg, context(0), make_client(model, 1))
+    assert reply.has_error() and reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert "zstd-9000" in reply.error.reason
+
+
+def test_a_client_cannot_choose_where_the_weights_go(rng):
+    """The reply's records are the server's to name: extra or clashing records are refused."""
+    model = global_model(rng)
+    strategy = FedZipStrategy(FedAvg(min_available_nodes=2, min_train_nodes=2), compressor="none")
+    first, second = strategy.configure_train(1, to_record(model), ConfigRecord({}), FakeGrid([0, 1]))
+    payload = fedzip.NoCompression().encode({k: np.ones_like(v) for k, v in model.items()})
+    clashing = reply_with(first, payload)
+    clashing.content["arrays"] = to_record(model)
+    honest = reply_with(second, payload)
+    arrays, _ = strategy.aggregate_train(1, [clashing, honest])
+    np.testing.assert_allclose(arrays["w"].numpy(), model["w"] + 1)
+    assert "unexpected records" in strategy.history[-1].failures[0]
