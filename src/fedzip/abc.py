@@ -43,11 +43,13 @@ class Compressor(ABC):
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
         """What ``decode(encode(update))`` returns, without the bytes."""
 
-    def decode(self, payload: bytes, max_elements: int | None = None) -> dict[str, np.ndarray]:
+    def decode(
+        self, payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Inverse of :meth:`encode`; payloads describe themselves."""
         from .codec import decode
 
-        return decode(payload, max_elements=max_elements)
+        return decode(payload, max_elements=max_elements, max_tensors=max_tensors)
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         """The payload and what it decodes to (used by error feedback)."""

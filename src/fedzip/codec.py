@@ -229,6 +229,11 @@ def _decode_each(records: list[wire.Record]):
         decoder = _BODY_DECODERS.get(rec.encoding)
         if decoder is None:
             raise FormatError(f"tensor {rec.name!r}: unknown encoding id {rec.encoding}")
+        if rec.size == 0 and not (rec.kept or rec.body_bits or rec.centroids.size):
+            # an empty tensor carries nothing to decode; skipping the decoder keeps
+            # payloads of many empty tensors cheap
+            yield rec, np.zeros(rec.shape, rec.dtype), 0
+            continue
         try:
             values, position_bits = decoder(rec)
             values = values.reshape(rec.shape)
@@ -254,13 +259,16 @@ def decode_records(records: list[wire.Record]) -> dict[str, np.ndarray]:
     return {rec.name: values for rec, values, _ in _decode_each(records)}
 
 
-def decode(payload: bytes, max_elements: int | None = None) -> dict[str, np.ndarray]:
+def decode(
+    payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
+) -> dict[str, np.ndarray]:
     """Decode any fedzip payload into name -> array (names, order, shapes, dtypes kept).
 
-    ``max_elements`` refuses payloads that declare more elements in total,
-    before anything is allocated. Malformed input raises :class:`FormatError`.
+    ``max_elements`` and ``max_tensors`` refuse payloads that declare more
+    elements in total or more tensors, before anything is allocated.
+    Malformed input raises :class:`FormatError`.
     """
-    return decode_records(wire.read(payload, max_elements=max_elements))
+    return decode_records(wire.read(payload, max_elements=max_elements, max_tensors=max_tensors))
 
 
 def inspect(payload: bytes) -> Inspection:

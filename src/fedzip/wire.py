@@ -81,22 +81,32 @@ def write(records: list[Record]) -> bytes:
 
 
 class _Cursor:
-    def __init__(self, data: memoryview, end: int) -> None:
+    """Reads fields of ``data`` (bytes) up to ``end``; every overrun is a FormatError."""
+
+    def __init__(self, data: bytes, end: int) -> None:
         self.data = data
         self.pos = 0
         self.end = end
 
-    def take(self, count: int, what: str) -> memoryview:
-        if count < 0 or self.pos + count > self.end:
+    def take(self, count: int, what: str) -> bytes:
+        pos = self.pos
+        if count < 0 or pos + count > self.end:
             raise FormatError(f"payload truncated while reading {what}")
-        chunk = self.data[self.pos : self.pos + count]
-        self.pos += count
-        return chunk
+        self.pos = pos + count
+        return self.data[pos : pos + count]
 
     def byte(self, what: str) -> int:
-        return self.take(1, what)[0]
+        pos = self.pos
+        if pos >= self.end:
+            raise FormatError(f"payload truncated while reading {what}")
+        self.pos = pos + 1
+        return self.data[pos]
 
     def varint(self, what: str) -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:  # one byte: the common case
+            self.pos = pos + 1
+            return self.data[pos]
         value = 0
         for shift in range(0, 63, 7):
             byte = self.byte(what)
@@ -106,11 +116,19 @@ class _Cursor:
         raise FormatError(f"{what} is not a valid varint")
 
 
-def read(payload: bytes, max_elements: int | None = None) -> list[Record]:
-    """Parse and check a container; raise :class:`FormatError` on any defect."""
+_NO_CENTROIDS = np.zeros(0, dtype=np.float32)
+_NO_CENTROIDS.flags.writeable = False
+
+
+def read(payload: bytes, max_elements: int | None = None, max_tensors: int | None = None) -> list[Record]:
+    """Parse and check a container; raise :class:`FormatError` on any defect.
+
+    ``max_elements`` and ``max_tensors`` refuse payloads declaring more,
+    before anything is allocated for them.
+    """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    data = memoryview(bytes(payload))
+    data = bytes(payload)
     if len(data) < _MIN_SIZE or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not a fedzip payload (bad magic or too short)")
     if data[len(MAGIC)] != VERSION:
@@ -123,13 +141,15 @@ def read(payload: bytes, max_elements: int | None = None) -> list[Record]:
     count = cur.varint("tensor count")
     if count > cur.end - cur.pos:
         raise FormatError(f"{count} tensors declared in a payload of {len(data)} bytes")
+    if max_tensors is not None and count > max_tensors:
+        raise FormatError(f"payload declares {count} tensors, more than max_tensors={max_tensors}")
     records: list[Record] = []
     names: set[str] = set()
     total = 0
     for index in range(count):
         start = cur.pos
         try:
-            name = bytes(cur.take(cur.varint("name length"), "name")).decode("utf-8")
+            name = cur.take(cur.varint("name length"), "name").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise FormatError(f"tensor {index}: name is not UTF-8") from exc
         if name in names:
@@ -154,11 +174,14 @@ def read(payload: bytes, max_elements: int | None = None) -> list[Record]:
             raise FormatError(f"tensor {name!r}: {kept} kept entries of {size}")
         clusters = cur.varint("cluster count")
         header = cur.pos - start
-        centroids = np.frombuffer(cur.take(4 * clusters, "centroids"), dtype="<f4").astype(np.float32)
-        if not np.all(np.isfinite(centroids)):
-            raise FormatError(f"tensor {name!r}: centroids are not finite")
+        if clusters:
+            centroids = np.frombuffer(cur.take(4 * clusters, "centroids"), dtype="<f4").astype(np.float32)
+            if not np.isfinite(centroids).all():
+                raise FormatError(f"tensor {name!r}: centroids are not finite")
+        else:
+            centroids = _NO_CENTROIDS
         body_bits = cur.varint("body length")
-        body = bytes(cur.take(-(-body_bits // 8), "body"))
+        body = cur.take(-(-body_bits // 8), "body")
         header += len(_varint(body_bits))
         records.append(Record(name, DTYPES[code], shape, encoding, kept, centroids, body_bits, body, header))
     if cur.pos != cur.end:

@@ -33,10 +33,18 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
+def _bucket_sizes(n: int, bucket: int) -> np.ndarray:
+    """Entries in each bucket; the last one may be short. O(n / bucket), whatever ``bucket`` is."""
+    count = -(-n // bucket)
+    sizes = np.full(count, bucket, dtype=np.int64)
+    sizes[-1] = n - bucket * (count - 1)
+    return sizes
+
+
 def _reconstruct(
     norms: np.ndarray, levels: np.ndarray, negative: np.ndarray, s: int, bucket: int
 ) -> np.ndarray:
-    scale = np.repeat(norms.astype(np.float32), bucket)[: levels.size]
+    scale = np.repeat(norms.astype(np.float32), _bucket_sizes(levels.size, bucket))
     return signed(scale * (levels.astype(np.float32) / np.float32(s)), negative)
 
 
@@ -63,10 +71,10 @@ class QSGD(TensorCompressor):
 
     def pack(self, flat: np.ndarray) -> Packed:
         n, s, bucket = flat.size, self.levels, self.bucket
-        padded = np.zeros(-(-n // bucket) * bucket, dtype=np.float64)
-        padded[:n] = flat
-        norms = np.sqrt(np.square(padded.reshape(-1, bucket)).sum(axis=1)).astype(np.float32)
-        scale = np.repeat(norms.astype(np.float64), bucket)[:n]
+        # No padding to a whole bucket: a bucket far larger than the tensor costs nothing.
+        starts = np.arange(0, n, bucket, dtype=np.int64)
+        norms = np.sqrt(np.add.reduceat(np.square(flat, dtype=np.float64), starts)).astype(np.float32)
+        scale = np.repeat(norms.astype(np.float64), _bucket_sizes(n, bucket))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(scale > 0, np.abs(flat) / scale * s, 0.0)
         floor = np.floor(ratio)

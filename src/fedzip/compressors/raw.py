@@ -47,6 +47,8 @@ def _raw_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     if rec.kept != rec.size or rec.centroids.size or rec.body_bits != 8 * itemsize * rec.size:
         raise FormatError(f"tensor {rec.name!r}: raw body does not match its shape")
     values = np.frombuffer(rec.body, dtype=rec.dtype.newbyteorder("<")).astype(rec.dtype)
+    if not np.isfinite(values).all():
+        raise FormatError(f"tensor {rec.name!r} holds NaN or Inf")
     return values, 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -100,6 +102,11 @@ class FedZipStrategy(Strategy):
             need it (STC) and off otherwise.
         min_accepted: a round with fewer accepted replies leaves the model
             unchanged (the inner strategy is not asked to aggregate).
+        norm_bound: a reply whose update norm exceeds this many times the median
+            update norm of the round is rejected (the median of the last round
+            with three or more replies when this one has fewer); ``None`` turns
+            the check off.
+        max_update_norm: an absolute bound on every reply's update norm.
         on_payload: called as ``on_payload(round, payload)`` for every accepted payload.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
@@ -116,6 +123,8 @@ class FedZipStrategy(Strategy):
         error_feedback: bool | None = None,
         *,
         min_accepted: int = 1,
+        norm_bound: float | None = 10.0,
+        max_update_norm: float | None = None,
         on_payload: Callable[[int, bytes], None] | None = None,
     ) -> None:
         super().__init__()
@@ -132,6 +141,11 @@ class FedZipStrategy(Strategy):
         feedback = codec.needs_error_feedback if error_feedback is None else bool(error_feedback)
         if isinstance(min_accepted, bool) or not isinstance(min_accepted, int) or min_accepted < 1:
             raise ValueError(f"min_accepted must be an int >= 1, got {min_accepted!r}")
+        for option, value in (("norm_bound", norm_bound), ("max_update_norm", max_update_norm)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise ValueError(f"{option} must be a positive number or None, got {value!r}")
         client_dp = next((s for s in _inner_chain(inner) if isinstance(s, _CLIENT_SIDE_DP)), None)
         if client_dp is not None and feedback:
             raise ValueError(
@@ -147,7 +161,10 @@ class FedZipStrategy(Strategy):
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
+        self.norm_bound = norm_bound
+        self.max_update_norm = max_update_norm
         self.on_payload = on_payload
+        self._norm_reference: float | None = None  # median update norm of the last round that had one
         self.history: list[RoundStats] = []
         self._current: ArrayRecord | None = None
         self._weights_key: str | None = None
@@ -216,40 +233,54 @@ class FedZipStrategy(Strategy):
         self._refuse_outer_dp_wrapper()
         stats = RoundStats(server_round)
         reference = protocol.from_record(self._current if self._current is not None else ArrayRecord())
-        forwarded: list[Message] = []
+        forwarded: dict[int, Message] = {}  # reply index -> the message the inner strategy gets
+        candidates: list[tuple[int, Message, bytes, float, int]] = []
         configuration: list[str] = []
-        for reply in replies:
+
+        def reject(index: int, reply: Message, reason: str, setting: bool = False) -> None:
+            line = f"node {reply.metadata.src_node_id}: {reason}"
+            log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, line)
+            stats.failures.append(line)
+            if setting:
+                configuration.append(reason)
+            error = Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {reason}")
+            forwarded[index] = Message(error=error, metadata=reply.metadata)
+
+        for index, reply in enumerate(replies):
             stats.replies += 1
-            node = reply.metadata.src_node_id
             if reply.has_error():
-                reason = f"node {node}: {reply.error.reason}"
-                stats.failures.append(reason)
+                stats.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
                 if reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION:
                     configuration.append(reply.error.reason)
-                forwarded.append(reply)
+                forwarded[index] = reply
                 continue
             carried = _content_bytes(reply)
             try:
-                payload = self._restore(reply, reference)
+                self._check_metrics(reply)
+                payload, norm = self._restore(reply, reference)
             except Rejected as exc:
-                reason = f"node {node}: {exc}"
-                log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, reason)
-                stats.failures.append(reason)
-                if exc.configuration:
-                    configuration.append(str(exc))
-                forwarded.append(
-                    Message(
-                        error=Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {exc}"), metadata=reply.metadata
-                    )
-                )
+                reject(index, reply, str(exc), exc.configuration)
                 continue
+            candidates.append((index, reply, payload, norm, carried))
+
+        bound = self._norm_limit([norm for *_, norm, _ in candidates])
+        kept = []
+        for index, reply, payload, norm, carried in candidates:
+            if norm > bound:
+                reject(index, reply, f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
+            else:
+                kept.append((index, reply, payload, carried))
+        for index, reply, payload, carried in self._consistent(kept, reject):
             stats.accepted += 1
             stats.uplink_bytes += carried
             stats.raw_bytes += _content_bytes(reply)
             stats.payload_bytes += len(payload)
             if self.on_payload is not None:
-                self.on_payload(server_round, payload)
-            forwarded.append(reply)
+                try:
+                    self.on_payload(server_round, payload)
+                except Exception as exc:  # a callback's failure must not end the run
+                    log(WARNING, "FedZipStrategy: on_payload failed in round %d: %r", server_round, exc)
+            forwarded[index] = reply
         self.history.append(stats)
         log(
             INFO,
@@ -276,11 +307,68 @@ class FedZipStrategy(Strategy):
                 self.min_accepted,
             )
             return None, None
+        try:
+            result = self.strategy.aggregate_train(server_round, [forwarded[i] for i in sorted(forwarded)])
+        except InconsistentMessageReplies as exc:
+            log(WARNING, "FedZipStrategy: round %d not aggregated: %s", server_round, exc)
+            return None, None
         stats.aggregated = True
-        return self.strategy.aggregate_train(server_round, forwarded)
+        return result
 
-    def _restore(self, reply: Message, reference: dict[str, np.ndarray]) -> bytes:
-        """Replace the payload in ``reply`` by the client's trained weights; return the payload."""
+    def _norm_limit(self, norms: list[float]) -> float:
+        """The largest update norm accepted this round."""
+        limit = self.max_update_norm if self.max_update_norm is not None else float("inf")
+        if self.norm_bound is None:
+            return limit
+        if len(norms) >= 3:  # a median that one reply cannot move
+            self._norm_reference = float(np.median(norms))
+        if self._norm_reference is not None and self._norm_reference > 0:
+            limit = min(limit, self.norm_bound * self._norm_reference)
+        return limit
+
+    def _weights_key_of_metrics(self) -> str | None:
+        """The metric the inner strategy weights replies by (``num-examples`` for FedAvg and kin)."""
+        for strategy in _inner_chain(self.strategy):
+            key = strategy.__dict__.get("weighted_by_key")
+            if isinstance(key, str):
+                return key
+        return None
+
+    def _check_metrics(self, reply: Message) -> None:
+        key = self._weights_key_of_metrics()
+        if key is None:
+            return
+        records = list(reply.content.metric_records.values())
+        if len(records) != 1:
+            raise Rejected(f"expected one MetricRecord in the reply, found {len(records)}")
+        weight = records[0].get(key)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (0 < weight < float("inf")):
+            raise Rejected(f"the reply's {key!r} must be a positive finite number, got {weight!r}")
+
+    def _consistent(self, kept: list, reject: Callable[..., None]) -> list:
+        """Replies whose metrics have the layout most replies have; Flower's FedAvg refuses mixed layouts."""
+        if self._weights_key_of_metrics() is None or not kept:
+            return kept
+
+        def layout(reply: Message) -> tuple:
+            ((name, record),) = reply.content.metric_records.items()
+            return name, tuple(sorted(record))
+
+        layouts = [layout(reply) for _, reply, _, _ in kept]
+        majority = max(layouts, key=layouts.count)  # ties: the first seen
+        out = []
+        for item, shape in zip(kept, layouts, strict=True):
+            if shape == majority:
+                out.append(item)
+            else:
+                reject(item[0], item[1], f"its metrics {shape} differ from the other replies' {majority}")
+        return out
+
+    def _restore(self, reply: Message, reference: dict[str, np.ndarray]) -> tuple[bytes, float]:
+        """Replace the payload in ``reply`` by the client's trained weights.
+
+        Returns the payload and the norm of the client's update.
+        """
         content = reply.content
         if protocol.PAYLOAD not in content.array_records:
             if content.array_records:
@@ -304,7 +392,7 @@ class FedZipStrategy(Strategy):
             raise Rejected(f"unreadable record: {exc}") from exc
         max_elements = sum(a.size for a in reference.values())
         try:
-            records = wire.read(payload, max_elements=max_elements)
+            records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference))
         except FormatError as exc:
             raise Rejected(f"malformed payload: {exc}") from exc
         self._check_header(records, passthrough, reference)
@@ -313,9 +401,11 @@ class FedZipStrategy(Strategy):
         except FormatError as exc:
             raise Rejected(f"malformed payload: {exc}") from exc
         trained = {}
+        squares = 0.0
         for name, base in reference.items():
             if name in passthrough:
                 value = passthrough[name]
+                delta = value.astype(np.float64) - base
             else:
                 delta = update[name]
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -323,11 +413,12 @@ class FedZipStrategy(Strategy):
                     value = (base + delta).astype(delta.dtype, copy=False)
                 if not np.isfinite(value).all():
                     raise Rejected(f"tensor {name!r} is not finite once the update is applied")
+            squares += float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
             trained[name] = value
         del content[protocol.PAYLOAD]
         content.pop(protocol.PASSTHROUGH, None)
         content[self._weights_key] = protocol.to_record(trained)
-        return payload
+        return payload, math.sqrt(squares)
 
     def _check_header(
         self, records: list[wire.Record], passthrough: dict[str, np.ndarray], reference: dict[str, np.ndarray]
