@@ -162,6 +162,8 @@ def read(payload: bytes, max_elements: int | None = None, max_tensors: int | Non
         if ndim > MAX_NDIM:
             raise FormatError(f"tensor {name!r}: {ndim} dimensions (at most {MAX_NDIM})")
         shape = tuple(cur.varint("dimension") for _ in range(ndim))
+        if math.prod(d for d in shape if d) * DTYPES[code].itemsize >= 1 << 63:
+            raise FormatError(f"tensor {name!r}: shape {shape} is larger than any array can be")
         size = math.prod(shape)
         total += size
         if max_elements is not None and total > max_elements:
