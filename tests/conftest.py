@@ -14,3 +14,24 @@ def rng():
 def heavy_tailed(rng, shape, dtype=np.float32, scale=0.01):
     """Values shaped like real model updates: Student-t with 3 degrees of freedom."""
     return (rng.standard_t(3, size=shape) * scale).astype(dtype)
+
+
+@pytest.fixture
+def task_identity():
+    """Outside an engine, Flower needs to be told which run and node it is."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+class FakeGrid:
+    """The part of Flower's Grid that strategies use to sample nodes."""
+
+    def __init__(self, nodes):
+        self.nodes = list(range(nodes)) if isinstance(nodes, int) else list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes

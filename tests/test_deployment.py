@@ -45,9 +45,14 @@ def wait_for_port(port, process, log, seconds=60):
 
 
 @pytest.fixture
-def federation(tmp_path):
-    """Start a SuperLink and two SuperNodes; stop every process (and child) afterwards."""
+def federation(tmp_path, request):
+    """Start a SuperLink and SuperNodes (two, or ``request.param``); stop every process afterwards.
+
+    Yields the environment for ``flwr``, the working folder and the SuperNode processes.
+    """
+    count = getattr(request, "param", 2)
     processes = []
+    nodes = []
     home = tmp_path / "flwr-home"
     home.mkdir()
     # SuperLink and SuperNodes start flower-superexec by name: it must be on PATH.
@@ -77,7 +82,7 @@ def federation(tmp_path):
         "--disable-runtime-dependency-installation",
     )
     wait_for_port(link_port, link, link_log)
-    for i in range(2):
+    for i in range(count):
         node_port = free_port()
         node, node_log = start(
             f"supernode{i}",
@@ -88,13 +93,14 @@ def federation(tmp_path):
             "--port",
             str(node_port),
             "--node-config",
-            f"partition-id={i} num-partitions=2",
+            f"partition-id={i} num-partitions={count}",
         )
         wait_for_port(node_port, node, node_log)
+        nodes.append(node)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
-    yield env, tmp_path
+    yield env, tmp_path, nodes
     for process in processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -107,8 +113,25 @@ def federation(tmp_path):
     assert all(p.poll() is not None for p in processes)
 
 
+def submit(env, tmp_path, run_config, **kwargs):
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, dirs_exist_ok=True)
+    command = [str(BIN / "flwr"), "run", str(app), "test", "--stream", "--run-config", run_config]
+    return subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+
+
+def read_rows(out):
+    try:
+        with open(out / "metrics.csv") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return []
+
+
 def test_superlink_and_supernodes_carry_fedzip_payloads(federation):
-    env, tmp_path = federation
+    env, tmp_path, _ = federation
     out = tmp_path / "results"
     app = tmp_path / "app"
     shutil.copytree(APP, app)
@@ -122,7 +145,7 @@ def test_superlink_and_supernodes_carry_fedzip_payloads(federation):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     deadline = time.monotonic() + 60
-    while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
+    while not (out / "accuracy.png").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -132,3 +155,32 @@ def test_superlink_and_supernodes_carry_fedzip_payloads(federation):
         assert float(row["ratio"]) > 50  # the uploads were FedZip payloads
     assert float(rows[-1]["accuracy"]) != float(rows[0]["accuracy"])  # the aggregated model changed
     assert "FedZipStrategy: round 2: 2/2 replies accepted" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("federation", [3], indirect=True)
+def test_a_supernode_that_dies_mid_run_does_not_stop_it(federation):
+    env, tmp_path, nodes = federation
+    out = tmp_path / "results"
+    config = f"clients=3 rounds=4 min-clients=2 node-wait=30 round-timeout=60 out='{out}'"
+    run = submit(env, tmp_path, config)
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_rows(out)) < 2 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.5)  # until round 1 is done
+        assert len(read_rows(out)) >= 2, (
+            f"round 1 never finished: {run.stdout.read()[-3000:] if run.poll() is not None else ''}"
+        )
+        os.killpg(nodes[2].pid, signal.SIGKILL)
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output[-3000:]
+    deadline = time.monotonic() + 60
+    while not (out / "accuracy.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rows = read_rows(out)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert int(rows[1]["accepted"]) == 3
+    assert int(rows[-1]["accepted"]) == 2  # the survivors carried the last round
+    assert all(int(r["accepted"]) >= 2 for r in rows[1:])

@@ -12,26 +12,10 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
 import fedzip
+from conftest import FakeGrid
 from fedzip.flower import ConfigurationError, FedZipStrategy, fedzip_mod, protocol
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Outside an engine, Flower needs to be told which run and node it is."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
-class FakeGrid:
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-    def get_node_ids(self):
-        return self.nodes
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def global_model(rng):

@@ -56,7 +56,7 @@ ray.cloudpickle.register_pickle_by_value(userapps)  # Ray workers cannot import 
 
 NODES = 5
 ROUNDS = 2
-COMMON = {"fraction_evaluate": 0.0, "min_available_nodes": NODES}
+COMMON = {"fraction_evaluate": 0.0, "min_available_nodes": NODES, "min_train_nodes": NODES}
 
 STRATEGIES: dict[str, Callable[[], object]] = {
     "FedAvg": lambda: FedAvg(**COMMON),
@@ -93,7 +93,7 @@ def start(grid: Grid, strategy, app: str, rounds: int = ROUNDS) -> dict[str, np.
     return {k: a.numpy() for k, a in result.arrays.items()}
 
 
-def simulate(client_app: ClientApp, main: Callable[[Grid], None]) -> None:
+def simulate(client_app: ClientApp, main: Callable[[Grid], None], nodes: int = NODES) -> None:
     server = ServerApp()
 
     @server.main()
@@ -109,7 +109,7 @@ def simulate(client_app: ClientApp, main: Callable[[Grid], None]) -> None:
         run_simulation(
             server_app=server,
             client_app=client_app,
-            num_supernodes=NODES,
+            num_supernodes=nodes,
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                 "init_args": {"log_to_driver": False, "include_dashboard": False},

@@ -16,7 +16,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
 import fedzip
-from conftest import heavy_tailed
+from conftest import FakeGrid, heavy_tailed
 from fedzip import wire
 from fedzip.compressors import QSGD
 from fedzip.flower import FedZipStrategy, protocol
@@ -24,22 +24,7 @@ from fedzip.flower import FedZipStrategy, protocol
 HONEST = 4
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
-class FakeGrid:
-    def __init__(self, count):
-        self.nodes = list(range(count))
-
-    def get_node_ids(self):
-        return self.nodes
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def model():

@@ -150,6 +150,9 @@ _EXPERIMENT_OPTIONS = (
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),
     ("--train-limit", int, "use a random subset of this many training examples (0: all)"),
     ("--test-limit", int, "use a random subset of this many test examples (0: all)"),
+    ("--min-clients", int, "go on while at least this many nodes are connected (default 1)"),
+    ("--node-wait", float, "seconds to wait for all clients at the start, and for --min-clients later (120)"),
+    ("--round-timeout", float, "seconds to wait for the replies of one round (default 600)"),
 )
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -129,10 +131,60 @@ class RoundRecord:
         return dataclasses.asdict(self)
 
 
+class PatientGrid:
+    """A Grid that gives up waiting for nodes.
+
+    Flower's strategies wait for ``min_available_nodes`` without a limit; after
+    ``seconds`` with fewer than ``minimum`` nodes connected this raises instead,
+    so a run whose nodes died ends (with every finished round written).
+    """
+
+    def __init__(self, grid: Grid, minimum: int, seconds: float) -> None:
+        self._grid, self._minimum, self._seconds = grid, minimum, seconds
+        self._short_since: float | None = None
+
+    def get_node_ids(self) -> list[int]:
+        nodes = list(self._grid.get_node_ids())
+        if len(nodes) >= self._minimum:
+            self._short_since = None
+        elif self._short_since is None:
+            self._short_since = time.monotonic()
+        elif time.monotonic() - self._short_since > self._seconds:
+            raise RuntimeError(
+                f"only {len(nodes)} node(s) connected for {self._seconds:.0f} s, fewer than "
+                f"min_clients={self._minimum}; stopping the run"
+            )
+        return nodes
+
+    def wait_for(self, count: int) -> int:
+        """Wait up to ``seconds`` for ``count`` nodes; the number connected."""
+        deadline = time.monotonic() + self._seconds
+        while len(nodes := list(self._grid.get_node_ids())) < count and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return len(nodes)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
 def serve(
-    grid: Grid, cfg: ExperimentConfig, on_round: Callable[[RoundRecord], None] | None = None
+    grid: Grid,
+    cfg: ExperimentConfig,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    out: Path | None = None,
 ) -> list[RoundRecord]:
-    """Run the experiment's rounds from the server side; evaluation is central."""
+    """Run the experiment's rounds from the server side; evaluation is central.
+
+    With ``out``, metrics.csv and summary.json are rewritten after every round,
+    so a run that stops early keeps what it finished.
+    """
+    from .runner import write_results
+
+    started = time.perf_counter()
+    patient = PatientGrid(grid, cfg.min_clients, cfg.node_wait)
+    connected = patient.wait_for(cfg.clients)
+    if connected < cfg.clients:
+        log(WARNING, "%d of %d nodes connected after %.0f s; going on", connected, cfg.clients, cfg.node_wait)
     dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, cfg.test_limit, cfg.seed)
     model = models.build(cfg.model, dataset.classes, cfg.seed)
     transcoded: dict[str, int] = dict.fromkeys(TRANSCODED, 0)
@@ -145,8 +197,8 @@ def serve(
         FedAvg(
             fraction_train=cfg.fraction,
             fraction_evaluate=0.0,
-            min_train_nodes=1,
-            min_available_nodes=cfg.clients,
+            min_train_nodes=cfg.min_clients,
+            min_available_nodes=cfg.min_clients,
         ),
         compressor=cfg.compressor_config(),
         error_feedback=cfg.error_feedback,
@@ -177,12 +229,15 @@ def serve(
         record.seconds = now - clock[0]
         clock[0] = now
         records.append(record)
+        if out is not None:
+            write_results(out, cfg, records, time.perf_counter() - started, plot=False)
         if on_round:
             on_round(record)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     strategy.start(
-        grid=grid,
+        grid=patient,
+        timeout=cfg.round_timeout,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=cfg.rounds,
         train_config=ConfigRecord(client_settings(cfg)),
@@ -201,5 +256,5 @@ def _main(grid: Grid, context: Context) -> None:
 
     cfg = ExperimentConfig.from_dict(dict(context.run_config))
     started = time.perf_counter()
-    records = serve(grid, cfg)
+    records = serve(grid, cfg, out=Path(cfg.out))
     write_results(Path(cfg.out), cfg, records, time.perf_counter() - started)

@@ -63,6 +63,9 @@ class ExperimentConfig:
     train_limit: int = 0  # 0: the whole training split
     test_limit: int = 0
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
+    min_clients: int = 1  # the run goes on while at least this many nodes are connected
+    node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
+    round_timeout: float = 600.0  # seconds to wait for the replies of one round
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
@@ -88,6 +91,16 @@ class ExperimentConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
         need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction!r}")
+        need(
+            isinstance(self.min_clients, int) and 1 <= self.min_clients <= self.clients,
+            f"min_clients must be an integer from 1 to clients={self.clients}, got {self.min_clients!r}",
+        )
+        for name in ("node_wait", "round_timeout"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+                f"{name} must be a number of seconds > 0, got {value!r}",
+            )
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")

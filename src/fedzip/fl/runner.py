@@ -65,9 +65,9 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
 
 
 def write_results(
-    out: Path, cfg: ExperimentConfig, records: list[RoundRecord], seconds: float
+    out: Path, cfg: ExperimentConfig, records: list[RoundRecord], seconds: float, plot: bool = True
 ) -> dict[str, Any]:
-    """metrics.csv, summary.json, config.toml and accuracy.png in ``out``."""
+    """metrics.csv, summary.json, config.toml and (with ``plot``) accuracy.png in ``out``."""
     from .report import plot_run
 
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,8 @@ def write_results(
     summary = summarize(cfg, records, seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "config.toml").write_text(cfg.to_toml())
-    plot_run(records, out / "accuracy.png", title=cfg.label)
+    if plot:
+        plot_run(records, out / "accuracy.png", title=cfg.label)
     return summary
 
 
@@ -118,7 +119,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[st
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            records.extend(serve(grid, cfg, on_round))
+            records.extend(serve(grid, cfg, on_round, out=Path(cfg.out)))
         except BaseException as exc:  # surfaced after the simulation stops
             errors.append(exc)
             raise
