@@ -48,3 +48,66 @@ def test_dtype_is_kept(rng):
         out = fedzip.decode(ef.encode({"w": heavy_tailed(rng, (8, 8), np.float16)}))
         assert out["w"].dtype == np.float16
         assert ef.residual["w"].dtype == np.float16
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        fedzip.FedZip(keep=0.05, clusters=3),
+        fedzip.get_compressor({"id": "stc", "keep": 0.05}),
+        fedzip.get_compressor({"id": "topk", "keep": 0.05}),
+        fedzip.get_compressor({"id": "signsgd"}),
+        fedzip.get_compressor({"id": "qsgd"}),
+    ],
+    ids=lambda c: c.codec_id,
+)
+def test_in_place_residual_equals_the_out_of_place_definition(rng, codec):
+    """residual' = (update + residual) - decode(payload), exactly, for every compressor."""
+    ef = fedzip.ErrorFeedback(codec)
+    previous = {"w": np.zeros((30, 20), np.float32), "b": np.zeros(20, np.float32)}
+    for _ in range(3):
+        update = {"w": heavy_tailed(rng, (30, 20)), "b": heavy_tailed(rng, (20,))}
+        before = {k: v.copy() for k, v in update.items()}
+        payload = ef.encode(update)
+        sent = fedzip.decode(payload)
+        for name in update:
+            assert np.array_equal(update[name], before[name]), "the caller's update was modified"
+            corrected = (before[name] + previous[name]).astype(np.float32)
+            assert np.array_equal(ef.residual[name], corrected - sent[name])
+        previous = {k: v.copy() for k, v in ef.residual.items()}
+
+
+def test_a_bad_update_leaves_the_residual_untouched(rng):
+    ef = fedzip.ErrorFeedback(fedzip.FedZip(keep=0.1))
+    ef.encode({"w": heavy_tailed(rng, (10, 10)), "v": heavy_tailed(rng, (10, 10))})
+    kept = {k: v.copy() for k, v in ef.residual.items()}
+    bad = {"w": heavy_tailed(rng, (10, 10)), "v": np.full((10, 10), np.nan, np.float32)}
+    with pytest.raises(ValueError, match="NaN"):
+        ef.encode(bad)
+    assert all(np.array_equal(ef.residual[k], kept[k]) for k in kept)
+
+
+def test_encode_subtract_needs_arrays_it_can_write(rng):
+    frozen = heavy_tailed(rng, (10, 10))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        fedzip.FedZip().encode_subtract({"w": frozen})
+    with pytest.raises(ValueError, match="contiguous"):
+        fedzip.FedZip().encode_subtract({"w": np.asfortranarray(heavy_tailed(rng, (10, 10)))})
+
+
+def test_steady_state_encoding_allocates_far_less_than_the_update(rng):
+    """After the first round, encoding with feedback works in the residual's memory."""
+    import tracemalloc
+
+    # 24 MB: k-means' fixed few MB of working space stays small beside it
+    update = {"w": heavy_tailed(rng, (3000, 2000))}
+    ef = fedzip.ErrorFeedback(fedzip.FedZip(keep=0.01))
+    ef.encode(update)
+    tracemalloc.start()
+    try:
+        ef.encode(update)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.4 * update["w"].nbytes

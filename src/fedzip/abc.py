@@ -56,6 +56,20 @@ class Compressor(ABC):
         payload = self.encode(update)
         return payload, self.decode(payload)
 
+    def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
+        """Encode ``update`` and subtract, in place, what the payload carries.
+
+        What is left in ``update`` is the error-feedback residual. The arrays
+        must be writable. This default holds the decoded update once;
+        compressors override it to work one tensor (or one sparse set) at a time.
+        """
+        for name, array in update.items():
+            writable_flat(name, array)
+        payload, sent = self.encode_with_approximation(update)
+        for name, array in update.items():
+            np.subtract(array, sent.pop(name), out=array, casting="unsafe")
+        return payload
+
     def get_config(self) -> dict[str, Any]:
         params = inspect.signature(type(self).__init__).parameters
         config = {name: getattr(self, name) for name in params if name != "self"}
@@ -120,3 +134,13 @@ def check_values(name: str, array: np.ndarray) -> float:
     if peak > FLOAT32_MAX:
         raise ValueError(f"tensor {name!r} has values beyond the float32 range; scale the update down")
     return peak
+
+
+def writable_flat(name: str, array: np.ndarray) -> np.ndarray:
+    """A 1-D view of ``array`` for in-place updates; ValueError if there can be none."""
+    if not isinstance(array, np.ndarray) or not array.flags.writeable or not array.flags.c_contiguous:
+        raise ValueError(
+            f"tensor {name!r} must be a writable C-contiguous numpy array to be updated in place "
+            "(np.array(x, copy=True) makes one)"
+        )
+    return array.reshape(-1)

@@ -206,3 +206,76 @@ def run(
         label = f"{sum(a.size for a in update.values()) / 1e6:.1f}M"
         rows += bench_update(label, update, encodings, keep, clusters, repeat, progress, baselines)
     return rows
+
+
+@dataclass
+class FeedbackRow:
+    """One way of encoding a large update, with its time and memory."""
+
+    method: str
+    parameters: int
+    payload_bytes: int
+    seconds: float
+    peak_extra_x_update: float  # memory allocated beyond the inputs, / the update's size
+    held_x_update: float  # update + residual kept between rounds + peak extra, / the update's size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _out_of_place_feedback(codec: Compressor, update: dict, residual: dict) -> tuple[bytes, dict]:
+    """Error feedback as textbooks write it: new arrays for the sum, the decoded part and the rest."""
+    corrected = {k: update[k] + residual[k] for k in update}
+    payload, sent = codec.encode_with_approximation(corrected)
+    return payload, {k: corrected[k] - sent[k] for k in corrected}
+
+
+def bench_feedback(
+    parameters: int = 500_000_000,
+    keep: float = 0.01,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[FeedbackRow]:
+    """Time and peak memory of encoding a large update with and without error feedback.
+
+    Rows: zstd-1 on the same bytes (reference), FedZip alone, FedZip with
+    :class:`~fedzip.ErrorFeedback` in its first round (the residual is
+    allocated) and in a later round (worked on in place), and the
+    out-of-place formulation for comparison.
+    """
+    import zstandard
+
+    from .feedback import ErrorFeedback
+
+    if progress:
+        progress(f"generating a {parameters:,}-parameter update")
+    update = heavy_tailed_update(large_shapes(parameters), seed)
+    size = sum(a.nbytes for a in update.values())
+    count = sum(a.size for a in update.values())
+    codec = FedZip(keep=keep)
+    rows: list[FeedbackRow] = []
+
+    def measure(method: str, fn: Callable[[], int], held: float) -> None:
+        """``fn`` returns the payload's size; ``held`` is what lives between rounds, in updates."""
+        if progress:
+            progress(method)
+        result: list[int] = []
+        start = time.perf_counter()
+        peak = _peak_extra_bytes(lambda: result.append(fn()))
+        seconds = time.perf_counter() - start
+        rows.append(FeedbackRow(method, count, result[0], seconds, peak / size, held + peak / size))
+
+    compressor = zstandard.ZstdCompressor(level=1)
+    measure("zstd-1", lambda: sum(len(compressor.compress(a)) for a in update.values()), 1.0)
+    measure("fedzip", lambda: len(codec.encode(update)), 1.0)
+    sender = ErrorFeedback(codec)
+    measure("fedzip+ef, first round", lambda: len(sender.encode(update)), 1.0)
+    measure("fedzip+ef, later round (in place)", lambda: len(sender.encode(update)), 2.0)
+    residual = sender.residual
+    sender.residual = {}  # the reference works on its own copies
+    measure(
+        "fedzip+ef, out of place (reference)",
+        lambda: len(_out_of_place_feedback(codec, update, residual)[0]),
+        2.0,
+    )
+    return rows

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -50,7 +51,6 @@ def _clusters(text: str) -> int | str:
 
 def _bench(args: argparse.Namespace) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     from . import bench
 
@@ -63,6 +63,31 @@ def _bench(args: argparse.Namespace) -> None:
     if unknown:
         raise CliError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     console = Console(stderr=True)
+    if args.feedback:
+        with console.status("benchmarking") as status:
+            feedback_rows = bench.bench_feedback(
+                parameters=int(args.params),
+                keep=args.keep,
+                seed=args.seed,
+                progress=lambda message: status.update(f"benchmarking {message}"),
+            )
+        headers = ["method", "parameters", "bytes", "seconds", "peak extra", "held in memory"]
+        cells = [
+            [
+                r.method,
+                f"{r.parameters:,}",
+                f"{r.payload_bytes:,}",
+                f"{r.seconds:.2f}",
+                f"{r.peak_extra_x_update:.2f}x",
+                f"{r.held_x_update:.2f}x",
+            ]
+            for r in feedback_rows
+        ]
+        title = f"fedzip bench --feedback: keep={args.keep}, memory relative to the update's size"
+        _emit_table(
+            console, title, headers, cells, [r.to_dict() for r in feedback_rows], args.out, "feedback"
+        )
+        return
     with console.status("benchmarking") as status:
         rows = bench.run(
             parameters=args.params,
@@ -74,7 +99,7 @@ def _bench(args: argparse.Namespace) -> None:
             progress=lambda message: status.update(f"benchmarking {message}"),
             baselines=baselines,
         )
-    table = Table(title=f"fedzip bench: keep={args.keep}, clusters={args.clusters}, best of {args.repeat}")
+    title = f"fedzip bench: keep={args.keep}, clusters={args.clusters}, best of {args.repeat}"
     headers = [
         "update",
         "codec",
@@ -86,11 +111,8 @@ def _bench(args: argparse.Namespace) -> None:
         "dec MB/s",
         "peak mem",
     ]
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("update", "codec") else "right")
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = [
+    cells = [
+        [
             row.update,
             row.codec,
             f"{row.payload_bytes:,}",
@@ -101,23 +123,50 @@ def _bench(args: argparse.Namespace) -> None:
             f"{row.decode_mb_s:.0f}",
             "" if row.peak_memory_x_input is None else f"{row.peak_memory_x_input:.2f}x",
         ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        for row in rows
+    ]
+    _emit_table(console, title, headers, cells, [row.to_dict() for row in rows], args.out, "bench")
+
+
+def _emit_table(
+    console: Any,
+    title: str,
+    headers: list[str],
+    cells: list[list[str]],
+    data: list[dict],
+    out: Any,
+    stem: str,
+) -> None:
+    """Print a table and, with ``out``, write it as STEM.json, STEM.csv and STEM.md."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="right" if header in NUMERIC else "left")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in cells:
+        table.add_row(*row)
+        lines.append("| " + " | ".join(row) + " |")
     stdout = Console()
     if not stdout.is_terminal:
         stdout = Console(width=140)
     stdout.print(table)
-    if args.out:
-        out = Path(args.out)
+    if out:
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        data = [row.to_dict() for row in rows]
-        (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
-        with open(out / "bench.csv", "w", newline="") as handle:
+        (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+        with open(out / f"{stem}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(data[0]))
             writer.writeheader()
             writer.writerows(data)
-        (out / "bench.md").write_text("\n".join(lines) + "\n")
-        console.print(f"results written to {out}/bench.json, bench.csv, bench.md")
+        (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        console.print(f"results written to {out}/{stem}.json, {stem}.csv, {stem}.md")
+
+
+# Columns aligned right.
+NUMERIC = {"bytes", "ratio", "bits/kept", "x bound", "enc MB/s", "dec MB/s", "peak mem"}
+NUMERIC |= {"parameters", "seconds", "peak extra", "held in memory"}
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -268,7 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--repeat", type=_positive_int, default=3, help="timing runs, best kept (default 3)")
     bench.add_argument("--seed", type=_positive_int, default=0)
-    bench.add_argument("--out", help="directory for bench.json, bench.csv and bench.md")
+    bench.add_argument(
+        "--feedback",
+        action="store_true",
+        help="time and peak memory of error feedback on a --params update (e.g. --params 500e6)",
+    )
+    bench.add_argument(
+        "--out", help="directory for bench.json, bench.csv and bench.md (feedback.* with --feedback)"
+    )
     bench.set_defaults(func=_bench)
 
     run = commands.add_parser("run", help="one federated run on Flower's simulation engine")

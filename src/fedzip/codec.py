@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import encodings, huffman, wire
-from .abc import Compressor, Update, check_update, check_values
+from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
 from .encodings import Quantized
 from .errors import FormatError
@@ -88,6 +88,18 @@ class FedZip(Compressor):
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         quantized = self._quantize_all(update)
         return self._encode(quantized), {name: q.dense() for name, q in quantized.items()}
+
+    def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
+        # Sparse: only the kept entries change, so nothing of the tensor's size is allocated.
+        arrays = check_update(update)
+        flats = {name: writable_flat(name, array) for name, array in arrays.items()}
+        records = []
+        for name, array in arrays.items():
+            q = self.quantize(name, array)
+            records.append(_record(name, q, self.encoding))
+            if q.kept:
+                flats[name][q.positions] -= q.centroids.astype(q.dtype)[q.labels]
+        return wire.write(records)
 
     def _encode(self, quantized: dict[str, Quantized]) -> bytes:
         return wire.write([_record(name, q, self.encoding) for name, q in quantized.items()])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from .. import wire
-from ..abc import Compressor, Update, check_update, check_values
+from ..abc import Compressor, Update, check_update, check_values, writable_flat
 from ..bitio import BitReader, BitWriter
 from ..errors import FormatError
 
@@ -42,28 +43,40 @@ class TensorCompressor(Compressor):
     def pack(self, flat: np.ndarray) -> Packed:
         """Compress one flat tensor (size >= 1, finite)."""
 
-    def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
-        records, approx = [], {}
+    def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, np.ndarray]]:
+        """Per tensor: its record, the tensor, and what the receiver reconstructs (flat float32)."""
         for name, array in check_update(update).items():
             check_values(name, array)
             if array.size:
                 packed = self.pack(array.reshape(-1))
             else:
                 packed = Packed(NO_PARAMS, 0, b"", 0, np.zeros(0, np.float32))
-            records.append(
-                wire.Record(
-                    name,
-                    array.dtype,
-                    array.shape,
-                    self.encoding,
-                    packed.kept,
-                    np.asarray(packed.params, dtype=np.float32),
-                    packed.body_bits,
-                    packed.body,
-                )
+            record = wire.Record(
+                name,
+                array.dtype,
+                array.shape,
+                self.encoding,
+                packed.kept,
+                np.asarray(packed.params, dtype=np.float32),
+                packed.body_bits,
+                packed.body,
             )
-            approx[name] = packed.values.astype(array.dtype).reshape(array.shape)
+            yield record, array, packed.values
+
+    def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
+        records, approx = [], {}
+        for record, array, values in self._records(update):
+            records.append(record)
+            approx[record.name] = values.astype(array.dtype).reshape(array.shape)
         return wire.write(records), approx
+
+    def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
+        flats = {name: writable_flat(name, array) for name, array in check_update(update).items()}
+        records = []
+        for record, array, values in self._records(update):
+            records.append(record)
+            flats[record.name] -= values.astype(array.dtype, copy=False)
+        return wire.write(records)
 
     def encode(self, update: Update) -> bytes:
         return self.encode_with_approximation(update)[0]

@@ -108,8 +108,10 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     update, passthrough = {}, {}
     for name, array in trained.items():
         if protocol.is_compressible(array):
-            # in the dtype the client trained in: that is what it would have sent
-            update[name] = np.subtract(array, received[name], dtype=array.dtype, casting="unsafe")
+            # in the dtype the client trained in (what it would have sent), in the
+            # memory of the decoded reply, which nothing else holds
+            out = array if array.flags.writeable and array.flags.c_contiguous else None
+            update[name] = np.subtract(array, received[name], out=out, dtype=array.dtype, casting="unsafe")
         else:
             passthrough[name] = array
     try:
