@@ -111,3 +111,27 @@ def test_stc_always_accumulates_its_residual():
     cfg = ExperimentConfig(codec="stc")
     assert cfg.error_feedback and cfg.label == "stc"
     assert ExperimentConfig(codec="signsgd+ef").label == "signsgd+ef"
+
+
+def test_the_validation_set_is_held_out_of_training_and_seeded():
+    from fedzip.fl.data import Dataset, split
+
+    ids = np.arange(1000)
+    images = np.zeros((1000, 2, 2), np.uint8)  # image i holds i in its first two bytes
+    images[:, 0, 0], images[:, 0, 1] = ids // 256, ids % 256
+    labels = np.arange(1000, dtype=np.int64) % 10
+    data = Dataset(images, labels, images[:50], labels[:50])
+    first = split(data, 200, 300, 20, seed=7)
+    again = split(data, 200, 300, 20, seed=7)
+    other = split(data, 200, 300, 20, seed=8)
+    assert first.val_labels.size == 200 and first.train_test.train_labels.size == 300
+    assert first.train_test.test_labels.size == 20
+    val_ids = {bytes(x) for x in first.val_images}
+    train_ids = {bytes(x) for x in first.train_test.train_images}
+    assert not val_ids & train_ids  # never trained on
+    assert np.array_equal(again.val_images, first.val_images)
+    assert not np.array_equal(other.val_images, first.val_images)
+    everything = split(data, 200, 0, 0, seed=7)  # no limit: every example not held out
+    assert everything.train_test.train_labels.size == 800
+    with pytest.raises(ValueError, match="validation"):
+        split(data, 1000, 0, 0, seed=0)

@@ -63,6 +63,9 @@ def _bench(args: argparse.Namespace) -> None:
     if unknown:
         raise CliError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     console = Console(stderr=True)
+    if args.fl:
+        _bench_fl(args, console)
+        return
     if args.feedback:
         with console.status("benchmarking") as status:
             feedback_rows = bench.bench_feedback(
@@ -128,6 +131,57 @@ def _bench(args: argparse.Namespace) -> None:
     _emit_table(console, title, headers, cells, [row.to_dict() for row in rows], args.out, "bench")
 
 
+def _bench_fl(args: argparse.Namespace, console: Any) -> None:
+    from .fl import speed
+    from .fl.config import ExperimentConfig
+
+    base = ExperimentConfig.from_toml(args.fl_config) if args.fl_config else ExperimentConfig()
+    rows = []
+    for model in ("cnn", "mlp"):
+        cfg = base.replace(model=model, codec="fedzip-dap", error_feedback=True)
+        console.print(
+            f"measuring {model}: local training back to back, then {args.fl_rounds} simulated rounds"
+        )
+        rows.append(speed.measure(cfg, rounds=args.fl_rounds))
+    headers = [
+        "model",
+        "reference s",
+        "1 thread s",
+        "2 threads s",
+        "round s",
+        "x reference",
+        "rounds/min",
+        "without eval s",
+        "x reference ",
+        "train phase s",
+        "aggregate s",
+        "eval s",
+        "client s",
+    ]
+    cells = []
+    for r in rows:
+        d = r.to_dict()
+        cells.append(
+            [
+                f"{r.model} ({r.clients} clients, {r.train_images:,} images)",
+                f"{r.reference:.2f}",
+                f"{r.reference_1_thread:.2f}",
+                f"{r.reference_2_threads:.2f}",
+                f"{r.round_seconds:.2f}",
+                f"{d['ratio']:.2f}x",
+                f"{d['rounds_per_minute']:.1f}",
+                f"{r.round_without_eval:.2f}",
+                f"{d['ratio_without_eval']:.2f}x",
+                f"{r.train_phase:.2f}",
+                f"{r.aggregate:.2f}",
+                f"{r.evaluation:.2f}",
+                f"{r.client_training:.2f}",
+            ]
+        )
+    title = "fedzip bench --fl: a simulated round next to the same clients' training back to back"
+    _emit_table(console, title, headers, cells, [r.to_dict() for r in rows], args.out, "fl")
+
+
 def _emit_table(
     console: Any,
     title: str,
@@ -167,6 +221,16 @@ def _emit_table(
 # Columns aligned right.
 NUMERIC = {"bytes", "ratio", "bits/kept", "x bound", "enc MB/s", "dec MB/s", "peak mem"}
 NUMERIC |= {"parameters", "seconds", "peak extra", "held in memory"}
+NUMERIC |= {
+    "reference s",
+    "1 thread s",
+    "2 threads s",
+    "round s",
+    "x reference",
+    "rounds/min",
+    "without eval s",
+}
+NUMERIC |= {"x reference ", "train phase s", "aggregate s", "eval s", "client s"}
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -199,6 +263,8 @@ _EXPERIMENT_OPTIONS = (
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),
     ("--train-limit", int, "use a random subset of this many training examples (0: all)"),
     ("--test-limit", int, "use a random subset of this many test examples (0: all)"),
+    ("--test-every", int, "evaluate the test split every this many rounds and after the last (default 1)"),
+    ("--validation", int, "hold out this many training examples (seeded) as a validation set (default 0)"),
     ("--min-clients", int, "go on while at least this many nodes are connected (default 1)"),
     ("--node-wait", float, "seconds to wait for all clients at the start, and for --min-clients later (120)"),
     ("--round-timeout", float, "seconds to wait for the replies of one round (default 600)"),
@@ -213,6 +279,8 @@ def _experiment_config(args: argparse.Namespace, **fixed):
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.transcode is not None:
+        overrides["transcode"] = args.transcode
     if args.corrupt_clients is not None:
         overrides["corrupt_clients"] = [int(c) for c in args.corrupt_clients.split(",") if c.strip()]
     overrides.update({k: v for k, v in fixed.items() if v is not None})
@@ -258,12 +326,17 @@ def _reproduce(args: argparse.Namespace) -> None:
 
     from rich.console import Console
 
+    from .fl import convergence
     from .fl.reproduce import load_plan, run_plan
-    from .fl.results import first_round_update, rate_rows, write_document
+    from .fl.results import first_round_update, rate_rows, rate_section, write_document
 
     console = Console(stderr=True)
-    out = Path(args.out)
-    plans = [load_plan(path, out) for path in args.plans]
+    paths = args.plans or list(DEFAULT_PLANS)
+    seeded = [load_plan(path).seeds != () for path in paths]
+    if any(seeded) and not all(seeded):
+        raise CliError("plans with seeds and plans without cannot make one document; reproduce them apart")
+    out = Path(args.out or ("docs/results/runs" if all(seeded) else "runs/paper"))
+    plans = [load_plan(path, out) for path in paths]
     only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
     if only:
         known = {run.name for plan in plans for run in plan.runs}
@@ -273,18 +346,36 @@ def _reproduce(args: argparse.Namespace) -> None:
             )
     if args.no_runs:
         only = set()  # read finished runs, run nothing
-    results = [(plan, run_plan(plan, only=only, force=args.force)) for plan in plans]
+    seeds = {int(k) for k in args.seeds.split(",") if k.strip()} if args.seeds else None
+    results = [(plan, run_plan(plan, only=only, force=args.force, seeds=seeds)) for plan in plans]
     console.print("compression rates of a real paper-CNN update ...")
     started = time.perf_counter()
     rates = rate_rows(first_round_update(plans[0].base))
-    doc = write_document(Path(args.doc), results, rates, out, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if all(seeded):
+        heading = "## Compression rate of each encoding on one real paper-CNN update"
+        doc = convergence.write_document(Path(args.doc), results, rate_section(rates, seconds, heading))
+    else:
+        named = [(plan, {run.name: summary for run, summary in finished}) for plan, finished in results]
+        doc = write_document(Path(args.doc), named, rates, out, seconds)
     print(f"results: {doc}")
+
+
+# Seeded plans run to convergence; `fedzip reproduce experiments/paper-*.toml --doc ...`
+# regenerates the earlier 10-round, one-seed document.
+DEFAULT_PLANS = ("experiments/converge-iid.toml", "experiments/converge-dirichlet.toml")
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with an [experiment] table; options override it")
     for flag, kind, text in _EXPERIMENT_OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--transcode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fedzip: also measure every payload in each encoding (huffman, position, dap)",
+    )
     parser.add_argument(
         "--corrupt-clients",
         help="fault injection: comma-separated partition ids that send corrupted payloads",
@@ -317,6 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--repeat", type=_positive_int, default=3, help="timing runs, best kept (default 3)")
     bench.add_argument("--seed", type=_positive_int, default=0)
+    bench.add_argument(
+        "--fl",
+        action="store_true",
+        help="time a simulated round (paper CNN and MLP) next to the clients' bare local training",
+    )
+    bench.add_argument(
+        "--fl-config",
+        default="experiments/converge-iid.toml",
+        help="plan or TOML file whose [experiment] sets the data and clients for --fl",
+    )
+    bench.add_argument(
+        "--fl-rounds", type=_positive_int, default=6, help="simulated rounds for --fl (default 6)"
+    )
     bench.add_argument(
         "--feedback",
         action="store_true",
@@ -365,16 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "plans",
         nargs="*",
-        default=[
-            "experiments/paper-iid.toml",
-            "experiments/paper-dirichlet.toml",
-            "experiments/paper-iid-long.toml",
-        ],
-        help="plan files (default: the three experiments/paper-*.toml)",
+        help="plan files (default: experiments/converge-iid.toml and converge-dirichlet.toml)",
     )
-    repro.add_argument("--out", default="runs/paper", help="run directories (default runs/paper)")
+    repro.add_argument(
+        "--out", help="run directories (default docs/results/runs for seeded plans, else runs/paper)"
+    )
     repro.add_argument("--doc", default="docs/results.md", help="document to write (default docs/results.md)")
     repro.add_argument("--only", help="comma-separated run names that may run; the rest are read from disk")
+    repro.add_argument(
+        "--seeds", help="comma-separated seeds that may run (seeded plans); the rest are read from disk"
+    )
     repro.add_argument("--force", action="store_true", help="re-run selected runs even when results exist")
     repro.add_argument("--no-runs", action="store_true", help="only rewrite the document from finished runs")
     repro.set_defaults(func=_reproduce)

@@ -8,11 +8,13 @@ their settings from the train message, the server from the run config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
         "lr": cfg.lr,
         "seed": cfg.seed,
         "train-limit": cfg.train_limit,
+        "validation": cfg.validation,
         "corrupt-clients": ",".join(map(str, cfg.corrupt_clients)),
     }
 
@@ -76,33 +79,59 @@ def corrupt_payload_mod(msg: Message, context: Context, call_next: ClientAppCall
 client_app = ClientApp(mods=[corrupt_payload_mod, fedzip_mod])
 
 
+@functools.lru_cache(maxsize=4)
+def _client_examples(
+    data_dir: str, validation: int, train_limit: int, seed: int, partition: str, partitions: int, index: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This client's training examples as tensors, and the number of classes (once per process)."""
+    dataset = datamod.split_for(data_dir or None, validation, train_limit, 0, seed).train_test
+    own = datamod.partition_indices(dataset.train_labels.tobytes(), partition, partitions, seed)[index]
+    return (
+        training.to_tensor(dataset.train_images[own]),
+        torch.from_numpy(dataset.train_labels[own]),
+        dataset.classes,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _client_model(name: str, classes: int) -> torch.nn.Module:
+    """One model per process, loaded with the global weights every round."""
+    return training.fast_layout(models.build(name, classes))
+
+
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     partition, partitions = _partition(context)
+    # Clients run side by side, one core each: faster than one client on two cores.
     torch.set_num_threads(1)
     seed = int(config["seed"])
-    dataset = datamod.subset(
-        datamod.load(str(config["data-dir"]) or None), int(config["train-limit"]), 0, seed
+    images, labels, classes = _client_examples(
+        str(config["data-dir"]),
+        int(config.get("validation", 0)),
+        int(config["train-limit"]),
+        seed,
+        str(config["partition"]),
+        partitions,
+        partition,
     )
-    indices = datamod.partition_indices(
-        dataset.train_labels.tobytes(), str(config["partition"]), partitions, seed
-    )
-    own = indices[partition]
-    model = models.build(str(config["model"]), dataset.classes)
+    model = _client_model(str(config["model"]), classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     round_seed = seed * 100_003 + partition * 1009 + int(config.get("server-round", 0))
+    started = time.perf_counter()
     loss = training.train(
         model,
-        dataset.train_images[own],
-        dataset.train_labels[own],
+        images,
+        labels,
         int(config["local-epochs"]),
         int(config["batch-size"]),
         str(config["optimizer"]),
         float(config["lr"]),
         round_seed,
     )
-    metrics = MetricRecord({"train-loss": loss, "num-examples": int(own.size)})
+    metrics = MetricRecord(
+        {"train-loss": loss, "num-examples": len(labels), "train-seconds": time.perf_counter() - started}
+    )
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 
@@ -111,8 +140,10 @@ class RoundRecord:
     """One row of metrics.csv."""
 
     round: int
-    accuracy: float
+    accuracy: float  # on the test split (reported, never used to choose anything)
     loss: float
+    val_accuracy: float = float("nan")  # on the validation examples held out of training
+    val_loss: float = float("nan")
     clients: int = 0
     accepted: int = 0
     failures: int = 0
@@ -125,10 +156,35 @@ class RoundRecord:
     huffman_bytes: int = 0
     position_bytes: int = 0
     dap_bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole round, evaluation included
+    train_seconds: float = 0.0  # train messages out to the last reply in (clients' work and messaging)
+    aggregate_seconds: float = 0.0  # checking, decoding and averaging the replies
+    eval_seconds: float = 0.0  # central evaluation (validation and test)
+    client_train_seconds: float = float("nan")  # mean time of one client's local training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class _TimedStrategy(FedZipStrategy):
+    """FedZipStrategy that notes when a round's phases end (for the per-round profile)."""
+
+    marks: ClassVar[dict[str, float]] = {}  # declared here so that writes stay on the wrapper
+
+    def configure_train(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        messages = super().configure_train(*args, **kwargs)
+        self.marks = {"sent": time.perf_counter()}
+        return messages
+
+    def aggregate_train(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.marks["replies"] = time.perf_counter()
+        try:
+            arrays, metrics = super().aggregate_train(*args, **kwargs)
+            if metrics is not None and "train-seconds" in metrics:
+                self.marks["client"] = float(metrics["train-seconds"])  # mean over the replies
+            return arrays, metrics
+        finally:
+            self.marks["aggregated"] = time.perf_counter()
 
 
 class PatientGrid:
@@ -185,15 +241,20 @@ def serve(
     connected = patient.wait_for(cfg.clients)
     if connected < cfg.clients:
         log(WARNING, "%d of %d nodes connected after %.0f s; going on", connected, cfg.clients, cfg.node_wait)
-    dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, cfg.test_limit, cfg.seed)
-    model = models.build(cfg.model, dataset.classes, cfg.seed)
+    split = datamod.split_for(cfg.data_dir or None, cfg.validation, cfg.train_limit, cfg.test_limit, cfg.seed)
+    test_x, test_y = (
+        training.to_tensor(split.train_test.test_images),
+        torch.from_numpy(split.train_test.test_labels),
+    )
+    val_x, val_y = training.to_tensor(split.val_images), torch.from_numpy(split.val_labels)
+    model = training.fast_layout(models.build(cfg.model, split.classes, cfg.seed))
     transcoded: dict[str, int] = dict.fromkeys(TRANSCODED, 0)
 
     def measure_encodings(server_round: int, payload: bytes) -> None:
         for encoding in TRANSCODED:
             transcoded[encoding] += len(transcode(payload, encoding))
 
-    strategy = FedZipStrategy(
+    strategy = _TimedStrategy(
         FedAvg(
             fraction_train=cfg.fraction,
             fraction_evaluate=0.0,
@@ -202,15 +263,28 @@ def serve(
         ),
         compressor=cfg.compressor_config(),
         error_feedback=cfg.error_feedback,
-        on_payload=measure_encodings if cfg.codec.startswith("fedzip") else None,
+        on_payload=measure_encodings if cfg.transcode and cfg.codec.startswith("fedzip") else None,
     )
     records: list[RoundRecord] = []
     clock = [time.perf_counter()]
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        evaluating = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        accuracy, loss = training.evaluate(model, dataset.test_images, dataset.test_labels)
+        # The test split is only reported: every test_every rounds and at the end.
+        if server_round % cfg.test_every == 0 or server_round == cfg.rounds:
+            accuracy, loss = training.evaluate(model, test_x, test_y)
+        else:
+            accuracy = loss = float("nan")
         record = RoundRecord(server_round, accuracy, loss)
+        if len(val_y):
+            record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)
+        record.eval_seconds = time.perf_counter() - evaluating
+        marks = strategy.marks
+        if server_round > 0 and {"sent", "replies", "aggregated"} <= set(marks):
+            record.train_seconds = marks["replies"] - marks["sent"]
+            record.aggregate_seconds = marks["aggregated"] - marks["replies"]
+            record.client_train_seconds = marks.get("client", float("nan"))
         if server_round > 0 and strategy.history:
             stats = strategy.history[-1]
             previous = records[-1].cumulative_uplink_bytes if records else 0
@@ -233,7 +307,10 @@ def serve(
             write_results(out, cfg, records, time.perf_counter() - started, plot=False)
         if on_round:
             on_round(record)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        metrics = {"accuracy": accuracy, "loss": loss}
+        if len(val_y):
+            metrics |= {"val-accuracy": record.val_accuracy, "val-loss": record.val_loss}
+        return MetricRecord(metrics)
 
     strategy.start(
         grid=patient,

@@ -62,6 +62,9 @@ class ExperimentConfig:
     seed: int = 0
     train_limit: int = 0  # 0: the whole training split
     test_limit: int = 0
+    validation: int = 0  # training examples held out (seeded) to choose settings on; never trained on
+    test_every: int = 1  # evaluate the test split every this many rounds (and after the last)
+    transcode: bool = False  # fedzip: also measure each round's payloads in every encoding (lossless)
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -81,13 +84,13 @@ class ExperimentConfig:
         if ef:
             self.codec, self.error_feedback = base, True
         need(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        for name in ("clients", "rounds", "local_epochs", "batch_size"):
+        for name in ("clients", "rounds", "local_epochs", "batch_size", "test_every"):
             value = getattr(self, name)
             need(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"{name} must be an integer >= 1, got {value!r}",
             )
-        for name in ("train_limit", "test_limit", "seed"):
+        for name in ("train_limit", "test_limit", "seed", "validation"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
         need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction!r}")
@@ -164,7 +167,8 @@ class ExperimentConfig:
             raise ValueError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
-        values = values.get("experiment", values)
+        values = dict(values.get("experiment", values))
+        values.pop("seeds", None)  # a plan's: one config is one seed
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 

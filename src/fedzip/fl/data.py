@@ -146,13 +146,60 @@ def partition_indices(labels_key: bytes, spec: str, partitions: int, seed: int) 
 
 def subset(data: Dataset, train_limit: int | None, test_limit: int | None, seed: int) -> Dataset:
     """A seeded random subset of each split (for quick runs)."""
+    return split(data, 0, train_limit, test_limit, seed).train_test
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training, validation and test examples of one run."""
+
+    train_test: Dataset  # the training examples clients hold, and the test split
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+    @property
+    def classes(self) -> int:
+        return self.train_test.classes
+
+
+@functools.lru_cache(maxsize=8)
+def _split_cached(
+    data_dir: str | None, validation: int, train_limit: int, test_limit: int, seed: int
+) -> Split:
+    return split(load(data_dir), validation, train_limit, test_limit, seed)
+
+
+def split_for(data_dir: str | None, validation: int, train_limit: int, test_limit: int, seed: int) -> Split:
+    """:func:`split` of the data in ``data_dir``, computed once per process."""
+    return _split_cached(data_dir or None, validation, train_limit or 0, test_limit or 0, seed)
+
+
+def split(
+    data: Dataset, validation: int, train_limit: int | None, test_limit: int | None, seed: int
+) -> Split:
+    """Hold out ``validation`` training examples, then subsample what is left.
+
+    The validation examples are drawn first (seeded), so they never reach a
+    client whatever ``train_limit`` is; ``train_limit`` (0 or None: all)
+    examples of the rest are the clients', ``test_limit`` (0 or None: all) of
+    the test split are evaluated. Choices are made on validation accuracy;
+    the test split is only reported.
+    """
+    total = data.train_labels.size
+    if not 0 <= validation < total:
+        raise ValueError(f"validation must be from 0 to {total - 1} examples, got {validation}")
     rng = np.random.default_rng(seed)
-    train = np.arange(data.train_labels.size)
+    order = rng.permutation(total) if validation else np.arange(total)
+    held, rest = np.sort(order[:validation]), np.sort(order[validation:])
+    if train_limit and train_limit < rest.size:
+        rest = np.sort(rng.choice(rest, train_limit, replace=False))
     test = np.arange(data.test_labels.size)
-    if train_limit and train_limit < train.size:
-        train = np.sort(rng.choice(train.size, train_limit, replace=False))
     if test_limit and test_limit < test.size:
         test = np.sort(rng.choice(test.size, test_limit, replace=False))
-    return Dataset(
-        data.train_images[train], data.train_labels[train], data.test_images[test], data.test_labels[test]
+    return Split(
+        Dataset(
+            data.train_images[rest], data.train_labels[rest], data.test_images[test], data.test_labels[test]
+        ),
+        data.train_images[held],
+        data.train_labels[held],
     )

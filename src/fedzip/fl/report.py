@@ -20,9 +20,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 def plot_run(records, path: Path, title: str) -> None:
     """Accuracy against rounds and against cumulative uplink MB."""
-    rounds = [r.round for r in records]
-    accuracy = [r.accuracy for r in records]
-    uplink = [r.cumulative_uplink_bytes / 1e6 for r in records]
+    tested = [r for r in records if r.accuracy == r.accuracy]  # rounds where the test split was evaluated
+    rounds = [r.round for r in tested]
+    accuracy = [r.accuracy for r in tested]
+    uplink = [r.cumulative_uplink_bytes / 1e6 for r in tested]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(rounds, accuracy, marker="o")
     left.set(xlabel="round", ylabel="test accuracy", title=title)
@@ -36,9 +37,16 @@ def plot_run(records, path: Path, title: str) -> None:
 
 
 def _plot_runs(
-    series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, title: str, log_x: bool = False
+    series: dict[str, list[tuple[float, float]]],
+    path: Path,
+    xlabel: str,
+    title: str,
+    log_x: bool = False,
+    ylabel: str = "test accuracy",
 ) -> None:
-    """One line of (x, accuracy) points per run, on one figure."""
+    """One line of (x, accuracy) points per run, on one figure (points with a NaN left out)."""
+    series = {k: [p for p in v if p[0] == p[0] and p[1] == p[1]] for k, v in series.items()}
+    series = {k: v for k, v in series.items() if v}
     many = len(series) > 6
     fig, axis = plt.subplots(figsize=(8.5, 4.5) if many else (6, 4))
     colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
@@ -53,7 +61,7 @@ def _plot_runs(
         )
     if log_x:
         axis.set_xscale("log")
-    axis.set(xlabel=xlabel, ylabel="test accuracy", title=title)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axis.grid(alpha=0.3, which="both")
     if many:
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")

@@ -16,15 +16,31 @@ from .config import ExperimentConfig
 class PlannedRun:
     name: str
     config: ExperimentConfig
+    seed: int | None = None  # set when the plan repeats every run over several seeds
+
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} (seed {self.seed})"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """``experiments/<name>.toml``: an ``[experiment]`` table and ``[[run]]`` entries."""
+    """``experiments/<name>.toml``: an ``[experiment]`` table and ``[[run]]`` entries.
+
+    ``seeds = [0, 1, 2]`` in the ``[experiment]`` table repeats every run
+    once per seed (data partition, initialisation, client sampling and local
+    training all follow the seed); each lands in ``<run>/seed-<k>``.
+    """
 
     name: str
     base: ExperimentConfig
     runs: tuple[PlannedRun, ...]
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        """Run names in plan order, each once."""
+        return list(dict.fromkeys(run.name for run in self.runs))
 
 
 def slug(name: str) -> str:
@@ -45,7 +61,16 @@ def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
         raise ValueError(
             f"plan {path} needs an [experiment] table and [[run]] entries (found {sorted(values)})"
         )
-    base = ExperimentConfig.from_dict(values.get("experiment", {}))
+    experiment = dict(values.get("experiment", {}))
+    seeds = experiment.pop("seeds", None)
+    if seeds is not None and (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ValueError(f"plan {path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    base = ExperimentConfig.from_dict(experiment)
     runs, names = [], set()
     for index, entry in enumerate(values["run"]):
         entry = dict(entry)
@@ -54,9 +79,19 @@ def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
             raise ValueError(f"plan {path}: run {index + 1} needs a unique name, got {name!r}")
         names.add(slug(name))
         settings = {**base.to_dict(), "error_feedback": False, **entry}
-        settings["out"] = str(Path(out) / path.stem / slug(name))
-        runs.append(PlannedRun(name, ExperimentConfig.from_dict(settings)))
-    return Plan(path.stem, base, tuple(runs))
+        folder = Path(out) / path.stem / slug(name)
+        if seeds is None:
+            settings["out"] = str(folder)
+            runs.append(PlannedRun(name, ExperimentConfig.from_dict(settings)))
+            continue
+        for seed in seeds:
+            config = ExperimentConfig.from_dict(
+                {**settings, "seed": seed, "out": str(folder / f"seed-{seed}")}
+            )
+            runs.append(PlannedRun(name, config, seed))
+    # seed by seed: a plan stopped part way has every run at the seeds it finished
+    runs.sort(key=lambda run: -1 if run.seed is None else run.seed)
+    return Plan(path.stem, base, tuple(runs), tuple(seeds or ()))
 
 
 def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
@@ -72,31 +107,56 @@ def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
 
 
 def run_plan(
-    plan: Plan, only: set[str] | None = None, force: bool = False, show_progress: bool = True
-) -> dict[str, dict[str, Any]]:
-    """Run (or reuse) every run of ``plan``; returns run name -> summary.
+    plan: Plan,
+    only: set[str] | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+    seeds: set[int] | None = None,
+) -> list[tuple[PlannedRun, dict[str, Any]]]:
+    """Run (or reuse) every run of ``plan``; returns (run, summary) for each finished one.
 
     A run whose ``summary.json`` matches its configuration is not run again
-    unless ``force``; ``only`` restricts which runs may execute (the others are
-    still read from disk when they exist).
+    unless ``force``, so an interrupted plan resumes where it stopped, run by
+    run and seed by seed; ``only`` restricts which runs may execute (the
+    others are still read from disk when they exist), and ``seeds`` which
+    seeds. Progress shows the
+    estimated time left, from the seconds per round of the runs done so far.
     """
     from rich.console import Console
 
     from .runner import run_experiment
 
     console = Console(stderr=True)
-    summaries: dict[str, dict[str, Any]] = {}
-    for index, run in enumerate(plan.runs, 1):
+    finished: list[tuple[PlannedRun, dict[str, Any]]] = []
+    pending = []
+    for run in plan.runs:
         cached = _cached(run.config)
-        selected = only is None or run.name in only
+        selected = (only is None or run.name in only) and (seeds is None or run.seed in seeds)
         if cached is not None and not (force and selected):
-            summaries[run.name] = cached
-            console.print(
-                f"[{index}/{len(plan.runs)}] {plan.name}/{run.name}: done earlier ({cached['wall_seconds']:.0f} s)"
-            )
-            continue
-        if not selected:
-            continue
-        console.print(f"[{index}/{len(plan.runs)}] {plan.name}/{run.name}: running {run.config.label}")
-        summaries[run.name] = run_experiment(run.config, show_progress)
-    return summaries
+            finished.append((run, cached))
+        elif selected:
+            pending.append(run)
+    timed = [(s["wall_seconds"], s["rounds"]) for _, s in finished if s.get("rounds")]
+    console.print(
+        f"{plan.name}: {len(finished)} of {len(plan.runs)} runs done earlier, {len(pending)} to run"
+    )
+    for index, run in enumerate(pending, 1):
+        left = sum(r.config.rounds for r in pending[index - 1 :])
+        eta = ""
+        if timed:
+            per_round = sum(t for t, _ in timed) / sum(n for _, n in timed)
+            eta = f", about {_duration(per_round * left)} left for this plan"
+        console.print(f"[{index}/{len(pending)}] {plan.name}/{run.label}: running {run.config.label}{eta}")
+        summary = run_experiment(run.config, show_progress)
+        if run.seed is not None:
+            # seeded plans keep their runs next to the document: tables and csv only
+            Path(run.config.out, "accuracy.png").unlink(missing_ok=True)
+        finished.append((run, summary))
+        timed.append((summary["wall_seconds"], summary["rounds"]))
+    order = {id(run): i for i, run in enumerate(plan.runs)}
+    return sorted(finished, key=lambda item: order[id(item[0])])
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"

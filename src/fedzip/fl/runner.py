@@ -38,7 +38,10 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "rounds": len(rounds),
         "initial_accuracy": records[0].accuracy if records else None,
         "final_accuracy": records[-1].accuracy if records else None,
-        "best_accuracy": max((r.accuracy for r in records), default=None),
+        "best_accuracy": max((r.accuracy for r in records if r.accuracy == r.accuracy), default=None),
+        "final_val_accuracy": records[-1].val_accuracy
+        if records and records[-1].val_accuracy == records[-1].val_accuracy
+        else None,
         "final_loss": records[-1].loss if records else None,
         "uplink_bytes": uplink,
         "raw_bytes": raw,

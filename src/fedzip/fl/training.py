@@ -1,4 +1,10 @@
-"""Local training and evaluation loops."""
+"""Local training and evaluation loops, laid out for speed on CPUs.
+
+Measured on 2 cores (docs/benchmarks.md): convolutions in channels-last
+layout, multi-tensor SGD (``foreach``) and evaluation in small batches under
+``inference_mode`` keep the paper's setting (batch 10, plain SGD) and make a
+round several times cheaper than the straightforward loop.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,54 @@ import numpy as np
 import torch
 from torch import nn
 
+EVAL_BATCH = 50  # small batches stay in cache: 4.7x faster than 1000 for the paper CNN
+
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (n, 28, 28) images as normalised float (n, 1, 28, 28)."""
     return (torch.from_numpy(images.astype(np.float32)) / 255.0 - 0.5).unsqueeze(1) / 0.5
 
 
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def fast_layout(model: nn.Module) -> nn.Module:
+    """Channels-last weights for convolutional models (in place); others are left as they are."""
+    if _has_conv(model):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if _has_conv(model) else x
+
+
 def train(
     model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
     epochs: int,
     batch_size: int,
     optimizer: str,
     lr: float,
     seed: int,
 ) -> float:
-    """Train in place; returns the mean loss of the last epoch."""
+    """Train in place; returns the mean loss of the last epoch.
+
+    ``images`` may be uint8 images or a tensor from :func:`to_tensor`; the
+    order of examples and dropout are seeded by ``seed``.
+    """
     opt = (
-        torch.optim.SGD(model.parameters(), lr=lr)
+        torch.optim.SGD(model.parameters(), lr=lr, foreach=True)
         if optimizer == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=lr)
+        else torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     )
-    x, y = to_tensor(images), torch.from_numpy(labels)
+    x = images if isinstance(images, torch.Tensor) else to_tensor(images)
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    conv = _has_conv(model)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     last = float("nan")
@@ -38,8 +68,11 @@ def train(
         total, count = 0.0, 0
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
+            inputs = x[batch]
+            if conv:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             opt.zero_grad()
-            loss = loss_fn(model(x[batch]), y[batch])
+            loss = loss_fn(model(inputs), y[batch])
             loss.backward()
             opt.step()
             total += loss.item() * len(batch)
@@ -48,18 +81,22 @@ def train(
     return last
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    batch_size: int = EVAL_BATCH,
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) on the given examples."""
     model.eval()
+    x = images if isinstance(images, torch.Tensor) else to_tensor(images)
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     correct, loss = 0, 0.0
-    for start in range(0, len(labels), batch_size):
-        x = to_tensor(images[start : start + batch_size])
-        y = torch.from_numpy(labels[start : start + batch_size])
-        out = model(x)
-        loss += float(loss_fn(out, y))
-        correct += int((out.argmax(1) == y).sum())
-    return correct / max(len(labels), 1), loss / max(len(labels), 1)
+    for start in range(0, len(y), batch_size):
+        out = model(_inputs(model, x[start : start + batch_size]))
+        target = y[start : start + batch_size]
+        loss += float(loss_fn(out, target))
+        correct += int((out.argmax(1) == target).sum())
+    return correct / max(len(y), 1), loss / max(len(y), 1)

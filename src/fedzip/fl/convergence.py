@@ -1,0 +1,297 @@
+"""docs/results.md from seeded plans run to convergence: means over seeds, validation-based choices.
+
+Protocol (stated in the document it writes):
+- every plan holds out a seeded validation set from the training split; the
+  test split is only reported (every ``test_every`` rounds and after the last);
+- rounds and bytes to a target are read on the validation curve, the target
+  being FedAvg's final validation accuracy (mean over seeds) minus one point;
+- the horizon is checked: FedAvg's mean validation accuracy must gain less
+  than ``PLATEAU_POINTS`` over the last ``PLATEAU_FRACTION`` of the rounds;
+- headline figures are means and standard deviations over the plan's seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .reproduce import Plan, PlannedRun
+
+PLATEAU_FRACTION = 0.2
+PLATEAU_POINTS = 0.3
+TARGET_POINTS = 1.0
+REFERENCE_CODEC = "none"
+
+
+@dataclass
+class RunSeeds:
+    """One run of a plan over its seeds."""
+
+    name: str
+    runs: list[PlannedRun] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[list[dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def config(self):
+        return self.runs[0].config
+
+    def final(self, key: str) -> np.ndarray:
+        return np.array([m[-1][key] for m in self.metrics])
+
+    def payload_bytes(self) -> np.ndarray:
+        return np.array([s["payload_bytes"] for s in self.summaries], dtype=float)
+
+    def rate(self) -> np.ndarray:
+        """Whole-run compression: float32 size of every accepted update / payload bytes sent."""
+        return np.array([s["payload_compression_rate"] or math.nan for s in self.summaries], dtype=float)
+
+    def curve(self, key: str) -> np.ndarray:
+        """Mean over seeds, per round (seeds cut to the shortest run)."""
+        length = min(len(m) for m in self.metrics)
+        return np.nanmean([[row[key] for row in m[:length]] for m in self.metrics], axis=0)
+
+
+def group(results: Sequence[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, RunSeeds]:
+    from .report import read_metrics
+
+    grouped: dict[str, RunSeeds] = {}
+    for run, summary in results:
+        entry = grouped.setdefault(run.name, RunSeeds(run.name))
+        entry.runs.append(run)
+        entry.summaries.append(summary)
+        entry.metrics.append(read_metrics(Path(run.config.out)))
+    return grouped
+
+
+def reach(metrics: list[dict[str, float]], target: float) -> tuple[int, float] | None:
+    """(first round, cumulative payload bytes) at which validation accuracy reaches ``target``."""
+    sent = 0.0
+    for row in metrics:
+        sent += row["payload_bytes"]
+        if row["round"] > 0 and row["val_accuracy"] >= target:
+            return int(row["round"]), sent
+    return None
+
+
+def plateau(reference: RunSeeds) -> tuple[float, int, int]:
+    """FedAvg's mean validation gain (points) over the last PLATEAU_FRACTION of rounds, and those rounds."""
+    curve = reference.curve("val_accuracy")
+    last = len(curve) - 1
+    start = max(1, round(last * (1 - PLATEAU_FRACTION)))
+    # three-round means at both ends, so one noisy round does not decide
+    end_mean = float(np.mean(curve[max(start, last - 2) : last + 1]))
+    start_mean = float(np.mean(curve[start : start + 3]))
+    return 100 * (end_mean - start_mean), start, last
+
+
+def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
+    values = values[np.isfinite(values)] * scale
+    if values.size == 0:
+        return "–"
+    if values.size == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _options(cfg) -> str:
+    parts = [cfg.label]
+    if cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
+        parts.append(f"keep {cfg.keep:g}")
+    if cfg.codec.startswith("fedzip"):
+        parts.append(f"k={cfg.clusters}")
+    return ", ".join(parts)
+
+
+def plan_rows(plan: Plan, grouped: dict[str, RunSeeds]) -> tuple[list[str], dict[str, Any]]:
+    """The Markdown section of one plan and its facts (for the summary and the verdict)."""
+    base = plan.base
+    reference = next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
+    wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
+    seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
+    lines = [
+        f"## Plan `{plan.name}`: {base.partition} partition",
+        "",
+        f"Paper CNN, {base.clients} clients (all every round), batch {base.batch_size}, "
+        f"{base.optimizer.upper()} lr {base.lr:g}, {base.local_epochs} local epoch(s); "
+        f"**{base.train_limit or 'all'} training images** held by the clients, {base.validation:,} validation "
+        f"images held out of training, the full test split (10,000 images). {base.rounds} rounds, seeds "
+        f"{', '.join(map(str, seeds))}; {sum(len(g.summaries) for g in grouped.values())} runs, "
+        f"{wall / 60:.0f} minutes of wall time.",
+        "",
+    ]
+    facts: dict[str, Any] = {"plan": plan.name, "wall_seconds": wall, "runs": {}}
+    target = None
+    if reference is not None:
+        gain, start, last = plateau(reference)
+        held = gain < PLATEAU_POINTS
+        target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
+        facts["plateau"] = {"gain_points": gain, "from_round": start, "to_round": last, "held": held}
+        facts["target_val_accuracy"] = target
+        lines += [
+            f"Horizon: FedAvg's mean validation accuracy gained **{gain:+.2f} points** from round {start} to "
+            f"round {last} (the last {PLATEAU_FRACTION:.0%} of the rounds; 3-round means at both ends): the "
+            f"plateau rule (< {PLATEAU_POINTS} points) {'**held**' if held else '**did not hold**: FedAvg was still improving'}. "
+            f"Target for the *to reach* columns: FedAvg's final validation accuracy minus {TARGET_POINTS:g} "
+            f"point = {target:.4f}.",
+            "",
+        ]
+    lines += [
+        "| run | codec | test accuracy | Δ vs FedAvg (pts) | validation accuracy | uplink payload MB | "
+        "compression | rounds to target | payload MB to target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    reference_test = reference.final("accuracy") if reference is not None else None
+    for name, g in grouped.items():
+        test = g.final("accuracy")
+        delta = "–"
+        if reference_test is not None and len(test) == len(reference_test):
+            # paired by seed: same partition and initialisation
+            delta = _mean_std(test - reference_test, 100)
+        reached = [reach(m, target) for m in g.metrics] if target is not None else []
+        hit = [r for r in reached if r is not None]
+        rounds_to = (
+            f"{np.mean([r[0] for r in hit]):.1f} ({len(hit)}/{len(reached)})"
+            if hit
+            else f"– (0/{len(reached)})"
+        )
+        mb_to = _mean_std(np.array([r[1] for r in hit], dtype=float), 1e-6, 3) if hit else "–"
+        lines.append(
+            f"| {name} | {_options(g.config)} | {_mean_std(test, 100)} | {delta} | "
+            f"{_mean_std(g.final('val_accuracy'), 100)} | {_mean_std(g.payload_bytes(), 1e-6, 3)} | "
+            f"{_mean_std(g.rate(), 1, 1)}x | {rounds_to} | {mb_to} |"
+        )
+        facts["runs"][name] = {
+            "codec": g.config.label,
+            "test_accuracy_mean": float(np.mean(test)),
+            "delta_points_mean": float(np.mean(test - reference_test) * 100)
+            if reference_test is not None and len(test) == len(reference_test)
+            else None,
+            "rate_mean": float(np.nanmean(g.rate())),
+            "payload_mb_to_target": float(np.mean([r[1] for r in hit]) / 1e6)
+            if len(hit) == len(reached) and hit
+            else None,
+        }
+    lines += [
+        "",
+        "Accuracies in percent, mean ± standard deviation over seeds; Δ is paired by seed (same partition and "
+        "initialisation). *Compression*: float32 size of every accepted update / payload bytes actually sent, "
+        "over the whole run. *To reach*: first round whose validation accuracy reaches the target, mean over "
+        "the seeds that reach it (how many in brackets), and the payload bytes sent until then.",
+        "",
+        f"![validation accuracy per round](results/{plan.name}-rounds.png)",
+        f"![validation accuracy against uplink bytes](results/{plan.name}-uplink.png)",
+        "",
+    ]
+    return lines, facts
+
+
+def plot_plan(plan: Plan, grouped: dict[str, RunSeeds], assets: Path) -> None:
+    from .report import _plot_runs
+
+    by_round, by_bytes = {}, {}
+    for name, g in grouped.items():
+        rounds = g.curve("round")
+        accuracy = g.curve("val_accuracy")
+        sent = np.cumsum(g.curve("payload_bytes")) / 1e6
+        by_round[name] = list(zip(rounds.tolist(), accuracy.tolist(), strict=True))
+        by_bytes[name] = list(zip(sent[1:].tolist(), accuracy[1:].tolist(), strict=True))
+    _plot_runs(
+        by_round,
+        assets / f"{plan.name}-rounds.png",
+        "round",
+        f"{plan.name}: mean over seeds",
+        ylabel="validation accuracy",
+    )
+    _plot_runs(
+        by_bytes,
+        assets / f"{plan.name}-uplink.png",
+        "cumulative uplink payload (MB)",
+        f"{plan.name}: accuracy vs bytes sent",
+        log_x=True,
+        ylabel="validation accuracy",
+    )
+
+
+def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[str, Any]:
+    """docs/results/summary.json: per plan, per run, per seed."""
+    out: dict[str, Any] = {}
+    for plan, grouped in plans:
+        runs: dict[str, Any] = {}
+        for name, g in grouped.items():
+            seeds = {}
+            for run, summary, metrics in zip(g.runs, g.summaries, g.metrics, strict=True):
+                cfg = run.config
+                seeds[str(run.seed)] = {
+                    "codec": cfg.label,
+                    "options": {
+                        k: getattr(cfg, k) for k in ("keep", "clusters", "levels", "error_feedback", "lr")
+                    },
+                    "rounds": summary["rounds"],
+                    "final_test_accuracy": metrics[-1]["accuracy"],
+                    "final_validation_accuracy": metrics[-1]["val_accuracy"],
+                    "uplink_payload_bytes": summary["payload_bytes"],
+                    "uplink_bytes_as_carried": summary["uplink_bytes"],
+                    "compression_ratio": summary["payload_compression_rate"],
+                    "train_images": cfg.train_limit,
+                    "validation_images": cfg.validation,
+                    "wall_seconds": summary["wall_seconds"],
+                }
+            runs[name] = seeds
+        out[plan.name] = runs
+    return out
+
+
+def write_document(
+    path: Path,
+    plans: Sequence[tuple[Plan, Sequence[tuple[PlannedRun, dict[str, Any]]]]],
+    rate_lines: Sequence[str] = (),
+    speed_lines: Sequence[str] = (),
+) -> Path:
+    """docs/results.md, docs/results/summary.json and the figures, from finished runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assets = path.parent / "results"
+    assets.mkdir(exist_ok=True)
+    grouped_plans = [(plan, group(results)) for plan, results in plans if results]
+    sections, facts = [], []
+    for plan, grouped in grouped_plans:
+        section, fact = plan_rows(plan, grouped)
+        plot_plan(plan, grouped, assets)
+        sections += section
+        facts.append(fact)
+    (assets / "summary.json").write_text(json.dumps(machine_summary(grouped_plans), indent=1) + "\n")
+    missing = [
+        f"`{plan.name}`: {len(plan.runs) - len(results)} of {len(plan.runs)} runs"
+        for plan, results in plans
+        if len(results) < len(plan.runs)
+    ]
+    lines = [
+        "# Results: FedZip at convergence, over seeds, with real bytes",
+        "",
+        "Generated by `fedzip reproduce` from the seeded plans in `experiments/`; every byte count is `len()` "
+        "of payloads that decoded on the server (headers, names, shapes, centroids and checksum included). "
+        "Runs live in `docs/results/runs/<plan>/<run>/seed-<k>/` (metrics.csv per round, summary.json); "
+        "`docs/results/summary.json` has every run and seed in one file. A finished run is reused when its "
+        "configuration is unchanged, so a plan can be run in pieces.",
+        "",
+        "How choices are made: every plan holds out a seeded validation set from the training split. The "
+        "horizon, the targets and any choice among settings are read on validation accuracy; the test split is "
+        "evaluated every few rounds and after the last, and only reported.",
+        "",
+        f"Machine: {platform.machine()}, 2-core CPU, Python {platform.python_version()}; generated "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
+    if missing:
+        lines += ["**Not finished yet** (the tables show the runs that are): " + "; ".join(missing) + ".", ""]
+    lines += [*sections, *speed_lines, *rate_lines]
+    path.write_text("\n".join(lines) + "\n")
+    return path

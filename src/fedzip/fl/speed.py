@@ -1,0 +1,106 @@
+"""`fedzip bench --fl`: how close a simulated round comes to the clients' bare training time.
+
+The reference is measured in the same run: the same clients' local training
+done back to back in this process, with 1 and with 2 torch threads (the
+better one counts). The simulated round is a short run on Flower's simulation
+engine with the same configuration; its rounds after the first are timed
+phase by phase (clients' work and messaging, aggregation, evaluation).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as datamod
+from . import models, training
+from .config import ExperimentConfig
+
+
+@dataclass
+class SpeedRow:
+    model: str
+    clients: int
+    train_images: int
+    reference_1_thread: float  # seconds: every client's local training back to back, 1 torch thread
+    reference_2_threads: float
+    round_seconds: float  # median simulated round, evaluation included
+    round_without_eval: float  # the same without central evaluation
+    train_phase: float  # train messages out to the last reply in
+    aggregate: float  # checking, decoding, averaging
+    evaluation: float  # validation every round, test every test_every rounds (mean)
+    client_training: float  # mean local training time of one client inside the simulation
+
+    @property
+    def reference(self) -> float:
+        return min(self.reference_1_thread, self.reference_2_threads)
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "reference": self.reference,
+            "ratio": self.round_seconds / self.reference,
+            "ratio_without_eval": self.round_without_eval / self.reference,
+            "rounds_per_minute": 60 / self.round_seconds,
+        }
+
+
+def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
+    """Every client's local training of one round, back to back in this process."""
+    split = datamod.split_for(cfg.data_dir or None, cfg.validation, cfg.train_limit, cfg.test_limit, cfg.seed)
+    dataset = split.train_test
+    parts = datamod.partition_indices(dataset.train_labels.tobytes(), cfg.partition, cfg.clients, cfg.seed)
+    clients = [
+        (training.to_tensor(dataset.train_images[p]), torch.from_numpy(dataset.train_labels[p]))
+        for p in parts
+    ]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = training.fast_layout(models.build(cfg.model, dataset.classes, cfg.seed))
+        start_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def one_round() -> None:
+            for index, (x, y) in enumerate(clients):
+                model.load_state_dict(start_state)
+                training.train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.optimizer, cfg.lr, index)
+
+        one_round()  # warm-up, as the simulation's first round
+        started = time.perf_counter()
+        one_round()
+        return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False) -> SpeedRow:
+    """Reference and simulated round for ``cfg`` (its rounds and output folder are replaced)."""
+    from .report import read_metrics
+    from .runner import run_experiment
+
+    one = local_training_seconds(cfg, 1)
+    two = local_training_seconds(cfg, 2)
+    with tempfile.TemporaryDirectory() as folder:
+        run_experiment(cfg.replace(rounds=rounds, out=folder), show_progress)
+        rows = [r for r in read_metrics(Path(folder)) if r["round"] >= 2]  # round 1 warms up the workers
+    eval_mean = statistics.fmean(r["eval_seconds"] for r in rows)
+    train = statistics.median(r["train_seconds"] for r in rows)
+    aggregate = statistics.median(r["aggregate_seconds"] for r in rows)
+    return SpeedRow(
+        cfg.model,
+        cfg.clients,
+        cfg.train_limit or 60000 - cfg.validation,
+        one,
+        two,
+        train + aggregate + eval_mean,
+        train + aggregate,
+        train,
+        aggregate,
+        eval_mean,
+        statistics.median(r["client_train_seconds"] for r in rows),
+    )
