@@ -55,6 +55,24 @@ def test_bench_writes_results(tmp_path, capsys):
     assert "fedzip-dap" in capsys.readouterr().out
 
 
+def test_bench_feedback_measures_memory_in_place(tmp_path, capsys):
+    assert main(["bench", "--feedback", "--params", "4000000", "--out", str(tmp_path)]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "feedback.json").read_text())}
+    assert set(rows) == {
+        "zstd-1",
+        "fedzip",
+        "fedzip+ef, first round",
+        "fedzip+ef, later round (in place)",
+        "fedzip+ef, out of place (reference)",
+    }
+    later = rows["fedzip+ef, later round (in place)"]
+    assert later["peak_extra_x_update"] < 0.5  # no full-size copy once the residual exists
+    assert rows["fedzip+ef, out of place (reference)"]["peak_extra_x_update"] > 2.5
+    assert 1.9 < rows["fedzip+ef, first round"]["held_x_update"] < 2.6
+    assert later["payload_bytes"] > 0 and later["seconds"] > 0
+    assert "in place" in capsys.readouterr().out
+
+
 def test_bench_rejects_bad_options(capsys):
     assert main(["bench", "--encodings", "zip"]) == 2
     assert "unknown encoding" in capsys.readouterr().err

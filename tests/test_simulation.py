@@ -207,3 +207,20 @@ def test_a_seeded_plan_runs_every_seed_resumes_and_writes_means(tmp_path, capsys
     assert [r["accuracy"] == "nan" for r in rows] == [False, True, False, False]
     assert all(0 < float(r["val_accuracy"]) <= 1 for r in rows)
     assert (doc.parent / "results" / "seeded-rounds.png").stat().st_size > 0
+
+
+def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[experiment]\nclients = 2\nbatch_size = 10\ntrain_limit = 400\nvalidation = 100\ntest_limit = 200\n"
+    )
+    args = ["bench", "--fl", "--fl-config", str(config), "--fl-rounds", "3", "--out", str(tmp_path)]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "fl.json").read_text())
+    assert [r["model"] for r in rows] == ["cnn", "mlp"]
+    for row in rows:
+        assert row["reference"] == min(row["reference_1_thread"], row["reference_2_threads"]) > 0
+        assert row["round_seconds"] >= row["round_without_eval"] >= row["train_phase"] > 0
+        assert row["evaluation"] > 0 and row["client_training"] > 0
+        assert row["ratio"] == pytest.approx(row["round_seconds"] / row["reference"])
+    assert "rounds/min" in capsys.readouterr().out

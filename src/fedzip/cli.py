@@ -163,7 +163,7 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
         d = r.to_dict()
         cells.append(
             [
-                f"{r.model} ({r.clients} clients, {r.train_images:,} images)",
+                r.model,
                 f"{r.reference:.2f}",
                 f"{r.reference_1_thread:.2f}",
                 f"{r.reference_2_threads:.2f}",
@@ -178,7 +178,10 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
                 f"{r.client_training:.2f}",
             ]
         )
-    title = "fedzip bench --fl: a simulated round next to the same clients' training back to back"
+    title = (
+        f"fedzip bench --fl: a simulated round next to the same {rows[0].clients} clients' training back to "
+        f"back ({rows[0].train_images:,} training images)"
+    )
     _emit_table(console, title, headers, cells, [r.to_dict() for r in rows], args.out, "fl")
 
 

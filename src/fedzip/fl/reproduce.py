@@ -103,7 +103,14 @@ def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    return summary if summary.get("config") == cfg.to_dict() else None
+    stored = summary.get("config")
+    if not isinstance(stored, dict):
+        return None
+    # Options added to fedzip after the run count as equal when they hold their defaults.
+    defaults = ExperimentConfig().to_dict()
+    current = cfg.to_dict()
+    same = all(stored.get(key, defaults[key]) == value for key, value in current.items())
+    return summary if same and set(stored) <= set(current) else None
 
 
 def run_plan(
