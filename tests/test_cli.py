@@ -121,3 +121,21 @@ def test_reproduce_refuses_unknown_runs_and_missing_plans(tmp_path, capsys):
     plan.write_text('[experiment]\nmodel = "mlp"\n\n[[run]]\ncodec = "none"\n')
     assert main(["reproduce", str(plan)]) == 2
     assert "unique name" in capsys.readouterr().err
+
+
+def test_a_run_is_reused_only_when_finished_with_the_same_configuration(tmp_path):
+    pytest.importorskip("torch")
+    from fedzip.fl.config import ExperimentConfig
+    from fedzip.fl.reproduce import _cached
+
+    cfg = ExperimentConfig(rounds=5, out=str(tmp_path))
+    summary = {"rounds": 5, "config": cfg.to_dict()}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert _cached(cfg) == summary
+    assert _cached(cfg.replace(keep=0.5)) is None  # another configuration
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "rounds": 3}))
+    assert _cached(cfg) is None  # stopped after round 3 of 5
+    older = {k: v for k, v in cfg.to_dict().items() if k != "test_every"}
+    (tmp_path / "summary.json").write_text(json.dumps({"rounds": 5, "config": older}))
+    assert _cached(cfg) is not None  # an option added later, at its default, changes nothing
+    assert _cached(cfg.replace(test_every=2)) is None

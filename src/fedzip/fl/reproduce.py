@@ -110,7 +110,9 @@ def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
     defaults = ExperimentConfig().to_dict()
     current = cfg.to_dict()
     same = all(stored.get(key, defaults[key]) == value for key, value in current.items())
-    return summary if same and set(stored) <= set(current) else None
+    # summary.json is rewritten after every round: a run stopped part way is not finished
+    complete = summary.get("rounds") == cfg.rounds
+    return summary if same and complete and set(stored) <= set(current) else None
 
 
 def run_plan(
