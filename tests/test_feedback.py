@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,72 @@ def test_steady_state_encoding_allocates_far_less_than_the_update(rng):
     finally:
         tracemalloc.stop()
     assert peak < 0.4 * update["w"].nbytes
+
+
+def test_momentum_correction_identity_and_factor_masking(rng):
+    """u' = m u + g; v' = v + u'; both zeroed where the payload sent something (DGC)."""
+    codec = fedzip.FedZip(keep=0.05, clusters=3)
+    ef = fedzip.ErrorFeedback(codec, momentum=0.9)
+    u = {"w": np.zeros((30, 20), np.float32)}
+    v = {"w": np.zeros((30, 20), np.float32)}
+    for _ in range(4):
+        g = {"w": heavy_tailed(rng, (30, 20))}
+        sent = fedzip.decode(ef.encode(g))["w"]
+        mask = sent != 0
+        assert mask.any()
+        u_expected = (0.9 * u["w"] + g["w"]).astype(np.float32)
+        v_expected = (v["w"] + u_expected).astype(np.float32)
+        np.testing.assert_allclose(ef.velocity["w"][~mask], u_expected[~mask], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ef.residual["w"][~mask], v_expected[~mask], rtol=1e-6, atol=1e-7)
+        assert not ef.velocity["w"][mask].any() and not ef.residual["w"][mask].any()
+        # what was sent is what top-k of the corrected residual gives
+        assert np.array_equal(sent, codec.approximate({"w": v_expected})["w"])
+        u, v = {"w": ef.velocity["w"].copy()}, {"w": ef.residual["w"].copy()}
+
+
+def test_momentum_without_masking_keeps_the_quantisation_error(rng):
+    ef = fedzip.ErrorFeedback(fedzip.FedZip(keep=0.05), momentum=0.5, masking=False)
+    g = {"w": heavy_tailed(rng, (30, 20))}
+    sent = fedzip.decode(ef.encode(g))["w"]
+    np.testing.assert_allclose(ef.residual["w"], g["w"] - sent, atol=1e-7)
+    assert np.array_equal(ef.velocity["w"], g["w"])
+
+
+def test_clipping_bounds_what_is_accumulated(rng):
+    ef = fedzip.ErrorFeedback(fedzip.FedZip(keep=1.0, clusters=256), clip_norm=0.5)
+    g = {"w": heavy_tailed(rng, (30, 20), scale=1.0), "b": heavy_tailed(rng, (20,), scale=1.0)}
+    sent = fedzip.decode(ef.encode(g))
+    total = {k: sent[k] + ef.residual[k] for k in g}
+    norm = np.sqrt(sum(float((t.astype(np.float64) ** 2).sum()) for t in total.values()))
+    assert norm == pytest.approx(0.5, rel=1e-4)
+    small = {"w": np.full((30, 20), 1e-4, np.float32)}
+    fedzip.ErrorFeedback(fedzip.FedZip(), clip_norm=0.5).encode(small)  # under the bound: untouched
+
+
+@pytest.mark.parametrize("options", [{"momentum": 1.0}, {"momentum": -0.1}, {"clip_norm": 0}])
+def test_bad_feedback_options(options):
+    with pytest.raises(ValueError):
+        fedzip.ErrorFeedback(fedzip.FedZip(), **options)
+
+
+def test_warm_up_schedules_reach_their_target():
+    from fedzip.schedule import KeepWarmup
+
+    dgc = KeepWarmup(rounds=4, start=0.25)
+    keeps = [dgc.keep(r, 0.001) for r in range(1, 8)]
+    assert keeps[:4] == pytest.approx([0.25, 0.25 * 0.004**0.25, 0.25 * 0.004**0.5, 0.25 * 0.004**0.75])
+    assert keeps[4:] == [0.001] * 3
+    assert all(a > b for a, b in pairwise(keeps[:5]))
+    linear = KeepWarmup(rounds=2, start=0.5, kind="linear")
+    assert [linear.keep(r, 0.1) for r in (1, 2, 3)] == pytest.approx([0.5, 0.3, 0.1])
+    assert (
+        KeepWarmup(steps=(0.5, 0.2)).keep(2, 0.01) == 0.2 and KeepWarmup(steps=(0.5,)).keep(2, 0.01) == 0.01
+    )
+    assert KeepWarmup(rounds=3, start=0.001).keep(1, 0.01) == 0.01  # never below the target
+    assert dgc.config(1, {"id": "stc", "keep": 0.0025})["keep"] == 0.25
+    assert dgc.config(1, {"id": "fedzip", "budget_bytes": 1000})["budget_bytes"] == 16000
+    assert dgc.config(5, {"id": "fedzip", "budget_bytes": 1000})["budget_bytes"] == 1000
+    with pytest.raises(ValueError, match="keep or a budget"):
+        dgc.config(1, {"id": "signsgd"})
+    with pytest.raises(ValueError):
+        KeepWarmup(kind="cosine")

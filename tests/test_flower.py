@@ -409,3 +409,61 @@ def test_a_client_cannot_choose_where_the_weights_go(rng):
     arrays, _ = strategy.aggregate_train(1, [clashing, honest])
     np.testing.assert_allclose(arrays["w"].numpy(), model["w"] + 1)
     assert "unexpected records" in strategy.history[-1].failures[0]
+
+
+def test_warm_up_sends_a_larger_keep_in_the_first_rounds(rng):
+    from fedzip.schedule import KeepWarmup
+
+    model = global_model(rng)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.01),
+        warmup=KeepWarmup(rounds=2, start=0.25),
+    )
+
+    def keep_of(server_round):
+        message = next(
+            iter(strategy.configure_train(server_round, to_record(model), ConfigRecord({}), FakeGrid(1)))
+        )
+        config = next(iter(message.content.config_records.values()))
+        return json.loads(config[protocol.CODEC_KEY])["keep"]
+
+    assert [keep_of(r) for r in (1, 2, 3, 10)] == pytest.approx(
+        [0.25, 0.25 * (0.01 / 0.25) ** 0.5, 0.01, 0.01]
+    )
+    with pytest.raises(ValueError, match="keep or a budget"):
+        FedZipStrategy(FedAvg(), compressor="signsgd", warmup=KeepWarmup())
+
+
+def test_momentum_correction_keeps_a_velocity_in_the_node_state(rng):
+    model = global_model(rng)
+    delta = {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()}
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.05),
+        error_feedback=True,
+        momentum=0.9,
+        clip_norm=10.0,
+    )
+    ctx = context(0)
+    states = []
+    for _ in range(2):
+        replies = run_round(strategy, model, [make_client(delta, 10)], [ctx])
+        strategy.aggregate_train(1, replies)
+        assert strategy.history[-1].accepted == 1
+        states.append(
+            {
+                key: protocol.from_record(ctx.state.array_records[key])
+                for key in (protocol.VELOCITY, protocol.RESIDUAL)
+            }
+        )
+    first, second = states
+    # where round 2 sent nothing: u2 = 0.9 u1 + update (the update is delta, up to float32 rounding)
+    unsent = second[protocol.RESIDUAL]["w"] != 0
+    expected = 0.9 * first[protocol.VELOCITY]["w"] + delta["w"]
+    np.testing.assert_allclose(second[protocol.VELOCITY]["w"][unsent], expected[unsent], atol=2e-6)
+    assert not second[protocol.VELOCITY]["w"][~unsent].any()  # factor masking where it sent
+    with pytest.raises(ValueError, match="error_feedback=True"):
+        FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=False, momentum=0.9)
+    with pytest.raises(ValueError, match="momentum"):
+        FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=True, momentum=1.5)

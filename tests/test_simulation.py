@@ -224,3 +224,31 @@ def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
         assert row["evaluation"] > 0 and row["client_training"] > 0
         assert row["ratio"] == pytest.approx(row["round_seconds"] / row["reference"])
     assert "rounds/min" in capsys.readouterr().out
+
+
+def test_extreme_compression_options_travel_through_a_run(tmp_path):
+    """Byte budget, warm-up, momentum correction and a server optimiser, on the simulation engine."""
+    cfg = small_run(
+        tmp_path,
+        model="mlp",
+        clients=2,
+        rounds=4,
+        train_limit=2000,
+        batch_size=20,
+        budget_ratio=200.0,
+        warmup_rounds=2,
+        ef_momentum=0.9,
+        clip_norm=5.0,
+        local_momentum=0.5,
+        server_optimizer="fedavgm",
+        server_lr=1.0,
+    )
+    summary = run_experiment(cfg, show_progress=False)
+    rows = read_metrics(tmp_path)
+    budget = 4 * 101_770 / 200  # the MLP's float32 update over the ratio, per payload
+    per_payload = [int(r["payload_bytes"]) / int(r["accepted"]) for r in rows[1:]]
+    assert all(int(r["accepted"]) == 2 for r in rows[1:])
+    assert per_payload[0] > 4 * budget  # warm-up: 16x the budget in round 1
+    assert all(p <= budget for p in per_payload[2:])  # never over it after the warm-up
+    assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
+    assert summary["config"]["server_optimizer"] == "fedavgm"

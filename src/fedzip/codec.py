@@ -34,6 +34,13 @@ class FedZip(Compressor):
             the smallest per tensor.
         sparsify_1d: also sparsify tensors with fewer than two dimensions
             (biases); the paper leaves them dense.
+        budget_bytes: a payload size never to exceed instead of a kept
+            fraction: each tensor's kept count and clusters (1, 2, 3, 4, 8 or
+            16) are chosen to minimise the squared error of the whole update
+            within the budget (:mod:`fedzip.budget`); ``keep`` and
+            ``clusters`` are then not used.
+        budget_ratio: the same, with the budget set per update as its size in
+            its own dtypes divided by this ratio (e.g. 1000 for 1000x).
     """
 
     codec_id = "fedzip"
@@ -44,6 +51,8 @@ class FedZip(Compressor):
         clusters: int | str = 3,
         encoding: str = "dap",
         sparsify_1d: bool = False,
+        budget_bytes: int | None = None,
+        budget_ratio: float | None = None,
     ) -> None:
         if isinstance(keep, bool) or not isinstance(keep, Real) or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1] (the fraction of entries kept), got {keep!r}")
@@ -55,10 +64,24 @@ class FedZip(Compressor):
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
         if not isinstance(sparsify_1d, bool):
             raise ValueError(f"sparsify_1d must be True or False, got {sparsify_1d!r}")
+        if budget_bytes is not None and (
+            isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
+        ):
+            raise ValueError(f"budget_bytes must be a positive int (bytes per payload), got {budget_bytes!r}")
+        if budget_ratio is not None and (
+            isinstance(budget_ratio, bool) or not isinstance(budget_ratio, Real) or not budget_ratio >= 1
+        ):
+            raise ValueError(
+                f"budget_ratio must be a number >= 1 (e.g. 1000 for 1000x), got {budget_ratio!r}"
+            )
+        if budget_bytes is not None and budget_ratio is not None:
+            raise ValueError("give budget_bytes or budget_ratio, not both")
         self.keep = float(keep)
         self.clusters = clusters
         self.encoding = encoding
         self.sparsify_1d = sparsify_1d
+        self.budget_bytes = budget_bytes
+        self.budget_ratio = None if budget_ratio is None else float(budget_ratio)
 
     def body_encodings(self) -> frozenset[int]:
         if self.encoding == "auto":
@@ -77,7 +100,23 @@ class FedZip(Compressor):
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 
     def _quantize_all(self, update: Update) -> dict[str, Quantized]:
-        return {name: self.quantize(name, array) for name, array in check_update(update).items()}
+        arrays = check_update(update)
+        if self.budget_bytes is None and self.budget_ratio is None:
+            return {name: self.quantize(name, array) for name, array in arrays.items()}
+        from . import budget
+
+        for name, array in arrays.items():
+            check_values(name, array)
+        limit = self.budget_bytes
+        if limit is None:
+            limit = int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
+        options = {
+            name: budget.tensor_options(
+                name, array, array.ndim >= 2 or self.sparsify_1d, self.encoding, max_bytes=limit
+            )
+            for name, array in arrays.items()
+        }
+        return {name: option.quantized for name, option in budget.allocate(options, limit).items()}
 
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
         return {name: q.dense() for name, q in self._quantize_all(update).items()}
@@ -93,9 +132,11 @@ class FedZip(Compressor):
         # Sparse: only the kept entries change, so nothing of the tensor's size is allocated.
         arrays = check_update(update)
         flats = {name: writable_flat(name, array) for name, array in arrays.items()}
+        budgeted = self.budget_bytes is not None or self.budget_ratio is not None
+        chosen = self._quantize_all(arrays) if budgeted else {}
         records = []
         for name, array in arrays.items():
-            q = self.quantize(name, array)
+            q = chosen[name] if budgeted else self.quantize(name, array)
             records.append(_record(name, q, self.encoding))
             if q.kept:
                 flats[name][q.positions] -= q.centroids.astype(q.dtype)[q.labels]

@@ -61,6 +61,29 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def record_bytes(name: str, shape: tuple[int, ...], kept: int, clusters: int, body_bits: int) -> int:
+    """Bytes one record takes in the container, as :func:`write` lays it out."""
+    encoded = len(name.encode("utf-8"))
+    dims = sum(len(_varint(d)) for d in shape)
+    return (
+        len(_varint(encoded))
+        + encoded
+        + 2
+        + dims
+        + 1
+        + len(_varint(kept))
+        + len(_varint(clusters))
+        + 4 * clusters
+        + len(_varint(body_bits))
+        + (body_bits + 7) // 8
+    )
+
+
+def container_bytes(tensors: int) -> int:
+    """Bytes of the container around ``tensors`` records: magic, version, count, checksum."""
+    return len(MAGIC) + 1 + len(_varint(tensors)) + _CRC.size
+
+
 def write(records: list[Record]) -> bytes:
     out = bytearray(MAGIC)
     out.append(VERSION)

@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from ..codec import transcode
 from ..flower import FedZipStrategy, fedzip_mod, protocol
@@ -43,6 +43,7 @@ def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
         "local-epochs": cfg.local_epochs,
         "batch-size": cfg.batch_size,
         "optimizer": cfg.optimizer,
+        "local-momentum": cfg.local_momentum,
         "lr": cfg.lr,
         "seed": cfg.seed,
         "train-limit": cfg.train_limit,
@@ -128,6 +129,7 @@ def _train(msg: Message, context: Context) -> Message:
         str(config["optimizer"]),
         float(config["lr"]),
         round_seed,
+        momentum=float(config.get("local-momentum", 0.0)),
     )
     metrics = MetricRecord(
         {"train-loss": loss, "num-examples": len(labels), "train-seconds": time.perf_counter() - started}
@@ -164,6 +166,22 @@ class RoundRecord:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def server_strategy(cfg: ExperimentConfig) -> FedAvg:
+    """The inner strategy: FedAvg, or a server optimiser on the averaged update (FedAvgM, FedAdam)."""
+    common = {
+        "fraction_train": cfg.fraction,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": cfg.min_clients,
+        "min_available_nodes": cfg.min_clients,
+    }
+    if cfg.server_optimizer == "fedavgm":
+        lr = {"server_learning_rate": cfg.server_lr} if cfg.server_lr else {}
+        return FedAvgM(**common, server_momentum=cfg.server_momentum, **lr)
+    if cfg.server_optimizer == "fedadam":
+        return FedAdam(**common, **({"eta": cfg.server_lr} if cfg.server_lr else {}))
+    return FedAvg(**common)
 
 
 class _TimedStrategy(FedZipStrategy):
@@ -255,15 +273,11 @@ def serve(
             transcoded[encoding] += len(transcode(payload, encoding))
 
     strategy = _TimedStrategy(
-        FedAvg(
-            fraction_train=cfg.fraction,
-            fraction_evaluate=0.0,
-            min_train_nodes=cfg.min_clients,
-            min_available_nodes=cfg.min_clients,
-        ),
+        server_strategy(cfg),
         compressor=cfg.compressor_config(),
         error_feedback=cfg.error_feedback,
         on_payload=measure_encodings if cfg.transcode and cfg.codec.startswith("fedzip") else None,
+        **cfg.feedback_settings(),
     )
     records: list[RoundRecord] = []
     clock = [time.perf_counter()]

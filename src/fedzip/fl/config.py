@@ -24,6 +24,7 @@ CODEC_NAMES = (
     "fedzip-dap",
     "fedzip-auto",
 )
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 # Codecs whose algorithm includes residual accumulation: always run with error feedback.
 ALWAYS_EF = ("stc",)
 
@@ -65,6 +66,18 @@ class ExperimentConfig:
     validation: int = 0  # training examples held out (seeded) to choose settings on; never trained on
     test_every: int = 1  # evaluate the test split every this many rounds (and after the last)
     transcode: bool = False  # fedzip: also measure each round's payloads in every encoding (lossless)
+    # Extreme compression (docs/compressors.md): all off by default, the paper's setting.
+    budget_bytes: int = 0  # fedzip: a payload size to never exceed instead of keep (0: off)
+    budget_ratio: float = 0.0  # fedzip: the same as a compression ratio (0: off)
+    warmup_rounds: int = 0  # sparsity warm-up: keep decays from warmup_start to keep over these rounds
+    warmup_start: float = 0.25
+    ef_momentum: float = 0.0  # DGC momentum correction of the error-feedback residual (0: off)
+    masking: bool = True  # DGC factor masking, with ef_momentum
+    clip_norm: float = 0.0  # clients clip each update to this L2 norm before accumulating it (0: off)
+    local_momentum: float = 0.0  # momentum of the clients' local SGD
+    server_optimizer: str = "fedavg"  # fedavg, fedavgm or fedadam, on the decoded updates
+    server_lr: float = 0.0  # the server optimiser's learning rate (0: Flower's default)
+    server_momentum: float = 0.9  # fedavgm
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -105,6 +118,31 @@ class ExperimentConfig:
                 f"{name} must be a number of seconds > 0, got {value!r}",
             )
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        need(
+            self.server_optimizer in SERVER_OPTIMIZERS,
+            f"server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}",
+        )
+        for name in ("budget_ratio", "clip_norm", "server_lr", "local_momentum"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
+        need(
+            isinstance(self.budget_bytes, int) and self.budget_bytes >= 0,
+            f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}",
+        )
+        need(not (self.budget_bytes and self.budget_ratio), "set budget_bytes or budget_ratio, not both")
+        need(
+            not (self.budget_bytes or self.budget_ratio) or self.codec.startswith("fedzip"),
+            f"budget_bytes and budget_ratio are FedZip options; codec is {self.codec!r}",
+        )
+        need(0 <= self.ef_momentum < 1, f"ef_momentum must be in [0, 1), got {self.ef_momentum!r}")
+        need(
+            not (self.ef_momentum or self.clip_norm) or self.error_feedback,
+            "ef_momentum and clip_norm act on the error-feedback residual: add +ef to the codec",
+        )
+        need(
+            isinstance(self.warmup_rounds, int) and self.warmup_rounds >= 0,
+            f"warmup_rounds must be an integer >= 0, got {self.warmup_rounds!r}",
+        )
+        need(0 < self.warmup_start <= 1, f"warmup_start must be in (0, 1], got {self.warmup_start!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
         need(
@@ -133,12 +171,28 @@ class ExperimentConfig:
         if self.codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
         encoding = self.codec.split("-", 1)[1]
-        return {
+        config = {
             "id": "fedzip",
             "keep": self.keep,
             "clusters": self.clusters,
             "encoding": encoding,
             "sparsify_1d": False,
+        }
+        if self.budget_bytes:
+            config["budget_bytes"] = self.budget_bytes
+        if self.budget_ratio:
+            config["budget_ratio"] = self.budget_ratio
+        return config
+
+    def feedback_settings(self) -> dict[str, Any]:
+        """FedZipStrategy's keyword arguments for warm-up, momentum correction and clipping."""
+        from ..schedule import KeepWarmup
+
+        return {
+            "warmup": KeepWarmup(self.warmup_rounds, self.warmup_start) if self.warmup_rounds else None,
+            "momentum": self.ef_momentum,
+            "masking": self.masking,
+            "clip_norm": self.clip_norm or None,
         }
 
     def to_dict(self) -> dict[str, Any]:

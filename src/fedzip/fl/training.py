@@ -44,6 +44,7 @@ def train(
     optimizer: str,
     lr: float,
     seed: int,
+    momentum: float = 0.0,
 ) -> float:
     """Train in place; returns the mean loss of the last epoch.
 
@@ -51,7 +52,7 @@ def train(
     order of examples and dropout are seeded by ``seed``.
     """
     opt = (
-        torch.optim.SGD(model.parameters(), lr=lr, foreach=True)
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, foreach=True)
         if optimizer == "sgd"
         else torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     )

@@ -45,18 +45,18 @@ def _array_mods_outside() -> list[str]:
     return found
 
 
-def _residual(context: Context, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The stored residual if it fits ``update``; otherwise none (the model changed)."""
-    if protocol.RESIDUAL not in context.state.array_records:
+def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The stored residual (or velocity) if it fits ``update``; otherwise none (the model changed)."""
+    if key not in context.state.array_records:
         return {}
-    residual = protocol.from_record(context.state.array_records[protocol.RESIDUAL])
-    fits = list(residual) == list(update) and all(
-        residual[k].shape == v.shape and residual[k].dtype == v.dtype for k, v in update.items()
+    stored = protocol.from_record(context.state.array_records[key])
+    fits = list(stored) == list(update) and all(
+        stored[k].shape == v.shape and stored[k].dtype == v.dtype for k, v in update.items()
     )
     if not fits:
-        log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback residual reset")
+        log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
         return {}
-    return residual
+    return stored
 
 
 def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -69,10 +69,13 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     what they produce. With error feedback, the residual lives in
     ``context.state`` between rounds.
     """
-    settings = protocol.pop_settings(msg.content)
+    try:
+        settings = protocol.pop_settings(msg.content)
+    except ValueError as exc:
+        return _error(msg, f"invalid feedback settings from the server ({exc}); is fedzip the same version?")
     if settings is None:
         return call_next(msg, context)
-    codec_json, error_feedback = settings
+    codec_json, error_feedback, feedback_options = settings
     outside = _array_mods_outside()
     if outside:
         return _error(
@@ -83,6 +86,7 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         )
     try:
         compressor = get_compressor(json.loads(codec_json))
+        sender = ErrorFeedback(compressor, **feedback_options) if error_feedback else None
     except (ValueError, TypeError) as exc:
         return _error(msg, f"invalid codec settings from the server ({exc}); is fedzip the same version?")
     if len(msg.content.array_records) != 1:
@@ -115,13 +119,19 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         else:
             passthrough[name] = array
     try:
-        if error_feedback:
-            sender = ErrorFeedback(compressor)
-            sender.residual = _residual(context, update)
+        if sender is not None:
+            sender.residual = _state(context, protocol.RESIDUAL, update)
+            if sender.momentum:
+                sender.velocity = _state(context, protocol.VELOCITY, update)
             payload = sender.encode(update)
             context.state[protocol.RESIDUAL] = protocol.to_record(sender.residual)
+            if sender.momentum:
+                context.state[protocol.VELOCITY] = protocol.to_record(sender.velocity)
+            else:
+                context.state.pop(protocol.VELOCITY, None)
         else:
             context.state.pop(protocol.RESIDUAL, None)
+            context.state.pop(protocol.VELOCITY, None)
             payload = compressor.encode(update)
     except ValueError as exc:
         return _error(msg, f"could not encode the update: {exc}")

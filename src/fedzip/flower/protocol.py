@@ -3,8 +3,10 @@
 Train message (server -> client): the inner strategy's message, unchanged but
 for two keys added to its ConfigRecord (the one record Flower's DP mods expect):
 
-    CODEC_KEY     JSON config of the compressor (``get_config()``)
+    CODEC_KEY     JSON config of the compressor (``get_config()``) for this round
     FEEDBACK_KEY  bool, whether the client keeps an error-feedback residual
+    FEEDBACK_OPTIONS_KEY  JSON of ErrorFeedback's options (momentum, masking,
+                  clip_norm); absent when they are the defaults
 
 Train reply (client -> server): the ClientApp's reply with its one ArrayRecord
 of trained weights replaced by
@@ -22,18 +24,21 @@ sent; the client has no say in it.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 CODEC_KEY = "fedzip.codec"
 FEEDBACK_KEY = "fedzip.error-feedback"
+FEEDBACK_OPTIONS_KEY = "fedzip.feedback-options"
 PAYLOAD = "fedzip.payload"
 PAYLOAD_ENTRY = "payload"
 PASSTHROUGH = "fedzip.passthrough"
-# ArrayRecord in the node's state holding the error-feedback residual.
+# ArrayRecords in the node's state holding the error-feedback residual and velocity.
 RESIDUAL = "fedzip.residual"
+VELOCITY = "fedzip.velocity"
+_KEYS = (CODEC_KEY, FEEDBACK_KEY, FEEDBACK_OPTIONS_KEY)
 # ConfigRecord name used when the inner strategy's train message has none.
 DEFAULT_CONFIG = "config"
 
@@ -51,27 +56,46 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def add_settings(content: RecordDict, codec: dict[str, Any], error_feedback: bool) -> None:
+class Settings(NamedTuple):
+    codec_json: str
+    error_feedback: bool
+    feedback_options: dict[str, Any]
+
+
+def add_settings(
+    content: RecordDict,
+    codec: dict[str, Any],
+    error_feedback: bool,
+    feedback_options: dict[str, Any] | None = None,
+) -> None:
     """Put the settings in the message's ConfigRecord (a new one if it has none)."""
     names = list(content.config_records)
     name = names[0] if names else DEFAULT_CONFIG
     config = dict(content.config_records[name]) if names else {}
     config[CODEC_KEY] = json.dumps(codec, sort_keys=True)
     config[FEEDBACK_KEY] = bool(error_feedback)
+    if feedback_options:
+        config[FEEDBACK_OPTIONS_KEY] = json.dumps(feedback_options, sort_keys=True)
     # A copy: the inner strategy may hand the same ConfigRecord to other messages.
     content[name] = ConfigRecord(config)
 
 
-def pop_settings(content: RecordDict) -> tuple[str, bool] | None:
-    """Take the settings out of the message: (codec JSON, error feedback), or None."""
+def pop_settings(content: RecordDict) -> Settings | None:
+    """Take the settings out of the message, or None if it carries none.
+
+    ValueError if the feedback options are not a JSON object.
+    """
     for name, config in content.config_records.items():
         if CODEC_KEY in config:
-            rest = {k: v for k, v in config.items() if k not in (CODEC_KEY, FEEDBACK_KEY)}
+            rest = {k: v for k, v in config.items() if k not in _KEYS}
             # a new record, not an edit: the received one may be shared
             del content[name]
             if rest or name != DEFAULT_CONFIG or content.config_records:
                 content[name] = ConfigRecord(rest)
-            return str(config[CODEC_KEY]), bool(config.get(FEEDBACK_KEY, False))
+            options = json.loads(str(config.get(FEEDBACK_OPTIONS_KEY, "{}")))
+            if not isinstance(options, dict):
+                raise ValueError(f"{FEEDBACK_OPTIONS_KEY} must be a JSON object, got {options!r}")
+            return Settings(str(config[CODEC_KEY]), bool(config.get(FEEDBACK_KEY, False)), options)
     return None
 
 

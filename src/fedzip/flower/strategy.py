@@ -29,7 +29,9 @@ from .. import wire
 from ..abc import Compressor
 from ..codec import FedZip, decode_records
 from ..errors import FormatError
+from ..feedback import ErrorFeedback
 from ..registry import get_compressor
+from ..schedule import KeepWarmup
 from . import protocol
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
@@ -108,6 +110,13 @@ class FedZipStrategy(Strategy):
             the check off.
         max_update_norm: an absolute bound on every reply's update norm.
         on_payload: called as ``on_payload(round, payload)`` for every accepted payload.
+        warmup: a :class:`~fedzip.schedule.KeepWarmup`: clients keep more in
+            the first rounds (the compressor's keep, or byte budget, scaled up).
+        momentum: with error feedback, DGC's momentum correction on the
+            clients (see :class:`~fedzip.ErrorFeedback`); 0 turns it off.
+        masking: with momentum, DGC's factor masking.
+        clip_norm: with error feedback, clients clip each update to this norm
+            before accumulating it.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -126,6 +135,10 @@ class FedZipStrategy(Strategy):
         norm_bound: float | None = 10.0,
         max_update_norm: float | None = None,
         on_payload: Callable[[int, bytes], None] | None = None,
+        warmup: KeepWarmup | None = None,
+        momentum: float = 0.0,
+        masking: bool = True,
+        clip_norm: float | None = None,
     ) -> None:
         super().__init__()
         inner = strategy if strategy is not None else FedAvg()
@@ -158,6 +171,22 @@ class FedZipStrategy(Strategy):
                 f"{codec.codec_id!r} can decode to a larger norm than it was given, which breaks the "
                 f"clipping bound of {type(client_dp).__name__}; use another compressor or server-side clipping"
             )
+        feedback_options = {}
+        if momentum:
+            feedback_options |= {"momentum": momentum, "masking": bool(masking)}
+        if clip_norm is not None:
+            feedback_options["clip_norm"] = clip_norm
+        if feedback_options and not feedback:
+            raise ValueError(
+                "momentum and clip_norm act on the error-feedback residual: set error_feedback=True"
+            )
+        ErrorFeedback(codec, **feedback_options)  # checks the options here, not on every client
+        if warmup is not None:
+            if not isinstance(warmup, KeepWarmup):
+                raise ValueError(f"warmup must be a fedzip.schedule.KeepWarmup, got {type(warmup).__name__}")
+            get_compressor(warmup.config(1, codec.get_config()))  # a compressor it cannot scale fails now
+        self.warmup = warmup
+        self.feedback_options = feedback_options
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
@@ -211,6 +240,8 @@ class FedZipStrategy(Strategy):
         self._current = arrays
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         codec = self.compressor.get_config()
+        if self.warmup is not None:
+            codec = self.warmup.config(server_round, codec)
         done: set[int] = set()
         for message in messages:
             content = message.content
@@ -224,7 +255,7 @@ class FedZipStrategy(Strategy):
                     f"{type(self.strategy).__name__} built one with {len(keys)}"
                 )
             self._weights_key = keys[0]
-            protocol.add_settings(content, codec, self.error_feedback)
+            protocol.add_settings(content, codec, self.error_feedback, self.feedback_options)
         return messages
 
     def aggregate_train(

@@ -1,0 +1,145 @@
+"""A byte budget instead of a kept fraction: split it across tensors where it buys the most.
+
+For every tensor, candidate (kept entries, clusters) pairs are priced exactly
+(the record's bytes, from the encodings' own size plans) and scored by the
+squared error of what the receiver would rebuild: the energy of the entries
+left out plus the k-means error of those sent. Each tensor's candidates are
+cut to their lower convex hull (bytes against error), and the budget goes, one
+step at a time, to the step that removes the most error per byte: the
+Lagrangian allocation of rate-distortion theory, greedy on convex hulls. The
+payload never exceeds the budget; what the budget cannot buy stays in the
+error-feedback residual when one is used.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import encodings, huffman, wire
+from .encodings import Quantized
+from .quantize import quantize
+
+# Kept fractions tried for every sparsified tensor (each also bounded by its nonzeros).
+FRACTIONS = tuple(float(f) for f in np.geomspace(1e-5, 1.0, 25))
+CLUSTER_CHOICES = (1, 2, 3, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to send a tensor: exactly what it costs and what it leaves out."""
+
+    quantized: Quantized
+    encoding: int
+    label_group: int
+    record_bytes: int
+    error: float  # squared error of the rebuilt tensor
+
+
+def _price(name: str, q: Quantized, encoding: str) -> tuple[int, int, int]:
+    """(encoding id, label group, record bytes) of ``q``; ``auto`` takes the smallest encoding."""
+    label_plan = huffman.plan_labels(q.labels, q.centroids.size)
+    ids = list(encodings.NAMES) if encoding == "auto" else [encodings.IDS[encoding]]
+    bits, chosen = min((encodings.plan(e, q, label_plan), e) for e in ids)
+    return chosen, label_plan[0], wire.record_bytes(name, q.shape, q.kept, q.centroids.size, bits)
+
+
+def tensor_options(
+    name: str, array: np.ndarray, sparsify: bool, encoding: str, max_bytes: int | None = None
+) -> list[Option]:
+    """The tensor's candidates on their lower convex hull, cheapest first.
+
+    Kept counts that could not fit in ``max_bytes`` (every kept entry costs at
+    least one bit) are not tried.
+    """
+    flat = array.reshape(-1)
+    values64 = flat.astype(np.float64)
+    total = float(np.dot(values64, values64))
+    nonzero = int(np.count_nonzero(flat))
+    if sparsify and nonzero:
+        largest = nonzero if max_bytes is None else max(1, min(nonzero, 8 * max_bytes))
+        magnitude = np.abs(values64)
+        if largest < flat.size:
+            top = np.argpartition(-magnitude, largest - 1)[:largest]
+        else:
+            top = np.flatnonzero(magnitude)
+        # largest first; ties to the lower address, as in fedzip.sparsify.top_entries
+        order = top[np.lexsort((top, -magnitude[top]))]
+        counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
+    else:
+        order = np.flatnonzero(flat)
+        counts = [nonzero]
+    candidates = []
+    for count in counts:
+        positions = np.sort(order[:count]) if sparsify else order
+        kept = values64[positions]
+        left_out = total - float(np.dot(kept, kept))
+        for clusters in CLUSTER_CHOICES:
+            if clusters > max(count, 1):
+                break
+            centroids, labels = quantize(kept, clusters)
+            error = max(left_out, 0.0) + float(np.sum((kept - centroids.astype(np.float64)[labels]) ** 2))
+            q = Quantized(array.shape, array.dtype, positions, labels, centroids)
+            candidates.append(Option(q, *_price(name, q, encoding), error))
+    if not candidates:  # an empty or all-zero tensor
+        q = Quantized(
+            array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
+        )
+        candidates.append(Option(q, *_price(name, q, encoding), total))
+    return _hull(candidates)
+
+
+def _hull(options: list[Option]) -> list[Option]:
+    """Lower convex hull of (bytes, error): each step buys less error per byte than the one before."""
+    options = sorted(options, key=lambda o: (o.record_bytes, o.error))
+    frontier: list[Option] = []
+    for option in options:
+        if frontier and option.error >= frontier[-1].error:
+            continue  # costs at least as much and is no better
+        while len(frontier) >= 2:
+            a, b = frontier[-2], frontier[-1]
+            # b is above the line from a to option: never the best use of its bytes
+            if (b.error - a.error) * (option.record_bytes - a.record_bytes) >= (option.error - a.error) * (
+                b.record_bytes - a.record_bytes
+            ):
+                frontier.pop()
+            else:
+                break
+        frontier.append(option)
+    return frontier
+
+
+def allocate(per_tensor: dict[str, list[Option]], budget: int) -> dict[str, Option]:
+    """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes."""
+    overhead = wire.container_bytes(len(per_tensor))
+    chosen = {name: 0 for name in per_tensor}
+    spent = overhead + sum(options[0].record_bytes for options in per_tensor.values())
+    if spent > budget:
+        raise ValueError(
+            f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
+            "per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True"
+        )
+    heap: list[tuple[float, str]] = []
+
+    def push(name: str) -> None:
+        options, index = per_tensor[name], chosen[name]
+        if index + 1 < len(options):
+            step, nxt = options[index], options[index + 1]
+            gain = (step.error - nxt.error) / max(nxt.record_bytes - step.record_bytes, 1)
+            heapq.heappush(heap, (-gain, name))
+
+    for name in per_tensor:
+        push(name)
+    while heap:
+        _, name = heapq.heappop(heap)
+        options, index = per_tensor[name], chosen[name]
+        extra = options[index + 1].record_bytes - options[index].record_bytes
+        if spent + extra > budget:
+            continue  # this tensor's next step does not fit; cheaper steps of others may
+        chosen[name] = index + 1
+        spent += extra
+        push(name)
+    return {name: per_tensor[name][index] for name, index in chosen.items()}

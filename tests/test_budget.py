@@ -1,0 +1,122 @@
+"""FedZip with a byte budget: never over it, and spent where the squared error drops most."""
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fedzip
+from conftest import heavy_tailed
+from fedzip.budget import _hull, allocate, tensor_options
+
+
+def squared_error(update, restored):
+    return sum(float(((update[k].astype(np.float64) - restored[k]) ** 2).sum()) for k in update)
+
+
+def model_update(rng):
+    return {
+        "conv.weight": heavy_tailed(rng, (16, 8, 3, 3), scale=0.05),
+        "conv.bias": heavy_tailed(rng, (16,)),
+        "dense.weight": heavy_tailed(rng, (400, 64)),
+        "dense.bias": heavy_tailed(rng, (64,)),
+    }
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**16), budget=st.integers(700, 40_000), encoding=st.sampled_from(["dap", "auto"]))
+def test_the_payload_never_exceeds_the_budget_and_decodes(seed, budget, encoding):
+    rng = np.random.default_rng(seed)
+    update = model_update(rng)
+    codec = fedzip.FedZip(budget_bytes=budget, encoding=encoding)
+    payload = codec.encode(update)
+    assert len(payload) <= budget
+    restored = fedzip.decode(payload)
+    expected = codec.approximate(update)
+    assert all(np.array_equal(restored[k], expected[k]) for k in update)
+    assert all(restored[k].shape == update[k].shape for k in update)
+
+
+def test_more_budget_never_means_more_error(rng):
+    update = model_update(rng)
+    errors = [
+        squared_error(update, fedzip.decode(fedzip.FedZip(budget_bytes=b).encode(update)))
+        for b in (800, 1500, 3000, 6000, 12000, 24000)
+    ]
+    assert all(later <= earlier for earlier, later in pairwise(errors))
+    assert errors[-1] < 0.5 * errors[0]
+
+
+def test_at_the_same_bytes_the_budget_beats_a_fixed_keep(rng):
+    update = model_update(rng)
+    for keep in (0.003, 0.01, 0.05):
+        fixed = fedzip.FedZip(keep=keep).encode(update)
+        budgeted = fedzip.FedZip(budget_bytes=len(fixed)).encode(update)
+        assert len(budgeted) <= len(fixed)
+        assert squared_error(update, fedzip.decode(budgeted)) <= squared_error(update, fedzip.decode(fixed))
+
+
+def test_bytes_go_to_the_tensor_where_they_remove_most_error(rng):
+    loud = heavy_tailed(rng, (200, 50), scale=1.0)
+    quiet = heavy_tailed(rng, (200, 50), scale=0.001)
+    report = fedzip.inspect(fedzip.FedZip(budget_bytes=3000).encode({"loud": loud, "quiet": quiet}))
+    kept = {t.name: t.kept for t in report.tensors}
+    assert kept["loud"] > 20 * kept["quiet"]
+
+
+def test_allocation_follows_the_convex_hulls():
+    rng = np.random.default_rng(3)
+    options = {
+        "a": tensor_options("a", heavy_tailed(rng, (100, 40)), True, "dap"),
+        "b": tensor_options("b", heavy_tailed(rng, (100, 40), scale=0.1), True, "dap"),
+    }
+    for hull in options.values():
+        sizes = [o.record_bytes for o in hull]
+        errors = [o.error for o in hull]
+        assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)
+        slopes = [(errors[i] - errors[i + 1]) / (sizes[i + 1] - sizes[i]) for i in range(len(hull) - 1)]
+        assert all(a >= b - 1e-12 for a, b in pairwise(slopes))  # convex
+        assert _hull(list(reversed(hull))) == hull
+    chosen = allocate(options, 2500)
+    assert sum(o.record_bytes for o in chosen.values()) + 8 <= 2500
+
+
+def test_a_budget_below_the_smallest_payload_says_so(rng):
+    with pytest.raises(ValueError, match="budget_bytes=50 is below the smallest payload"):
+        fedzip.FedZip(budget_bytes=50).encode(model_update(rng))
+
+
+def test_budget_ratio_sets_the_budget_from_the_update_size(rng):
+    update = model_update(rng)
+    size = sum(a.nbytes for a in update.values())
+    payload = fedzip.FedZip(budget_ratio=200).encode(update)
+    assert len(payload) <= size / 200
+    assert len(payload) > 0.8 * size / 200  # the budget is used, not wasted
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"budget_bytes": 0}, "budget_bytes"),
+        ({"budget_bytes": 1.5}, "budget_bytes"),
+        ({"budget_ratio": 0.5}, "budget_ratio"),
+        ({"budget_bytes": 100, "budget_ratio": 10}, "not both"),
+    ],
+)
+def test_bad_budgets_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        fedzip.FedZip(**options)
+
+
+def test_config_round_trip_and_error_feedback(rng):
+    codec = fedzip.FedZip(budget_bytes=2000, encoding="auto")
+    assert fedzip.get_compressor(codec.get_config()) == codec
+    sender = fedzip.ErrorFeedback(codec)
+    update = model_update(rng)
+    for _ in range(3):
+        payload = sender.encode(update)
+        assert len(payload) <= 2000
+    corrected_total = 3 * sum(float(np.abs(a).sum()) for a in update.values())
+    assert sum(float(np.abs(r).sum()) for r in sender.residual.values()) < corrected_total
