@@ -263,6 +263,7 @@ _EXPERIMENT_OPTIONS = (
     ("--clusters", _clusters, "fedzip: 1..256 or auto (default 3)"),
     ("--levels", int, "qsgd: quantisation levels, 1..255 (default 16)"),
     ("--link", str, "radio link of the energy estimate: lte (default), wifi or 3g"),
+    ("--energy-train-seconds", float, "client training time in the energy model (default: as measured)"),
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),
     ("--train-limit", int, "use a random subset of this many training examples (0: all)"),
     ("--test-limit", int, "use a random subset of this many test examples (0: all)"),

@@ -59,6 +59,7 @@ class ExperimentConfig:
     clusters: int | str = 3
     levels: int = 16  # qsgd
     link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
+    energy_train_seconds: float = 0.0  # client's training time in the energy model (0: as measured)
     error_feedback: bool = False
     seed: int = 0
     train_limit: int = 0  # 0: the whole training split
@@ -122,7 +123,7 @@ class ExperimentConfig:
             self.server_optimizer in SERVER_OPTIMIZERS,
             f"server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}",
         )
-        for name in ("budget_ratio", "clip_norm", "server_lr", "local_momentum"):
+        for name in ("budget_ratio", "clip_norm", "server_lr", "local_momentum", "energy_train_seconds"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
         need(
             isinstance(self.budget_bytes, int) and self.budget_bytes >= 0,

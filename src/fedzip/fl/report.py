@@ -134,11 +134,14 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         "- *payload rate*: float32 model size x replies / `len()` of the payloads, headers included.",
         f"- *energy*: radio energy per client per round on the `{summaries[0]['link']}` link "
         "(Huang et al. 2012 power model, `fedzip.energy`); the download of the float32 global model is "
-        "the same for every codec and counted only in *radio saved*.",
+        "the same for every codec and counted only in *radio saved*. *With tail*: the round as the radio "
+        "spends it (promotion, download, the tail through local training, upload, the tail after it), "
+        "and what that saves against float32 uploads.",
         "",
         "| codec | final acc. | best acc. | uplink MB | saved | payload rate | upload J/client/round "
-        "| upload energy saved | radio saved (up+down) | failures | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| upload energy saved | radio saved (up+down) | J/client/round with tail | saved with tail "
+        "| failures | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         lines.append(
@@ -146,6 +149,8 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
             f"| {s['uplink_bytes'] / 1e6:.3f} | {s['bandwidth_saved_percent']:.2f}% "
             f"| {_ratio(s['payload_compression_rate'])} | {s['upload_joules_per_client_round']:.4f} "
             f"| {s['upload_energy_saved_percent']:.2f}% | {s['radio_energy_saved_percent']:.2f}% "
+            f"| {s.get('round_joules_with_tail', float('nan')):.2f} "
+            f"| {s.get('round_energy_saved_percent_with_tail', float('nan')):.2f}% "
             f"| {s['failures']} | {s['wall_seconds']:.0f} |"
         )
     if target is not None:

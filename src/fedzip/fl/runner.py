@@ -33,6 +33,10 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
     upload_j = link.upload_joules(round(per_reply))
     float32_j = link.upload_joules(round(per_reply_raw))
     download_j = link.download_joules(model_bytes)  # the global model travels uncompressed
+    measured = [r.client_train_seconds for r in rounds if r.client_train_seconds == r.client_train_seconds]
+    train_seconds = cfg.energy_train_seconds or (sum(measured) / len(measured) if measured else 0.0)
+    with_tail = link.round_joules(model_bytes, round(per_reply), train_seconds)
+    float32_round = link.round_joules(model_bytes, round(per_reply_raw), train_seconds)
     summary = {
         "codec": cfg.label,
         "rounds": len(rounds),
@@ -56,6 +60,17 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "upload_energy_saved_percent": saved_percent(float32_j, upload_j),
         "download_joules_per_client_round": download_j,
         "radio_energy_saved_percent": saved_percent(float32_j + download_j, upload_j + download_j),
+        # the round as a radio spends it: promotion, download, tail through training, upload, tail
+        "energy_train_seconds": train_seconds,
+        "round_joules_with_tail": with_tail.total,
+        "float32_round_joules_with_tail": float32_round.total,
+        "round_energy_saved_percent_with_tail": saved_percent(float32_round.total, with_tail.total),
+        "round_energy_breakdown": {
+            "download": with_tail.download,
+            "upload": with_tail.upload,
+            "promotion": with_tail.promotion,
+            "tail": with_tail.tail,
+        },
         "failures": sum(r.failures for r in rounds),
         "wall_seconds": round(seconds, 2),
         "config": cfg.to_dict(),
