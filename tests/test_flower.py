@@ -467,3 +467,69 @@ def test_momentum_correction_keeps_a_velocity_in_the_node_state(rng):
         FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=False, momentum=0.9)
     with pytest.raises(ValueError, match="momentum"):
         FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=True, momentum=1.5)
+
+
+def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
+    """Downloads carry the change of the global model; a node that missed rounds catches up;
+    a node whose copy diverged refuses to train and is resynchronised with the dense model."""
+    from fedzip.flower import downlink
+
+    model = global_model(rng)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.1),
+        error_feedback=True,
+        downlink=fedzip.FedZip(keep=0.1, clusters=8),
+        downlink_history=4,
+    )
+    contexts = [context(0), context(1), context(2)]
+    deltas = [
+        {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()} for _ in range(3)
+    ]
+    arrays = to_record(model)
+    plan = {1: [0, 1, 2], 2: [0, 2], 3: [0, 1, 2], 4: [0, 1, 2]}  # node 1 misses round 2
+    for server_round, nodes in plan.items():
+        if server_round == 4:  # node 2's copy is corrupted (lost writes, a bug, tampering)
+            held = protocol.from_record(contexts[2].state.array_records[downlink.STATE_MODEL])
+            held["w"][0, 0] += 1.0
+            contexts[2].state[downlink.STATE_MODEL] = protocol.to_record(held)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
+        kinds = {
+            m.metadata.dst_node_id: "dense" if downlink.DOWN_MODEL in m.content.array_records else "payloads"
+            for m in messages
+        }
+        if server_round == 1:
+            assert set(kinds.values()) == {"dense"}
+        if server_round == 3:
+            assert kinds == {0: "payloads", 1: "payloads", 2: "payloads"}
+            missed = messages[[m.metadata.dst_node_id for m in messages].index(1)]
+            assert len(missed.content.array_records[downlink.DOWN_PAYLOADS]) == 2  # rounds 2 and 3
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            msg = Message(
+                RecordDict(dict(message.content.items())),
+                dst_node_id=node,
+                message_type=message.metadata.message_type,
+            )
+            reply = fedzip_mod(msg, contexts[node], make_client(deltas[node], 10))
+            replies.append(reply)
+            if not reply.has_error():
+                held = protocol.from_record(contexts[node].state.array_records[downlink.STATE_MODEL])
+                assert downlink.checksum(held) == strategy.broadcaster.checksum
+        if server_round == 4:
+            failed = [r for r in replies if r.has_error()]
+            assert len(failed) == 1 and "checksum" in failed[0].error.reason
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)  # a failed reply is not fatal
+        stats = strategy.history[-1]
+        assert stats.accepted == len(nodes) - (server_round == 4)
+        if server_round > 1:
+            assert stats.downlink_bytes * 5 < stats.downlink_raw_bytes
+        arrays = new_arrays
+    # round 5: node 2 gets the dense model again and trains
+    messages = list(strategy.configure_train(5, arrays, ConfigRecord({}), FakeGrid([2])))
+    assert downlink.DOWN_MODEL in messages[0].content.array_records
+    reply = fedzip_mod(messages[0], contexts[2], make_client(deltas[2], 10))
+    assert not reply.has_error()
+    # the exact global model moved by the clients' updates, whatever the downloads dropped
+    assert not np.allclose(protocol.from_record(arrays)["w"], model["w"])

@@ -276,6 +276,12 @@ _EXPERIMENT_OPTIONS = (
     ("--local-momentum", float, "momentum of the clients' local SGD (default 0)"),
     ("--server-optimizer", str, "fedavg (default), fedavgm or fedadam on the decoded updates"),
     ("--server-lr", float, "the server optimiser's learning rate (default: Flower's)"),
+    (
+        "--downlink",
+        str,
+        "compress downloads too with this codec (e.g. fedzip-dap, stc; default: float weights)",
+    ),
+    ("--downlink-keep", float, "the downlink codec's keep (default: the same as --keep)"),
     ("--test-every", int, "evaluate the test split every this many rounds and after the last (default 1)"),
     ("--validation", int, "hold out this many training examples (seeded) as a validation set (default 0)"),
     ("--min-clients", int, "go on while at least this many nodes are connected (default 1)"),

@@ -154,6 +154,8 @@ class RoundRecord:
     ratio: float = float("nan")
     cumulative_uplink_bytes: int = 0
     payload_bytes: int = 0  # len() of the compressed payloads alone
+    downlink_bytes: int = 0  # the train messages as Flower carried them to every sampled client
+    downlink_raw_bytes: int = 0  # the same messages with float32 weights
     # FedZip runs: the same payloads transcoded to each encoding (lossless, so same accuracy)
     huffman_bytes: int = 0
     position_bytes: int = 0
@@ -277,6 +279,7 @@ def serve(
         compressor=cfg.compressor_config(),
         error_feedback=cfg.error_feedback,
         on_payload=measure_encodings if cfg.transcode and cfg.codec.startswith("fedzip") else None,
+        downlink=cfg.downlink_config(),
         **cfg.feedback_settings(),
     )
     records: list[RoundRecord] = []
@@ -310,6 +313,8 @@ def serve(
             record.ratio = stats.ratio
             record.cumulative_uplink_bytes = previous + stats.uplink_bytes
             record.payload_bytes = stats.payload_bytes
+            record.downlink_bytes = stats.downlink_bytes
+            record.downlink_raw_bytes = stats.downlink_raw_bytes
             for encoding, size in transcoded.items():
                 setattr(record, f"{encoding}_bytes", size)
         transcoded.update(dict.fromkeys(TRANSCODED, 0))

@@ -79,6 +79,8 @@ class ExperimentConfig:
     server_optimizer: str = "fedavg"  # fedavg, fedavgm or fedadam, on the decoded updates
     server_lr: float = 0.0  # the server optimiser's learning rate (0: Flower's default)
     server_momentum: float = 0.9  # fedavgm
+    downlink: str = ""  # compress downloads with this codec too (e.g. fedzip-dap, stc); "": float weights
+    downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -144,6 +146,11 @@ class ExperimentConfig:
             f"warmup_rounds must be an integer >= 0, got {self.warmup_rounds!r}",
         )
         need(0 < self.warmup_start <= 1, f"warmup_start must be in (0, 1], got {self.warmup_start!r}")
+        need(
+            self.downlink == "" or self.downlink in CODEC_NAMES,
+            f"downlink must be empty or one of {', '.join(CODEC_NAMES)}, got {self.downlink!r}",
+        )
+        need(0 <= self.downlink_keep <= 1, f"downlink_keep must be in [0, 1], got {self.downlink_keep!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
         need(
@@ -162,26 +169,36 @@ class ExperimentConfig:
 
     @property
     def label(self) -> str:
-        return self.codec + ("+ef" if self.error_feedback and self.codec not in ALWAYS_EF else "")
+        label = self.codec + ("+ef" if self.error_feedback and self.codec not in ALWAYS_EF else "")
+        return label + (f" / down {self.downlink}" if self.downlink else "")
+
+    def downlink_config(self) -> dict[str, Any] | None:
+        """The downlink compressor's config, or None when downloads travel as float weights."""
+        if not self.downlink:
+            return None
+        return self._codec_config(self.downlink, self.downlink_keep or self.keep, budget=False)
 
     def compressor_config(self) -> dict[str, Any]:
-        if self.codec in ("none", "fp16", "signsgd"):
-            return {"id": self.codec}
-        if self.codec in ("topk", "stc"):
-            return {"id": self.codec, "keep": self.keep}
-        if self.codec == "qsgd":
+        return self._codec_config(self.codec, self.keep, budget=True)
+
+    def _codec_config(self, codec: str, keep: float, budget: bool) -> dict[str, Any]:
+        if codec in ("none", "fp16", "signsgd"):
+            return {"id": codec}
+        if codec in ("topk", "stc"):
+            return {"id": codec, "keep": keep}
+        if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
-        encoding = self.codec.split("-", 1)[1]
+        encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",
-            "keep": self.keep,
+            "keep": keep,
             "clusters": self.clusters,
             "encoding": encoding,
             "sparsify_1d": False,
         }
-        if self.budget_bytes:
+        if budget and self.budget_bytes:
             config["budget_bytes"] = self.budget_bytes
-        if self.budget_ratio:
+        if budget and self.budget_ratio:
             config["budget_ratio"] = self.budget_ratio
         return config
 

@@ -35,7 +35,14 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
     download_j = link.download_joules(model_bytes)  # the global model travels uncompressed
     measured = [r.client_train_seconds for r in rounds if r.client_train_seconds == r.client_train_seconds]
     train_seconds = cfg.energy_train_seconds or (sum(measured) / len(measured) if measured else 0.0)
-    with_tail = link.round_joules(model_bytes, round(per_reply), train_seconds)
+    downlink = sum(r.downlink_bytes for r in rounds)
+    downlink_raw = sum(r.downlink_raw_bytes for r in rounds)
+    messages = sum(r.clients for r in rounds)
+    per_download = downlink / messages if messages and downlink else model_bytes
+    float32_download_j = download_j
+    if cfg.downlink:
+        download_j = link.download_joules(round(per_download))
+    with_tail = link.round_joules(round(per_download), round(per_reply), train_seconds)
     float32_round = link.round_joules(model_bytes, round(per_reply_raw), train_seconds)
     summary = {
         "codec": cfg.label,
@@ -59,8 +66,13 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "float32_upload_joules_per_client_round": float32_j,
         "upload_energy_saved_percent": saved_percent(float32_j, upload_j),
         "download_joules_per_client_round": download_j,
-        "radio_energy_saved_percent": saved_percent(float32_j + download_j, upload_j + download_j),
+        "radio_energy_saved_percent": saved_percent(float32_j + float32_download_j, upload_j + download_j),
         # the round as a radio spends it: promotion, download, tail through training, upload, tail
+        "downlink_bytes": downlink,
+        "downlink_raw_bytes": downlink_raw,
+        "downlink_compression_ratio": downlink_raw / downlink if downlink else None,
+        "total_bytes": uplink + downlink,
+        "total_compression_ratio": (raw + downlink_raw) / (uplink + downlink) if uplink + downlink else None,
         "energy_train_seconds": train_seconds,
         "round_joules_with_tail": with_tail.total,
         "float32_round_joules_with_tail": float32_round.total,

@@ -15,7 +15,7 @@ from flwr.common.logger import log
 
 from ..feedback import ErrorFeedback
 from ..registry import get_compressor
-from . import protocol
+from . import downlink, protocol
 
 # Flower mods that rewrite the reply's weights: they must run inside fedzip_mod
 # (after it in ``mods=[...]``) so that they see weights, not a payload.
@@ -26,11 +26,10 @@ _ARRAY_MODS = {
 }
 
 
-def _error(msg: Message, reason: str) -> Message:
+def _error(msg: Message, reason: str, code: int = ErrorCode.MOD_FAILED_PRECONDITION) -> Message:
+    """An error reply; MOD_FAILED_PRECONDITION tells the server a setting is wrong, UNKNOWN a transient fault."""
     log(WARNING, "fedzip_mod: %s", reason)
-    return Message(
-        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"fedzip_mod: {reason}"), reply_to=msg
-    )
+    return Message(Error(code=code, reason=f"fedzip_mod: {reason}"), reply_to=msg)
 
 
 def _array_mods_outside() -> list[str]:
@@ -89,6 +88,11 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         sender = ErrorFeedback(compressor, **feedback_options) if error_feedback else None
     except (ValueError, TypeError) as exc:
         return _error(msg, f"invalid codec settings from the server ({exc}); is fedzip the same version?")
+    try:
+        downlink.receive(msg.content, context.state)
+    except downlink.DownlinkError as exc:
+        # transient: the server sends the whole model next time
+        return _error(msg, f"could not apply the compressed download: {exc}", ErrorCode.UNKNOWN)
     if len(msg.content.array_records) != 1:
         return _error(
             msg, f"expects one ArrayRecord in the train message, found {len(msg.content.array_records)}"

@@ -103,6 +103,14 @@ def payload_record(payload: bytes) -> ArrayRecord:
     return ArrayRecord({PAYLOAD_ENTRY: Array(np.frombuffer(payload, dtype=np.uint8))})
 
 
+def array_bytes(array: Array) -> bytes:
+    """The bytes of a 1-D uint8 Array; ValueError for anything else."""
+    values = array.numpy()
+    if values.dtype != np.uint8 or values.ndim != 1:
+        raise ValueError(f"a payload must be a 1-D uint8 array, got {values.dtype} {values.shape}")
+    return values.tobytes()
+
+
 def payload_bytes(record: ArrayRecord) -> bytes:
     """The payload carried by a PAYLOAD record; ValueError if the record is not one."""
     if list(record) != [PAYLOAD_ENTRY]:

@@ -11,7 +11,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -33,6 +33,7 @@ from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
+from .downlink import Broadcaster
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
 _CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
@@ -65,6 +66,8 @@ class RoundStats:
     uplink_bytes: int = 0  # Flower's count_bytes() of every accepted reply, as carried
     raw_bytes: int = 0  # count_bytes() of the same replies with the weights the clients trained
     payload_bytes: int = 0  # len() of the accepted payloads alone
+    downlink_bytes: int = 0  # count_bytes() of every train message as sent (all nodes)
+    downlink_raw_bytes: int = 0  # the same messages with the global model's weights
     aggregated: bool = False  # False when too few replies were accepted to update the model
 
     @property
@@ -73,7 +76,23 @@ class RoundStats:
 
 
 def _content_bytes(msg: Message) -> int:
-    return sum(record.count_bytes() for record in msg.content.values())
+    return sum(_record_bytes(record) for record in msg.content.values())
+
+
+def _record_bytes(record: Any) -> int:
+    """Flower's ``count_bytes()``; for ConfigRecords with an empty string (which it refuses), the same count."""
+    try:
+        return record.count_bytes()
+    except ValueError:
+        if not isinstance(record, ConfigRecord):
+            raise
+    total = 0
+    for key, value in record.items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            total += 1 if isinstance(item, bool) else len(item) if isinstance(item, str | bytes) else 8
+        total += len(key)
+    return total
 
 
 def _inner_chain(strategy: Strategy) -> list[Strategy]:
@@ -117,6 +136,12 @@ class FedZipStrategy(Strategy):
         masking: with momentum, DGC's factor masking.
         clip_norm: with error feedback, clients clip each update to this norm
             before accumulating it.
+        downlink: compress downloads too: a compressor (or its config or id)
+            for the change of the global model; clients keep a synchronised
+            copy in their node state (:mod:`fedzip.flower.downlink`). None
+            (default): the global model travels as it is.
+        downlink_history: payloads kept for clients that missed rounds; one
+            that missed more, or whose copy is unknown, gets the model dense.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -139,6 +164,8 @@ class FedZipStrategy(Strategy):
         momentum: float = 0.0,
         masking: bool = True,
         clip_norm: float | None = None,
+        downlink: Compressor | Mapping[str, Any] | str | None = None,
+        downlink_history: int = 8,
     ) -> None:
         super().__init__()
         inner = strategy if strategy is not None else FedAvg()
@@ -187,6 +214,12 @@ class FedZipStrategy(Strategy):
             get_compressor(warmup.config(1, codec.get_config()))  # a compressor it cannot scale fails now
         self.warmup = warmup
         self.feedback_options = feedback_options
+        self.broadcaster = None
+        if downlink is not None:
+            down = downlink if isinstance(downlink, Compressor) else get_compressor(downlink)
+            self.broadcaster = Broadcaster(down, downlink_history)
+        self._sent: dict[int, int] = {}  # node -> replica version sent this round
+        self._down: tuple[int, int] = (0, 0)  # this round's downlink bytes, and as float weights
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
@@ -256,7 +289,26 @@ class FedZipStrategy(Strategy):
                 )
             self._weights_key = keys[0]
             protocol.add_settings(content, codec, self.error_feedback, self.feedback_options)
+        self._sent = {}
+        raw = sum(_content_bytes(m) for m in messages)
+        if self.broadcaster is not None and messages:
+            self.broadcaster.advance(protocol.from_record(arrays))
+            for message in messages:
+                self._download(message)
+        self._down = (sum(_content_bytes(m) for m in messages), raw)
         return messages
+
+    def _download(self, message: Message) -> None:
+        """Give ``message`` its own content: the download that brings its node to the current version."""
+        node = message.metadata.dst_node_id
+        config, records = self.broadcaster.content_for(node, self._weights_key)
+        content = RecordDict({k: v for k, v in message.content.items() if k != self._weights_key})
+        name = next(n for n, c in content.config_records.items() if protocol.CODEC_KEY in c)
+        content[name] = ConfigRecord({**content.config_records[name], **config})
+        for key, record in records.items():
+            content[key] = record
+        message.content = content
+        self._sent[node] = self.broadcaster.version
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -277,6 +329,16 @@ class FedZipStrategy(Strategy):
             error = Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {reason}")
             forwarded[index] = Message(error=error, metadata=reply.metadata)
 
+        replies = list(replies)
+        if self.broadcaster is not None:
+            answered = {r.metadata.src_node_id: r for r in replies}
+            for node, version in self._sent.items():
+                reply = answered.get(node)
+                if reply is None or reply.has_error():
+                    self.broadcaster.forget(node)  # it may or may not hold the new version
+                else:
+                    self.broadcaster.confirm(node, version)
+        stats.downlink_bytes, stats.downlink_raw_bytes = self._down
         for index, reply in enumerate(replies):
             stats.replies += 1
             if reply.has_error():
