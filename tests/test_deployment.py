@@ -184,13 +184,21 @@ def read_rows(out):
         return []
 
 
-def test_superlink_and_supernodes_carry_fedzip_payloads(federation):
+def test_superlink_and_supernodes_carry_fedzip_payloads_both_ways(federation):
     env, tmp_path, *_ = federation
     out = tmp_path / "results"
     app = tmp_path / "app"
     shutil.copytree(APP, app)
     result = subprocess.run(
-        [str(BIN / "flwr"), "run", str(app), "test", "--stream", "--run-config", f"rounds=2 out='{out}'"],
+        [
+            str(BIN / "flwr"),
+            "run",
+            str(app),
+            "test",
+            "--stream",
+            "--run-config",
+            f"rounds=3 out='{out}' downlink='fedzip-dap' downlink-keep=0.05",
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -203,12 +211,14 @@ def test_superlink_and_supernodes_carry_fedzip_payloads(federation):
         time.sleep(0.5)
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     for row in rows[1:]:
         assert int(row["accepted"]) == 2 and int(row["failures"]) == 0
         assert float(row["ratio"]) > 50  # the uploads were FedZip payloads
+    for row in rows[2:]:  # after the first, dense, download: the changes only
+        assert int(row["downlink_bytes"]) * 10 < int(row["downlink_raw_bytes"])
     assert float(rows[-1]["accuracy"]) != float(rows[0]["accuracy"])  # the aggregated model changed
-    assert "FedZipStrategy: round 2: 2/2 replies accepted" in result.stdout + result.stderr
+    assert "FedZipStrategy: round 3: 2/2 replies accepted" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("federation", [3], indirect=True)
