@@ -207,6 +207,8 @@ def test_config_round_trip_and_registry():
         "clusters": "auto",
         "encoding": "position",
         "sparsify_1d": True,
+        "budget_bytes": None,
+        "budget_ratio": None,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec

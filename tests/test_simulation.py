@@ -48,7 +48,17 @@ def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
 
 def test_compare_writes_a_report(tmp_path, capsys):
     args = ["compare", "--codecs", "none,stc,fedzip-dap+ef", "--model", "mlp", "--clients", "2"]
-    args += ["--rounds", "2", "--train-limit", "2000", "--test-limit", "500", "--out", str(tmp_path)]
+    args += [
+        "--rounds",
+        "2",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "500",
+        "--out",
+        str(tmp_path),
+        "--transcode",
+    ]
     assert main(args) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| none |" in report and "| stc |" in report and "| fedzip-dap+ef |" in report
@@ -223,7 +233,8 @@ def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
         assert row["round_seconds"] >= row["round_without_eval"] >= row["train_phase"] > 0
         assert row["evaluation"] > 0 and row["client_training"] > 0
         assert row["ratio"] == pytest.approx(row["round_seconds"] / row["reference"])
-    assert "rounds/min" in capsys.readouterr().out
+    assert "fedzip bench --fl" in capsys.readouterr().out
+    assert "rounds/min" in (tmp_path / "fl.md").read_text()
 
 
 def test_extreme_compression_options_travel_through_a_run(tmp_path):

@@ -347,7 +347,7 @@ def _reproduce(args: argparse.Namespace) -> None:
 
     from .fl import convergence
     from .fl.reproduce import load_plan, run_plan
-    from .fl.results import first_round_update, rate_rows, rate_section, write_document
+    from .fl.results import cluster_section, first_round_update, rate_rows, rate_section, write_document
 
     console = Console(stderr=True)
     paths = args.plans or list(DEFAULT_PLANS)
@@ -369,11 +369,14 @@ def _reproduce(args: argparse.Namespace) -> None:
     results = [(plan, run_plan(plan, only=only, force=args.force, seeds=seeds)) for plan in plans]
     console.print("compression rates of a real paper-CNN update ...")
     started = time.perf_counter()
-    rates = rate_rows(first_round_update(plans[0].base))
+    update = first_round_update(plans[0].base)
+    rates = rate_rows(update)
     seconds = time.perf_counter() - started
     if all(seeded):
         heading = "## Compression rate of each encoding on one real paper-CNN update"
-        doc = convergence.write_document(Path(args.doc), results, rate_section(rates, seconds, heading))
+        extra = rate_section(rates, seconds, heading)
+        extra += cluster_section(update, "## Cluster count at low keep: bytes against error")
+        doc = convergence.write_document(Path(args.doc), results, extra)
     else:
         named = [(plan, {run.name: summary for run, summary in finished}) for plan, finished in results]
         doc = write_document(Path(args.doc), named, rates, out, seconds)
