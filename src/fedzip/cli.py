@@ -200,7 +200,7 @@ def _emit_table(
 
     table = Table(title=title)
     for header in headers:
-        table.add_column(header, justify="right" if header in NUMERIC else "left")
+        table.add_column(header, justify="left" if header in LABELS else "right")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in cells:
         table.add_row(*row)
@@ -221,19 +221,8 @@ def _emit_table(
         console.print(f"results written to {out}/{stem}.json, {stem}.csv, {stem}.md")
 
 
-# Columns aligned right.
-NUMERIC = {"bytes", "ratio", "bits/kept", "x bound", "enc MB/s", "dec MB/s", "peak mem"}
-NUMERIC |= {"parameters", "seconds", "peak extra", "held in memory"}
-NUMERIC |= {
-    "reference s",
-    "1 thread s",
-    "2 threads s",
-    "round s",
-    "x reference",
-    "rounds/min",
-    "without eval s",
-}
-NUMERIC |= {"x reference ", "train phase s", "aggregate s", "eval s", "client s"}
+# Columns aligned left; the others hold numbers.
+LABELS = {"update", "codec", "method", "model"}
 
 
 def _inspect(args: argparse.Namespace) -> None:
