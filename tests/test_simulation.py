@@ -218,6 +218,19 @@ def test_a_seeded_plan_runs_every_seed_resumes_and_writes_means(tmp_path, capsys
     assert all(0 < float(r["val_accuracy"]) <= 1 for r in rows)
     assert (doc.parent / "results" / "seeded-rounds.png").stat().st_size > 0
 
+    # A plan of other codecs takes its FedAvg reference from the first plan.
+    extra = tmp_path / "extra.toml"
+    extra.write_text(
+        'reference = "seeded"\n'
+        + SEEDED_PLAN.split("[[run]]")[0]
+        + '[[run]]\nname = "topk"\ncodec = "topk+ef"\n'
+    )
+    assert main(["reproduce", str(plan), str(extra), "--out", str(tmp_path / "runs"), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "FedAvg reference: the `fedavg` run of plan `seeded`" in text
+    topk_row = next(line for line in text.splitlines() if line.startswith("| topk |"))
+    assert "| – |" not in topk_row.split("|", 5)[4]  # a paired difference against the reference
+
 
 def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
     config = tmp_path / "tiny.toml"

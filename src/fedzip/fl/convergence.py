@@ -111,10 +111,17 @@ def _options(cfg) -> str:
     return ", ".join(parts)
 
 
-def plan_rows(plan: Plan, grouped: dict[str, RunSeeds]) -> tuple[list[str], dict[str, Any]]:
-    """The Markdown section of one plan and its facts (for the summary and the verdict)."""
+def find_reference(grouped: dict[str, RunSeeds]) -> RunSeeds | None:
+    return next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
+
+
+def plan_rows(
+    plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """The Markdown section of one plan and its facts; ``reference``: FedAvg from another plan."""
     base = plan.base
-    reference = next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
+    own = find_reference(grouped)
+    reference = own or reference
     wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
     seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
     lines = [
@@ -136,6 +143,11 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds]) -> tuple[list[str], dict
         target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
         facts["plateau"] = {"gain_points": gain, "from_round": start, "to_round": last, "held": held}
         facts["target_val_accuracy"] = target
+        if own is None:
+            lines += [
+                f"FedAvg reference: the `fedavg` run of plan `{plan.reference}` (same data and seeds).",
+                "",
+            ]
         lines += [
             f"Horizon: FedAvg's mean validation accuracy gained **{gain:+.2f} points** from round {start} to "
             f"round {last} (the last {PLATEAU_FRACTION:.0%} of the rounds; 3-round means at both ends): the "
@@ -231,7 +243,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
     link = get_link(link_name)
     model_bytes = 4 * parameter_count(build("cnn"))
     plan, grouped = plans[0]
-    reference = next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
+    reference = find_reference(grouped)
     if reference is None:
         return []
     train = float(
@@ -324,9 +336,11 @@ def write_document(
     assets = path.parent / "results"
     assets.mkdir(exist_ok=True)
     grouped_plans = [(plan, group(results)) for plan, results in plans if results]
+    by_name = {plan.name: grouped for plan, grouped in grouped_plans}
     sections, facts = [], []
     for plan, grouped in grouped_plans:
-        section, fact = plan_rows(plan, grouped)
+        reference = find_reference(by_name.get(plan.reference, {})) if plan.reference else None
+        section, fact = plan_rows(plan, grouped, reference)
         plot_plan(plan, grouped, assets)
         sections += section
         facts.append(fact)

@@ -36,6 +36,7 @@ class Plan:
     base: ExperimentConfig
     runs: tuple[PlannedRun, ...]
     seeds: tuple[int, ...] = ()
+    reference: str = ""  # another plan whose FedAvg run is this plan's reference (``reference = "..."``)
 
     @property
     def names(self) -> list[str]:
@@ -56,7 +57,7 @@ def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
         raise ValueError(f"plan {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"plan {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(values) - {"experiment", "run"})
+    unknown = sorted(set(values) - {"experiment", "run", "reference"})
     if unknown or not values.get("run"):
         raise ValueError(
             f"plan {path} needs an [experiment] table and [[run]] entries (found {sorted(values)})"
@@ -91,7 +92,7 @@ def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
             runs.append(PlannedRun(name, config, seed))
     # seed by seed: a plan stopped part way has every run at the seeds it finished
     runs.sort(key=lambda run: -1 if run.seed is None else run.seed)
-    return Plan(path.stem, base, tuple(runs), tuple(seeds or ()))
+    return Plan(path.stem, base, tuple(runs), tuple(seeds or ()), str(values.get("reference", "")))
 
 
 def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
