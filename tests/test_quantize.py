@@ -95,3 +95,15 @@ def test_silhouette_matches_definition(rng):
         b = min(d[i, labels == c].mean() for c in np.unique(labels) if c != labels[i])
         scores.append((b - a) / max(a, b))
     assert qz.silhouette(values, centroids) == pytest.approx(np.mean(scores), rel=1e-9)
+
+
+def test_many_cluster_counts_from_one_program_equal_one_at_a_time():
+    from fedzip.quantize import quantize, quantize_many
+
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 400, 3000):
+        values = (rng.standard_t(3, n) * 0.01).astype(np.float32)
+        many = quantize_many(values, (1, 2, 3, 8, 16))
+        for k, (centroids, labels) in many.items():
+            expected = quantize(values, k)
+            assert np.array_equal(centroids, expected[0]) and np.array_equal(labels, expected[1])

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import encodings, huffman, wire
 from .encodings import Quantized
-from .quantize import quantize
+from .quantize import quantize_many
 
 # Kept fractions tried for every sparsified tensor (each also bounded by its nonzeros).
 FRACTIONS = tuple(float(f) for f in np.geomspace(1e-5, 1.0, 25))
@@ -77,10 +77,8 @@ def tensor_options(
         positions = np.sort(order[:count]) if sparsify else order
         kept = values64[positions]
         left_out = total - float(np.dot(kept, kept))
-        for clusters in CLUSTER_CHOICES:
-            if clusters > max(count, 1):
-                break
-            centroids, labels = quantize(kept, clusters)
+        choices = tuple(k for k in CLUSTER_CHOICES if k <= max(count, 1))
+        for centroids, labels in quantize_many(kept, choices).values():
             error = max(left_out, 0.0) + float(np.sum((kept - centroids.astype(np.float64)[labels]) ** 2))
             q = Quantized(array.shape, array.dtype, positions, labels, centroids)
             candidates.append(Option(q, *_price(name, q, encoding), error))

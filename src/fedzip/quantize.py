@@ -38,6 +38,11 @@ def _segment_costs(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def optimal_segments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
     """Boundaries (k + 1 indices) of the k runs of sorted ``points`` with least SSE."""
+    return optimal_segments_upto(points, weights, k)[k]
+
+
+def optimal_segments_upto(points: np.ndarray, weights: np.ndarray, k: int) -> dict[int, np.ndarray]:
+    """:func:`optimal_segments` for every cluster count from 1 to ``k``, from one dynamic program."""
     m = points.size
     cost = _segment_costs(points, weights)
     best = cost[0].copy()
@@ -48,11 +53,14 @@ def optimal_segments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndar
         arg = np.argmin(total, axis=0)
         best = total[arg, columns]
         choices.append(arg)
-    bounds = [m]
-    for arg in reversed(choices):
-        bounds.append(int(arg[bounds[-1]]))
-    bounds.append(0)
-    return np.array(bounds[::-1], dtype=np.int64)
+    out = {}
+    for count in range(1, k + 1):
+        bounds = [m]
+        for arg in reversed(choices[: count - 1]):
+            bounds.append(int(arg[bounds[-1]]))
+        bounds.append(0)
+        out[count] = np.array(bounds[::-1], dtype=np.int64)
+    return out
 
 
 def _lloyd(values: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -74,17 +82,27 @@ def _lloyd(values: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np
 
 def cluster_centroids(sorted_values: np.ndarray, k: int) -> np.ndarray:
     """Near-optimal k-means centroids (ascending, float64) of sorted 1-D values."""
+    return cluster_centroids_many(sorted_values, (k,))[k]
+
+
+def cluster_centroids_many(sorted_values: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """:func:`cluster_centroids` for several cluster counts, sharing one dynamic program."""
     x = sorted_values.astype(np.float64, copy=False)
     distinct = np.concatenate(([True], x[1:] != x[:-1]))
     uniq = x[distinct]
-    if uniq.size <= k:
-        return uniq
+    out = {k: uniq for k in ks if uniq.size <= k}
+    rest = tuple(k for k in ks if k not in out)
+    if not rest:
+        return out
     counts = np.diff(np.concatenate((np.flatnonzero(distinct), [x.size]))).astype(np.float64)
     if uniq.size <= EXACT_POINTS:
-        bounds = optimal_segments(uniq, counts, k)
+        segments = optimal_segments_upto(uniq, counts, max(rest))
         cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
         cw = np.concatenate(([0.0], np.cumsum(counts)))
-        return (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
+        for k in rest:
+            bounds = segments[k]
+            out[k] = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
+        return out
     # Bins of equal count resolve the dense middle; bins of equal width in
     # value resolve the tails, where a few outliers dominate the error.
     half = EXACT_POINTS // 2
@@ -93,17 +111,32 @@ def cluster_centroids(sorted_values: np.ndarray, k: int) -> np.ndarray:
     edges = np.unique(np.concatenate((by_count, by_value)))
     bin_weights = np.diff(edges).astype(np.float64)
     bin_means = np.add.reduceat(x, edges[:-1]) / bin_weights
-    bounds = optimal_segments(bin_means, bin_weights, k)
+    segments = optimal_segments_upto(bin_means, bin_weights, max(rest))
     cs = np.concatenate(([0.0], np.cumsum(bin_weights * bin_means)))
     cw = np.concatenate(([0.0], np.cumsum(bin_weights)))
-    seeds = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
-    return _lloyd(uniq, counts, seeds)
+    for k in rest:
+        bounds = segments[k]
+        seeds = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
+        out[k] = _lloyd(uniq, counts, seeds)
+    return out
 
 
 def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (ascending ``centroids``) for every value."""
     c = centroids.astype(np.float64)
     return np.searchsorted((c[:-1] + c[1:]) / 2, values.astype(np.float64), side="left")
+
+
+def quantize_many(values: np.ndarray, ks: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """:func:`quantize` for several cluster counts at the cost of about one."""
+    if values.size == 0:
+        return {k: (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)) for k in ks}
+    sorted_values = np.sort(values.astype(np.float64))
+    out = {}
+    for k, found in cluster_centroids_many(sorted_values, tuple(ks)).items():
+        centroids = np.unique(found.astype(np.float32))
+        out[k] = (centroids, assign(values, centroids).astype(np.uint8))
+    return out
 
 
 def quantize(values: np.ndarray, clusters: int | str) -> tuple[np.ndarray, np.ndarray]:
