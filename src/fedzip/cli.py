@@ -374,7 +374,12 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 # Seeded plans run to convergence; `fedzip reproduce experiments/paper-*.toml --doc ...`
 # regenerates the earlier 10-round, one-seed document.
-DEFAULT_PLANS = ("experiments/converge-iid.toml", "experiments/converge-dirichlet.toml")
+DEFAULT_PLANS = (
+    "experiments/converge-iid.toml",
+    "experiments/converge-dirichlet.toml",
+    "experiments/extreme-iid.toml",
+    "experiments/extreme-dirichlet.toml",
+)
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
@@ -480,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "plans",
         nargs="*",
-        help="plan files (default: experiments/converge-iid.toml and converge-dirichlet.toml)",
+        help="plan files (default: experiments/converge-*.toml and extreme-*.toml)",
     )
     repro.add_argument(
         "--out", help="run directories (default docs/results/runs for seeded plans, else runs/paper)"
