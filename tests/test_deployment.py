@@ -83,6 +83,8 @@ def federation(tmp_path, request):
         return process, log
 
     creds = tmp_path / "credentials"
+    if secure and not (shutil.which("openssl") and shutil.which("ssh-keygen")):
+        pytest.skip("scripts/make-credentials.sh needs openssl and ssh-keygen")
     if secure:
         subprocess.run(
             ["bash", str(SCRIPTS / "make-credentials.sh"), str(creds), str(count + 1)],
