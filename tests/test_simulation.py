@@ -205,6 +205,8 @@ def test_a_seeded_plan_runs_every_seed_resumes_and_writes_means(tmp_path, capsys
     assert "| fedavg | none |" in text and "| fedzip+ef | fedzip-dap+ef, keep 0.05, k=3 |" in text
     assert " ± " in text  # means and standard deviations over the two seeds
     assert "plateau rule" in text and "800 training images" in text
+    assert "## Client radio energy per round, as the radio spends it" in text
+    assert "## Cluster count at low keep" in text
     summary = json.loads((doc.parent / "results" / "summary.json").read_text())
     runs = summary["seeded"]
     assert set(runs) == {"fedavg", "fedzip+ef"} and set(runs["fedzip+ef"]) == {"0", "1"}
