@@ -346,7 +346,7 @@ def write_document(
         facts.append(fact)
     (assets / "summary.json").write_text(json.dumps(machine_summary(grouped_plans), indent=1) + "\n")
     missing = [
-        f"`{plan.name}`: {len(plan.runs) - len(results)} of {len(plan.runs)} runs"
+        f"`{plan.name}`: {len(plan.runs) - len(results)} of {len(plan.runs)} runs still to run"
         for plan, results in plans
         if len(results) < len(plan.runs)
     ]
