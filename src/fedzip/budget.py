@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import encodings, huffman, wire
+from . import encodings, wire
 from .encodings import Quantized
 from .quantize import quantize_many
 
@@ -33,18 +33,14 @@ class Option:
     """One way to send a tensor: exactly what it costs and what it leaves out."""
 
     quantized: Quantized
-    encoding: int
-    label_group: int
     record_bytes: int
     error: float  # squared error of the rebuilt tensor
 
 
-def _price(name: str, q: Quantized, encoding: str) -> tuple[int, int, int]:
-    """(encoding id, label group, record bytes) of ``q``; ``auto`` takes the smallest encoding."""
-    label_plan = huffman.plan_labels(q.labels, q.centroids.size)
-    ids = list(encodings.NAMES) if encoding == "auto" else [encodings.IDS[encoding]]
-    bits, chosen = min((encodings.plan(e, q, label_plan), e) for e in ids)
-    return chosen, label_plan[0], wire.record_bytes(name, q.shape, q.kept, q.centroids.size, bits)
+def _price(name: str, q: Quantized, encoding: str) -> int:
+    """Bytes of ``q``'s record in ``encoding`` (``auto``: the smallest), as the codec writes it."""
+    bits = encodings.choose(q, encoding)[2]
+    return wire.record_bytes(name, q.shape, q.kept, q.centroids.size, bits)
 
 
 def tensor_options(
@@ -81,12 +77,12 @@ def tensor_options(
         for centroids, labels in quantize_many(kept, choices).values():
             error = max(left_out, 0.0) + float(np.sum((kept - centroids.astype(np.float64)[labels]) ** 2))
             q = Quantized(array.shape, array.dtype, positions, labels, centroids)
-            candidates.append(Option(q, *_price(name, q, encoding), error))
+            candidates.append(Option(q, _price(name, q, encoding), error))
     if not candidates:  # an empty or all-zero tensor
         q = Quantized(
             array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
         )
-        candidates.append(Option(q, *_price(name, q, encoding), total))
+        candidates.append(Option(q, _price(name, q, encoding), total))
     return _hull(candidates)
 
 

@@ -335,16 +335,15 @@ def _reproduce(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from .fl import convergence
-    from .fl.reproduce import load_plan, run_plan
+    from .fl.reproduce import RUNS_OUT, load_plan, run_plan
     from .fl.results import cluster_section, first_round_update, rate_rows, rate_section, write_document
 
     console = Console(stderr=True)
-    paths = args.plans or list(DEFAULT_PLANS)
-    seeded = [load_plan(path).seeds != () for path in paths]
+    plans = [load_plan(path, args.out) for path in args.plans or DEFAULT_PLANS]
+    seeded = [plan.seeds != () for plan in plans]
     if any(seeded) and not all(seeded):
         raise CliError("plans with seeds and plans without cannot make one document; reproduce them apart")
-    out = Path(args.out or ("docs/results/runs" if all(seeded) else "runs/paper"))
-    plans = [load_plan(path, out) for path in paths]
+    out = Path(args.out or RUNS_OUT)
     only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
     if only:
         known = {run.name for plan in plans for run in plan.runs}

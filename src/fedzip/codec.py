@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import encodings, huffman, wire
+from . import encodings, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
 from .encodings import Quantized
@@ -130,28 +130,19 @@ class FedZip(Compressor):
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
         # Sparse: only the kept entries change, so nothing of the tensor's size is allocated.
-        arrays = check_update(update)
-        flats = {name: writable_flat(name, array) for name, array in arrays.items()}
-        budgeted = self.budget_bytes is not None or self.budget_ratio is not None
-        chosen = self._quantize_all(arrays) if budgeted else {}
-        records = []
-        for name, array in arrays.items():
-            q = chosen[name] if budgeted else self.quantize(name, array)
-            records.append(_record(name, q, self.encoding))
+        flats = {name: writable_flat(name, array) for name, array in check_update(update).items()}
+        quantized = self._quantize_all(update)
+        for name, q in quantized.items():
             if q.kept:
                 flats[name][q.positions] -= q.centroids.astype(q.dtype)[q.labels]
-        return wire.write(records)
+        return self._encode(quantized)
 
     def _encode(self, quantized: dict[str, Quantized]) -> bytes:
         return wire.write([_record(name, q, self.encoding) for name, q in quantized.items()])
 
 
 def _record(name: str, q: Quantized, encoding_name: str) -> wire.Record:
-    label_plan = huffman.plan_labels(q.labels, q.centroids.size)
-    if encoding_name == "auto":
-        encoding = min(encodings.NAMES, key=lambda e: encodings.plan(e, q, label_plan))
-    else:
-        encoding = encodings.IDS[encoding_name]
+    encoding, label_plan, _ = encodings.choose(q, encoding_name)
     writer = BitWriter()
     encodings.write(writer, encoding, q, label_plan)
     return wire.Record(name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue())

@@ -79,6 +79,14 @@ def plan(encoding: int, q: Quantized, label_plan: tuple[int, int]) -> int:
     return position_bits + label_plan[1]
 
 
+def choose(q: Quantized, encoding_name: str) -> tuple[int, tuple[int, int], int]:
+    """(encoding id, label plan, body bits) of ``q``; ``"auto"`` takes the smallest encoding."""
+    label_plan = huffman.plan_labels(q.labels, q.centroids.size)
+    ids = list(NAMES) if encoding_name == "auto" else [IDS[encoding_name]]
+    bits, encoding = min((plan(e, q, label_plan), e) for e in ids)
+    return encoding, label_plan, bits
+
+
 def _gaps(positions: np.ndarray) -> np.ndarray:
     return np.diff(positions, prepend=-1)
 

@@ -10,7 +10,7 @@ warm-up are counted like any others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,3 @@ class KeepWarmup:
                 f"a warm-up needs a compressor with a keep or a budget; {config.get('id')!r} has none"
             )
         return config
-
-    @classmethod
-    def from_steps(cls, steps: Sequence[float]) -> KeepWarmup:
-        return cls(steps=tuple(steps))

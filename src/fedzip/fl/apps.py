@@ -81,7 +81,7 @@ client_app = ClientApp(mods=[corrupt_payload_mod, fedzip_mod])
 
 
 @functools.lru_cache(maxsize=4)
-def _client_examples(
+def client_examples(
     data_dir: str, validation: int, train_limit: int, seed: int, partition: str, partitions: int, index: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """This client's training examples as tensors, and the number of classes (once per process)."""
@@ -107,7 +107,7 @@ def _train(msg: Message, context: Context) -> Message:
     # Clients run side by side, one core each: faster than one client on two cores.
     torch.set_num_threads(1)
     seed = int(config["seed"])
-    images, labels, classes = _client_examples(
+    images, labels, classes = client_examples(
         str(config["data-dir"]),
         int(config.get("validation", 0)),
         int(config["train-limit"]),

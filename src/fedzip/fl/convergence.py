@@ -74,12 +74,9 @@ def group(results: Sequence[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Run
 
 def reach(metrics: list[dict[str, float]], target: float) -> tuple[int, float] | None:
     """(first round, cumulative payload bytes) at which validation accuracy reaches ``target``."""
-    sent = 0.0
-    for row in metrics:
-        sent += row["payload_bytes"]
-        if row["round"] > 0 and row["val_accuracy"] >= target:
-            return int(row["round"]), sent
-    return None
+    from .report import reach as reach_on
+
+    return reach_on(metrics, target, accuracy="val_accuracy", sent="payload_bytes", per_round=True)
 
 
 def plateau(reference: RunSeeds) -> tuple[float, int, int]:
@@ -115,10 +112,8 @@ def find_reference(grouped: dict[str, RunSeeds]) -> RunSeeds | None:
     return next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
 
 
-def plan_rows(
-    plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | None = None
-) -> tuple[list[str], dict[str, Any]]:
-    """The Markdown section of one plan and its facts; ``reference``: FedAvg from another plan."""
+def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | None = None) -> list[str]:
+    """The Markdown section of one plan; ``reference``: FedAvg from another plan."""
     base = plan.base
     own = find_reference(grouped)
     reference = own or reference
@@ -135,14 +130,11 @@ def plan_rows(
         f"{wall / 60:.0f} minutes of wall time.",
         "",
     ]
-    facts: dict[str, Any] = {"plan": plan.name, "wall_seconds": wall, "runs": {}}
     target = None
     if reference is not None:
         gain, start, last = plateau(reference)
         held = gain < PLATEAU_POINTS
         target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
-        facts["plateau"] = {"gain_points": gain, "from_round": start, "to_round": last, "held": held}
-        facts["target_val_accuracy"] = target
         if own is None:
             lines += [
                 f"FedAvg reference: the `fedavg` run of plan `{plan.reference}` (same data and seeds).",
@@ -181,17 +173,6 @@ def plan_rows(
             f"{_mean_std(g.final('val_accuracy'), 100)} | {_mean_std(g.payload_bytes(), 1e-6, 3)} | "
             f"{_mean_std(g.rate(), 1, 1)}x | {rounds_to} | {mb_to} |"
         )
-        facts["runs"][name] = {
-            "codec": g.config.label,
-            "test_accuracy_mean": float(np.mean(test)),
-            "delta_points_mean": float(np.mean(test - reference_test) * 100)
-            if reference_test is not None and len(test) == len(reference_test)
-            else None,
-            "rate_mean": float(np.nanmean(g.rate())),
-            "payload_mb_to_target": float(np.mean([r[1] for r in hit]) / 1e6)
-            if len(hit) == len(reached) and hit
-            else None,
-        }
     lines += [
         "",
         "Accuracies in percent, mean ± standard deviation over seeds; Δ is paired by seed (same partition and "
@@ -203,7 +184,7 @@ def plan_rows(
         f"![validation accuracy against uplink bytes](results/{plan.name}-uplink.png)",
         "",
     ]
-    return lines, facts
+    return lines
 
 
 def plot_plan(plan: Plan, grouped: dict[str, RunSeeds], assets: Path) -> None:
@@ -281,7 +262,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
             f"| {one_way.total:.2f} | {saved_percent(fedavg.total, one_way.total):.1f}% | {both.total:.2f} "
             f"| {saved_percent(fedavg.total, both.total):.1f}% |"
         )
-    tail_share = (link.tail_mw / 1000 * (train + link.tail_s)) / fedavg.total
+    tail_share = fedavg.tail / fedavg.total
     lines += [
         "",
         "What remains of the paper's \"99% of energy\": the upload's energy falls with its bytes (99%+ for "
@@ -337,13 +318,11 @@ def write_document(
     assets.mkdir(exist_ok=True)
     grouped_plans = [(plan, group(results)) for plan, results in plans if results]
     by_name = {plan.name: grouped for plan, grouped in grouped_plans}
-    sections, facts = [], []
+    sections: list[str] = []
     for plan, grouped in grouped_plans:
         reference = find_reference(by_name.get(plan.reference, {})) if plan.reference else None
-        section, fact = plan_rows(plan, grouped, reference)
+        sections += plan_rows(plan, grouped, reference)
         plot_plan(plan, grouped, assets)
-        sections += section
-        facts.append(fact)
     (assets / "summary.json").write_text(json.dumps(machine_summary(grouped_plans), indent=1) + "\n")
     missing = [
         f"`{plan.name}`: {len(plan.runs) - len(results)} of {len(plan.runs)} runs still to run"

@@ -72,11 +72,22 @@ def _plot_runs(
     plt.close(fig)
 
 
-def reach(rows: Sequence[dict[str, float]], target: float) -> tuple[int, float] | None:
-    """(first round, cumulative uplink bytes) at which accuracy reaches ``target``; None if never."""
+def reach(
+    rows: Sequence[dict[str, float]],
+    target: float,
+    accuracy: str = "accuracy",
+    sent: str = "cumulative_uplink_bytes",
+    per_round: bool = False,
+) -> tuple[int, float] | None:
+    """(first round, bytes sent until then) at which ``accuracy`` reaches ``target``; None if never.
+
+    ``sent`` is a cumulative column, or with ``per_round`` one whose rounds are summed.
+    """
+    total = 0.0
     for row in rows:
-        if row["round"] > 0 and row["accuracy"] >= target:
-            return int(row["round"]), row["cumulative_uplink_bytes"]
+        total = total + row[sent] if per_round else row[sent]
+        if row["round"] > 0 and row[accuracy] >= target:
+            return int(row["round"]), total
     return None
 
 

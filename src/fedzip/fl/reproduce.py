@@ -38,18 +38,18 @@ class Plan:
     seeds: tuple[int, ...] = ()
     reference: str = ""  # another plan whose FedAvg run is this plan's reference (``reference = "..."``)
 
-    @property
-    def names(self) -> list[str]:
-        """Run names in plan order, each once."""
-        return list(dict.fromkeys(run.name for run in self.runs))
-
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "_", name.lower()).strip("_") or "run"
 
 
-def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
-    """Read a plan; each run's results go to ``out/<plan>/<run>``."""
+# Where runs go by default: seeded plans keep theirs next to the document they make.
+RUNS_OUT = "runs/paper"
+SEEDED_OUT = "docs/results/runs"
+
+
+def load_plan(path: str | Path, out: str | Path | None = None) -> Plan:
+    """Read a plan; each run's results go to ``out/<plan>/<run>`` (default RUNS_OUT or SEEDED_OUT)."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text())
@@ -72,6 +72,7 @@ def load_plan(path: str | Path, out: str | Path = "runs/paper") -> Plan:
     ):
         raise ValueError(f"plan {path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
     base = ExperimentConfig.from_dict(experiment)
+    out = out or (RUNS_OUT if seeds is None else SEEDED_OUT)
     runs, names = [], set()
     for index, entry in enumerate(values["run"]):
         entry = dict(entry)

@@ -40,7 +40,7 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
     messages = sum(r.clients for r in rounds)
     per_download = downlink / messages if messages and downlink else model_bytes
     float32_download_j = download_j
-    if cfg.downlink:
+    if cfg.downlink:  # what the clients actually downloaded
         download_j = link.download_joules(round(per_download))
     with_tail = link.round_joules(round(per_download), round(per_reply), train_seconds)
     float32_round = link.round_joules(model_bytes, round(per_reply_raw), train_seconds)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
 
@@ -52,21 +51,22 @@ class SpeedRow:
 
 def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
     """Every client's local training of one round, back to back in this process."""
-    split = datamod.split_for(cfg.data_dir or None, cfg.validation, cfg.train_limit, cfg.test_limit, cfg.seed)
-    dataset = split.train_test
-    parts = datamod.partition_indices(dataset.train_labels.tobytes(), cfg.partition, cfg.clients, cfg.seed)
+    from .apps import client_examples
+
     clients = [
-        (training.to_tensor(dataset.train_images[p]), torch.from_numpy(dataset.train_labels[p]))
-        for p in parts
+        client_examples(
+            cfg.data_dir, cfg.validation, cfg.train_limit, cfg.seed, cfg.partition, cfg.clients, i
+        )
+        for i in range(cfg.clients)
     ]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = training.fast_layout(models.build(cfg.model, dataset.classes, cfg.seed))
+        model = training.fast_layout(models.build(cfg.model, clients[0][2], cfg.seed))
         start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
         def one_round() -> None:
-            for index, (x, y) in enumerate(clients):
+            for index, (x, y, _) in enumerate(clients):
                 model.load_state_dict(start_state)
                 training.train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.optimizer, cfg.lr, index)
 

@@ -31,8 +31,17 @@ def fast_layout(model: nn.Module) -> nn.Module:
     return model
 
 
-def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if _has_conv(model) else x
+def _tensors(
+    images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = images if isinstance(images, torch.Tensor) else to_tensor(images)
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels)
+    return x, y
+
+
+def _batch(x: torch.Tensor, conv: bool) -> torch.Tensor:
+    """A batch in the layout the model's weights have (channels-last for convolutions)."""
+    return x.contiguous(memory_format=torch.channels_last) if conv else x
 
 
 def train(
@@ -56,8 +65,7 @@ def train(
         if optimizer == "sgd"
         else torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     )
-    x = images if isinstance(images, torch.Tensor) else to_tensor(images)
-    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels)
+    x, y = _tensors(images, labels)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     conv = _has_conv(model)
@@ -69,11 +77,8 @@ def train(
         total, count = 0.0, 0
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
-            inputs = x[batch]
-            if conv:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
             opt.zero_grad()
-            loss = loss_fn(model(inputs), y[batch])
+            loss = loss_fn(model(_batch(x[batch], conv)), y[batch])
             loss.backward()
             opt.step()
             total += loss.item() * len(batch)
@@ -91,12 +96,12 @@ def evaluate(
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) on the given examples."""
     model.eval()
-    x = images if isinstance(images, torch.Tensor) else to_tensor(images)
-    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels)
+    x, y = _tensors(images, labels)
+    conv = _has_conv(model)  # once, not per batch
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     correct, loss = 0, 0.0
     for start in range(0, len(y), batch_size):
-        out = model(_inputs(model, x[start : start + batch_size]))
+        out = model(_batch(x[start : start + batch_size], conv))
         target = y[start : start + batch_size]
         loss += float(loss_fn(out, target))
         correct += int((out.argmax(1) == target).sum())

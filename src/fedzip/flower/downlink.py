@@ -36,7 +36,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from ..abc import Compressor
 from ..codec import decode
@@ -136,9 +136,7 @@ class Broadcaster:
             payloads = list(self._payloads)[len(self._payloads) - missed :] if missed else []
             config[DOWN_BASE] = held
             records = {
-                DOWN_PAYLOADS: ArrayRecord(
-                    {str(i): Array(np.frombuffer(p, dtype=np.uint8)) for i, p in enumerate(payloads)}
-                )
+                DOWN_PAYLOADS: ArrayRecord({str(i): protocol.bytes_array(p) for i, p in enumerate(payloads)})
             }
             fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
             if fixed:

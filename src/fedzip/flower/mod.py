@@ -128,15 +128,17 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             if sender.momentum:
                 sender.velocity = _state(context, protocol.VELOCITY, update)
             payload = sender.encode(update)
-            context.state[protocol.RESIDUAL] = protocol.to_record(sender.residual)
-            if sender.momentum:
-                context.state[protocol.VELOCITY] = protocol.to_record(sender.velocity)
-            else:
-                context.state.pop(protocol.VELOCITY, None)
         else:
-            context.state.pop(protocol.RESIDUAL, None)
-            context.state.pop(protocol.VELOCITY, None)
             payload = compressor.encode(update)
+        # what error feedback keeps between rounds; nothing of it without feedback or momentum
+        for state_key, kept in (
+            (protocol.RESIDUAL, sender.residual if sender else {}),
+            (protocol.VELOCITY, sender.velocity if sender else {}),
+        ):
+            if kept:
+                context.state[state_key] = protocol.to_record(kept)
+            else:
+                context.state.pop(state_key, None)
     except ValueError as exc:
         return _error(msg, f"could not encode the update: {exc}")
 

@@ -99,15 +99,20 @@ def pop_settings(content: RecordDict) -> Settings | None:
     return None
 
 
+def bytes_array(payload: bytes) -> Array:
+    """A payload as a 1-D uint8 Array: Flower streams Arrays in chunks."""
+    return Array(np.frombuffer(payload, dtype=np.uint8))
+
+
 def payload_record(payload: bytes) -> ArrayRecord:
-    return ArrayRecord({PAYLOAD_ENTRY: Array(np.frombuffer(payload, dtype=np.uint8))})
+    return ArrayRecord({PAYLOAD_ENTRY: bytes_array(payload)})
 
 
 def array_bytes(array: Array) -> bytes:
     """The bytes of a 1-D uint8 Array; ValueError for anything else."""
     values = array.numpy()
     if values.dtype != np.uint8 or values.ndim != 1:
-        raise ValueError(f"a payload must be a 1-D uint8 array, got {values.dtype} {values.shape}")
+        raise ValueError(f"the payload must be a 1-D uint8 array, got {values.dtype} {values.shape}")
     return values.tobytes()
 
 
@@ -115,7 +120,4 @@ def payload_bytes(record: ArrayRecord) -> bytes:
     """The payload carried by a PAYLOAD record; ValueError if the record is not one."""
     if list(record) != [PAYLOAD_ENTRY]:
         raise ValueError(f"the {PAYLOAD!r} record must hold one entry {PAYLOAD_ENTRY!r}, got {list(record)}")
-    array = record[PAYLOAD_ENTRY].numpy()
-    if array.dtype != np.uint8 or array.ndim != 1:
-        raise ValueError(f"the payload must be a 1-D uint8 array, got {array.dtype} {array.shape}")
-    return array.tobytes()
+    return array_bytes(record[PAYLOAD_ENTRY])
