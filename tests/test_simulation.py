@@ -248,6 +248,7 @@ def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
         assert row["round_seconds"] >= row["round_without_eval"] >= row["train_phase"] > 0
         assert row["evaluation"] > 0 and row["client_training"] > 0
         assert row["ratio"] == pytest.approx(row["round_seconds"] / row["reference"])
+        assert row["round_flower_polling"] > 0
     assert "fedzip bench --fl" in capsys.readouterr().out
     assert "rounds/min" in (tmp_path / "fl.md").read_text()
 

@@ -157,6 +157,8 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
         "aggregate s",
         "eval s",
         "client s",
+        "Flower polling s",
+        "x reference  ",
     ]
     cells = []
     for r in rows:
@@ -176,6 +178,8 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
                 f"{r.aggregate:.2f}",
                 f"{r.evaluation:.2f}",
                 f"{r.client_training:.2f}",
+                f"{r.round_flower_polling:.2f}",
+                f"{r.round_flower_polling / r.reference:.2f}x",
             ]
         )
     title = (

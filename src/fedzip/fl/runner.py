@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -114,14 +115,21 @@ def write_results(
     return summary
 
 
-def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[str, Any]:
-    """One run on Flower's simulation engine (Ray), results written to ``cfg.out``."""
+def run_experiment(
+    cfg: ExperimentConfig, show_progress: bool = True, fast_poll: bool = True
+) -> dict[str, Any]:
+    """One run on Flower's simulation engine (Ray), results written to ``cfg.out``.
+
+    ``fast_poll`` shortens the engine's message polling (see ``polling``);
+    ``False`` keeps Flower's own intervals (``fedzip bench --fl`` compares both).
+    """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .apps import client_app
+    from .polling import fast_polling, shorten_grid_polling
 
     find_data_dir(cfg.data_dir or None)  # fail early, with the install hint
     records: list[RoundRecord] = []
@@ -148,6 +156,8 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[st
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
+        if fast_poll:
+            shorten_grid_polling(grid)
         try:
             records.extend(serve(grid, cfg, on_round, out=Path(cfg.out)))
         except BaseException as exc:  # surfaced after the simulation stops
@@ -161,7 +171,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool = True) -> dict[st
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     started = time.perf_counter()
     try:
-        with progress:
+        with progress, fast_polling() if fast_poll else contextlib.nullcontext():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
