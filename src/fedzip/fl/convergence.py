@@ -54,6 +54,21 @@ class RunSeeds:
         """Whole-run compression: float32 size of every accepted update / payload bytes sent."""
         return np.array([s["payload_compression_rate"] or math.nan for s in self.summaries], dtype=float)
 
+    def both_ways_rate(self) -> np.ndarray:
+        """Float32 uploads and downloads of the run / payload bytes sent up + bytes sent down.
+
+        Downloads travel as float32 weights unless the run compresses them (``downlink``).
+        """
+        rates = []
+        for summary, metrics in zip(self.summaries, self.metrics, strict=True):
+            model = summary["model_bytes"]
+            downloads = sum(row["clients"] for row in metrics[1:])
+            payload = summary["payload_bytes"]
+            uploads = (summary["payload_compression_rate"] or 0.0) * payload
+            down = summary.get("downlink_bytes", 0) if self.config.downlink else downloads * model
+            rates.append((uploads + downloads * model) / (payload + down) if payload + down else math.nan)
+        return np.array(rates, dtype=float)
+
     def curve(self, key: str) -> np.ndarray:
         """Mean over seeds, per round (seeds cut to the shortest run)."""
         length = min(len(m) for m in self.metrics)
@@ -90,6 +105,13 @@ def plateau(reference: RunSeeds) -> tuple[float, int, int]:
     return 100 * (end_mean - start_mean), start, last
 
 
+def paired(group: RunSeeds, reference: RunSeeds, key: str = "accuracy") -> np.ndarray:
+    """Final ``key`` minus the reference's, seed by seed, over the seeds both have."""
+    mine = {run.seed: m[-1][key] for run, m in zip(group.runs, group.metrics, strict=True)}
+    theirs = {run.seed: m[-1][key] for run, m in zip(reference.runs, reference.metrics, strict=True)}
+    return np.array([mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys(), key=str)], dtype=float)
+
+
 def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
     values = values[np.isfinite(values)] * scale
     if values.size == 0:
@@ -101,10 +123,26 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
 
 def _options(cfg) -> str:
     parts = [cfg.label]
-    if cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
+    if cfg.budget_ratio:
+        parts.append(f"budget 1/{cfg.budget_ratio:g} of float32")
+    elif cfg.budget_bytes:
+        parts.append(f"budget {cfg.budget_bytes:,} B")
+    elif cfg.codec.split("+")[0] in ("topk", "stc") or cfg.codec.startswith("fedzip"):
         parts.append(f"keep {cfg.keep:g}")
-    if cfg.codec.startswith("fedzip"):
+    if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes):
         parts.append(f"k={cfg.clusters}")
+    if cfg.codec.startswith("qsgd"):
+        parts.append(f"{cfg.levels} levels")
+    if cfg.warmup_rounds:
+        parts.append(f"warm-up {cfg.warmup_rounds} rounds from {cfg.warmup_start:g}")
+    if cfg.ef_momentum:
+        parts.append(f"momentum correction {cfg.ef_momentum:g}" + ("" if cfg.masking else " (no masking)"))
+    if cfg.clip_norm:
+        parts.append(f"clip {cfg.clip_norm:g}")
+    if cfg.server_optimizer != "fedavg":
+        parts.append(cfg.server_optimizer + (f" lr {cfg.server_lr:g}" if cfg.server_lr else ""))
+    if cfg.downlink:
+        parts.append(f"down keep {cfg.downlink_keep or cfg.keep:g}")
     return ", ".join(parts)
 
 
@@ -148,18 +186,17 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | No
             f"point = {target:.4f}.",
             "",
         ]
+    both = any(g.config.downlink for g in grouped.values())
     lines += [
         "| run | codec | test accuracy | Δ vs FedAvg (pts) | validation accuracy | uplink payload MB | "
-        "compression | rounds to target | payload MB to target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "compression | rounds to target | payload MB to target |"
+        + (" up + down compression |" if both else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if both else ""),
     ]
-    reference_test = reference.final("accuracy") if reference is not None else None
     for name, g in grouped.items():
         test = g.final("accuracy")
-        delta = "–"
-        if reference_test is not None and len(test) == len(reference_test):
-            # paired by seed: same partition and initialisation
-            delta = _mean_std(test - reference_test, 100)
+        # paired by seed: same partition and initialisation
+        delta = _mean_std(paired(g, reference), 100) if reference is not None else "–"
         reached = [reach(m, target) for m in g.metrics] if target is not None else []
         hit = [r for r in reached if r is not None]
         rounds_to = (
@@ -172,13 +209,20 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | No
             f"| {name} | {_options(g.config)} | {_mean_std(test, 100)} | {delta} | "
             f"{_mean_std(g.final('val_accuracy'), 100)} | {_mean_std(g.payload_bytes(), 1e-6, 3)} | "
             f"{_mean_std(g.rate(), 1, 1)}x | {rounds_to} | {mb_to} |"
+            + (f" {_mean_std(g.both_ways_rate(), 1, 1)}x |" if both else "")
         )
     lines += [
         "",
         "Accuracies in percent, mean ± standard deviation over seeds; Δ is paired by seed (same partition and "
         "initialisation). *Compression*: float32 size of every accepted update / payload bytes actually sent, "
         "over the whole run. *To reach*: first round whose validation accuracy reaches the target, mean over "
-        "the seeds that reach it (how many in brackets), and the payload bytes sent until then.",
+        "the seeds that reach it (how many in brackets), and the payload bytes sent until then."
+        + (
+            " *Up + down*: float32 uploads and downloads / bytes sent both ways (downloads as Flower carried "
+            "them; float32 where the run does not compress them)."
+            if both
+            else ""
+        ),
         "",
         f"![validation accuracy per round](results/{plan.name}-rounds.png)",
         f"![validation accuracy against uplink bytes](results/{plan.name}-uplink.png)",
@@ -313,6 +357,8 @@ def write_document(
     speed_lines: Sequence[str] = (),
 ) -> Path:
     """docs/results.md, docs/results/summary.json and the figures, from finished runs."""
+    from .frontier import frontier_lines
+
     path.parent.mkdir(parents=True, exist_ok=True)
     assets = path.parent / "results"
     assets.mkdir(exist_ok=True)
@@ -351,6 +397,7 @@ def write_document(
     ]
     if missing:
         lines += ["**Not finished yet** (the tables show the runs that are): " + "; ".join(missing) + ".", ""]
-    lines += [*sections, *energy_lines(grouped_plans), *speed_lines, *rate_lines]
+    lines += [*sections, *frontier_lines(grouped_plans, assets), *energy_lines(grouped_plans)]
+    lines += [*speed_lines, *rate_lines]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,0 +1,239 @@
+"""Compression against accuracy across the plans that share one setting, and the targets read off it.
+
+Plans on the same data (a plan and those naming it as ``reference``) are
+pooled: each run is one point, (whole-run uplink compression, final test
+accuracy), both means over its seeds. FedZip's line is its frontier chosen on
+validation accuracy: a FedZip run is on it when no other FedZip run compresses
+at least as much with at least as high a validation accuracy. The targets
+(the extreme-compression issue) are read the same way: every choice on
+validation, the test split only reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .convergence import TARGET_POINTS, RunSeeds, find_reference, paired, reach
+from .reproduce import Plan
+
+PAPER_RATIO = 1085.0  # the FedZip paper's best compression
+MOONSHOT_RATIO = 2000.0
+
+
+def family(cfg) -> str | None:
+    """The series a run belongs to on the figure; None for FedAvg."""
+    base = cfg.codec.split("+")[0]
+    if base == "none":
+        return None
+    if base.startswith("fedzip"):
+        return "FedZip"
+    names = {"stc": "STC", "topk": "Top-k", "signsgd": "signSGD", "qsgd": "QSGD", "fp16": "FP16"}
+    name = names.get(base, base)
+    if cfg.error_feedback and base in ("topk", "signsgd"):
+        name = f"EF-{name}" if base == "signsgd" else f"{name}+EF"
+    return name
+
+
+@dataclass
+class Point:
+    plan: str
+    name: str
+    family: str
+    group: RunSeeds
+    rate: float  # whole-run uplink compression, mean over seeds
+    test: float  # final test accuracy, mean over seeds
+    val: float  # final validation accuracy, mean over seeds
+
+    @property
+    def seeds(self) -> int:
+        return len(self.group.runs)
+
+
+def points(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[Point]:
+    out = []
+    for plan, grouped in grouped_plans:
+        for name, g in grouped.items():
+            kind = family(g.config)
+            if kind is None:
+                continue
+            out.append(
+                Point(
+                    plan.name,
+                    name,
+                    kind,
+                    g,
+                    float(np.nanmean(g.rate())),
+                    float(np.mean(g.final("accuracy"))),
+                    float(np.mean(g.final("val_accuracy"))),
+                )
+            )
+    return out
+
+
+def frontier(candidates: Sequence[Point]) -> list[Point]:
+    """The points no other point beats on both compression and validation accuracy, by compression."""
+    kept = [
+        p
+        for p in candidates
+        if not any(
+            q is not p and q.rate >= p.rate and q.val >= p.val and (q.rate > p.rate or q.val > p.val)
+            for q in candidates
+        )
+    ]
+    return sorted(kept, key=lambda p: p.rate)
+
+
+def settings(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[str, list[tuple[Plan, dict]]]:
+    """Plans pooled by the plan whose FedAvg they use (their own name when they have FedAvg)."""
+    pooled: dict[str, list[tuple[Plan, dict[str, RunSeeds]]]] = {}
+    for plan, grouped in grouped_plans:
+        pooled.setdefault(plan.reference or plan.name, []).append((plan, grouped))
+    return pooled
+
+
+def _bytes_to_target(group: RunSeeds, target: float) -> tuple[float, int]:
+    """Mean payload bytes to reach ``target`` over the seeds that do, and how many do."""
+    hits = [r for r in (reach(m, target) for m in group.metrics) if r is not None]
+    return (float(np.mean([h[1] for h in hits])) if hits else math.nan), len(hits)
+
+
+def _delta_text(delta: np.ndarray) -> str:
+    if delta.size == 0:
+        return "–"
+    text = f"{100 * delta.mean():+.2f}"
+    return text + (f" ± {100 * delta.std(ddof=1):.2f}" if delta.size > 1 else "")
+
+
+def target_lines(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[str]:
+    """The extreme-compression targets for one setting, each chosen on validation."""
+    reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
+    if reference is None:
+        return []
+    target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
+    all_points = points(pooled)
+    lines = [
+        f"Targets on `{root}` (FedAvg test {100 * np.mean(reference.final('accuracy')):.2f}, "
+        f"{len(reference.runs)} seed{'s' if len(reference.runs) != 1 else ''}; *to reach* = FedAvg's final validation accuracy − {TARGET_POINTS:g} "
+        f"point = {target:.4f}). Every pick below is made on validation accuracy.",
+        "",
+        "| target | picked on validation | seeds | compression | test Δ vs FedAvg (pts) | payload MB to reach | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fedzip = [p for p in all_points if p.family == "FedZip"]
+    for label, ratio in (
+        (f"≥{PAPER_RATIO:g}x within 1 pt", PAPER_RATIO),
+        (f"≥{MOONSHOT_RATIO:g}x within 1 pt", MOONSHOT_RATIO),
+    ):
+        eligible = [p for p in fedzip if p.rate >= ratio]
+        if not eligible:
+            lines.append(f"| {label} | no FedZip run at ≥{ratio:g}x yet | – | – | – | – | – |")
+            continue
+        best = max(eligible, key=lambda p: p.val)
+        delta = paired(best.group, reference)
+        spent, hit = _bytes_to_target(best.group, target)
+        met = delta.size and 100 * delta.mean() >= -TARGET_POINTS
+        seeds_note = "" if best.seeds >= 3 else " (fewer than 3 seeds: no claim)"
+        lines.append(
+            f"| {label} | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | {_delta_text(delta)} | "
+            f"{spent / 1e6:.3f} ({hit}/{best.seeds}) | {'yes' if met else 'no'}{seeds_note} |"
+        )
+    stc = [p for p in all_points if p.family == "STC"]
+    if stc and fedzip:
+        best_stc = max(stc, key=lambda p: p.val)
+        stc_bytes, stc_hit = _bytes_to_target(best_stc.group, target)
+        reaching = [(p, *_bytes_to_target(p.group, target)) for p in fedzip]
+        reaching = [r for r in reaching if r[2] == r[0].seeds]  # reaches with every seed
+        lines.append(
+            f"| STC at its best p | {best_stc.plan}/{best_stc.name} (keep {best_stc.group.config.keep:g}) | "
+            f"{best_stc.seeds} | {best_stc.rate:.0f}x | {_delta_text(paired(best_stc.group, reference))} | "
+            f"{stc_bytes / 1e6:.3f} ({stc_hit}/{best_stc.seeds}) | – |"
+        )
+        if reaching:
+            best, spent, hit = min(reaching, key=lambda r: r[1])
+            # a seed where STC never reaches the target costs it unbounded bytes
+            fewer = hit == best.seeds and (stc_hit < best_stc.seeds or spent < stc_bytes)
+            lines.append(
+                f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
+                f"{_delta_text(paired(best.group, reference))} | {spent / 1e6:.3f} ({hit}/{best.seeds}) | "
+                f"{'yes' if fewer else 'no'} |"
+            )
+    lines.append("")
+    return lines
+
+
+def plot(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]], path: Path) -> bool:
+    """Final test accuracy against whole-run uplink compression, one series per codec family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_points = [p for p in points(pooled) if math.isfinite(p.rate)]
+    reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
+    if not all_points:
+        return False
+    fig, axis = plt.subplots(figsize=(7.5, 4.5))
+    colors = plt.get_cmap("tab10").colors
+    families = sorted({p.family for p in all_points}, key=lambda f: (f != "FedZip", f))
+    for index, name in enumerate(families):
+        members = [p for p in all_points if p.family == name]
+        line = frontier(members) if name == "FedZip" else sorted(members, key=lambda p: p.rate)
+        color = colors[index % len(colors)]
+        axis.plot(
+            [p.rate for p in line],
+            [100 * p.test for p in line],
+            marker="o",
+            markersize=5,
+            color=color,
+            label=name + (" (frontier on validation)" if name == "FedZip" else ""),
+        )
+        rest = [p for p in members if p not in line]
+        if rest:
+            axis.scatter([p.rate for p in rest], [100 * p.test for p in rest], s=14, color=color, alpha=0.4)
+    if reference is not None:
+        fedavg = 100 * float(np.mean(reference.final("accuracy")))
+        axis.axhline(fedavg, color="black", linewidth=1, label="FedAvg")
+        axis.axhline(
+            fedavg - TARGET_POINTS, color="black", linewidth=1, linestyle="--", label="FedAvg − 1 pt"
+        )
+    axis.axvline(PAPER_RATIO, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xscale("log")
+    axis.set(
+        xlabel="whole-run uplink compression (real payload bytes)",
+        ylabel="final test accuracy (%)",
+        title=f"{root}: accuracy against compression (means over seeds)",
+    )
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def frontier_lines(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], assets: Path) -> list[str]:
+    """Per setting with at least three compressed runs: the figure and the targets."""
+    lines: list[str] = []
+    for root, pooled in settings(grouped_plans).items():
+        if len(points(pooled)) < 3:
+            continue
+        if not plot(root, pooled, assets / f"{root}-frontier.png"):
+            continue
+        lines += [
+            f"## Compression against accuracy: `{root}` and the plans that share its data",
+            "",
+            f"Plans: {', '.join(f'`{plan.name}`' for plan, _ in pooled)}. Each point is one run (mean over its "
+            "seeds); FedZip's line joins the runs that no other FedZip run beats on both compression and "
+            "validation accuracy, its other runs are the faint dots. Compression counts every payload, warm-up "
+            "rounds included.",
+            "",
+            f"![accuracy against compression](results/{root}-frontier.png)",
+            "",
+            *target_lines(root, pooled),
+        ]
+    return lines

@@ -1,0 +1,128 @@
+"""Compression against accuracy: families, the validation frontier, seed pairing and the target picks."""
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from fedzip.fl.config import ExperimentConfig
+from fedzip.fl.convergence import RunSeeds, paired, write_document
+from fedzip.fl.frontier import Point, family, frontier, target_lines
+from fedzip.fl.reproduce import Plan, PlannedRun
+
+MODEL = 4_000_000
+
+
+def run_seeds(name, cfg, finals, rate=1.0, curve=None, seeds=None, downlink_bytes=0):
+    """A run over seeds: final (test, validation) per seed, a validation curve, a whole-run rate."""
+    group = RunSeeds(name)
+    for index, (test, val) in enumerate(finals):
+        seed = seeds[index] if seeds else index
+        values = curve or [0.1, val]
+        metrics = [
+            {
+                "round": float(r),
+                "accuracy": test if r == len(values) - 1 else float("nan"),
+                "val_accuracy": v,
+                "payload_bytes": 0.0 if r == 0 else 1000.0,
+                "clients": 0 if r == 0 else 10,
+                "client_train_seconds": 1.0,
+            }
+            for r, v in enumerate(values)
+        ]
+        payload = 1000.0 * (len(values) - 1)
+        group.runs.append(PlannedRun(name, cfg.replace(seed=seed), seed))
+        group.summaries.append(
+            {
+                "payload_bytes": payload,
+                "payload_compression_rate": rate,
+                "model_bytes": MODEL,
+                "downlink_bytes": downlink_bytes,
+                "rounds": len(values) - 1,
+                "uplink_bytes": payload,
+                "wall_seconds": 1.0,
+            }
+        )
+        group.metrics.append(metrics)
+    return group
+
+
+def test_families_name_codecs_as_papers_do():
+    base = ExperimentConfig()
+    assert family(base.replace(codec="none")) is None
+    assert family(base.replace(codec="fedzip-dap", error_feedback=True)) == "FedZip"
+    assert family(base.replace(codec="stc", error_feedback=True)) == "STC"
+    assert family(base.replace(codec="topk", error_feedback=True)) == "Top-k+EF"
+    assert family(base.replace(codec="topk")) == "Top-k"
+    assert family(base.replace(codec="signsgd", error_feedback=True)) == "EF-signSGD"
+    assert family(base.replace(codec="qsgd")) == "QSGD"
+
+
+def point(rate, val, name="x"):
+    return Point("plan", name, "FedZip", RunSeeds(name), rate, val, val)
+
+
+def test_frontier_keeps_only_runs_nobody_beats_on_both_axes():
+    a, b, c, d = point(50, 0.90, "a"), point(300, 0.89, "b"), point(300, 0.88, "c"), point(1000, 0.895, "d")
+    kept = frontier([a, b, c, d])
+    assert [p.name for p in kept] == ["a", "d"]  # b and c compress less than d and score lower
+    assert [p.name for p in frontier([a, b, c])] == ["a", "b"]
+
+
+def test_deltas_pair_seeds_that_both_runs_have():
+    cfg = ExperimentConfig()
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.9), (0.80, 0.8), (0.70, 0.7)])
+    one = run_seeds("x", cfg, [(0.85, 0.85)], seeds=[1])
+    assert paired(one, fedavg).tolist() == pytest.approx([0.05])
+    assert paired(fedavg, fedavg).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_targets_are_picked_on_validation_not_test():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    # Both compress >= 1085x; "high-val" wins on validation even though "high-test" has the better test score.
+    high_val = run_seeds(
+        "high-val", cfg.replace(budget_ratio=1100.0), [(0.885, 0.895)] * 3, 1100.0, [0.1, 0.89, 0.89, 0.895]
+    )
+    high_test = run_seeds("high-test", cfg.replace(budget_ratio=1200.0), [(0.90, 0.85)] * 3, 1200.0)
+    stc = run_seeds(
+        "stc",
+        cfg.replace(codec="stc", error_feedback=True, keep=0.0025),
+        [(0.87, 0.87)] * 3,
+        1000.0,
+        [0.1, 0.5, 0.885, 0.89],
+    )
+    plan = Plan("p", cfg, ())
+    lines = "\n".join(
+        target_lines(
+            "p", [(plan, {"fedavg": fedavg, "high-val": high_val, "high-test": high_test, "stc": stc})]
+        )
+    )
+    paper_row = next(line for line in lines.splitlines() if line.startswith("| ≥1085x"))
+    assert (
+        "p/high-val" in paper_row and "1100x" in paper_row and "-1.50" in paper_row and "| no |" in paper_row
+    )
+    assert "no FedZip run at ≥2000x" in lines
+    fewer = next(line for line in lines.splitlines() if line.startswith("| fewer bytes"))
+    # high-val reaches 0.89 (FedAvg's 0.90 - 1 pt) in round 1 (1,000 B), STC in round 3 (3,000 B)
+    assert "p/high-val" in fewer and "0.001 (3/3)" in fewer and fewer.endswith("| yes |")
+
+
+def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_path, monkeypatch):
+    cfg = ExperimentConfig(rounds=1)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.9, 0.9)], rate=1.0)
+    down = run_seeds(
+        "down",
+        cfg.replace(budget_ratio=1000.0, downlink="fedzip-dap"),
+        [(0.9, 0.9)],
+        1000.0,
+        downlink_bytes=20_000,
+    )
+    plan = Plan("p", cfg, ())
+    results = [(r, s) for g in (fedavg, down) for r, s in zip(g.runs, g.summaries, strict=True)]
+    monkeypatch.setattr("fedzip.fl.convergence.group", lambda _: {"fedavg": fedavg, "down": down})
+    text = write_document(tmp_path / "results.md", [(plan, results)]).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| down |"))
+    # up: 1000x of 1,000 B = 1e6 float32 bytes; down: 10 clients x 4 MB float32 against 20 kB sent
+    assert row.endswith(f" {(1e6 + 10 * MODEL) / (1000 + 20_000):.1f}x |")
+    fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
+    assert "budget" not in fedavg_row and "budget 1/1000 of float32" in row
