@@ -382,6 +382,8 @@ DEFAULT_PLANS = (
     "experiments/converge-dirichlet.toml",
     "experiments/extreme-iid.toml",
     "experiments/extreme-dirichlet.toml",
+    "experiments/curve-iid.toml",
+    "experiments/curve-dirichlet.toml",
 )
 
 
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "plans",
         nargs="*",
-        help="plan files (default: experiments/converge-*.toml and extreme-*.toml)",
+        help="plan files (default: experiments/converge-*, extreme-* and curve-*.toml)",
     )
     repro.add_argument(
         "--out", help="run directories (default docs/results/runs for seeded plans, else runs/paper)"

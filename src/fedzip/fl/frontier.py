@@ -5,7 +5,8 @@ pooled: each run is one point, (whole-run uplink compression, final test
 accuracy), both means over its seeds. FedZip's line is its frontier chosen on
 validation accuracy: a FedZip run is on it when no other FedZip run compresses
 at least as much with at least as high a validation accuracy. The targets
-(the extreme-compression issue) are read the same way: every choice on
+(≥1085x within a point of FedAvg, fewer bytes than STC to FedAvg − 1 point)
+are read the same way: every choice on
 validation, the test split only reported.
 """
 
