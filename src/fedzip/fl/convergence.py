@@ -386,10 +386,12 @@ def write_document(
         "",
         "How choices are made: every plan holds out a seeded validation set from the training split. The "
         "horizon, the targets and any choice among settings are read on validation accuracy; the test split is "
-        "evaluated every few rounds and after the last, and only reported. In these plans the one choice made "
-        "from results is the horizon: 80 rounds, read off a pilot FedAvg run's validation curve and checked "
+        "evaluated every few rounds and after the last, and only reported. In the converge plans the one choice "
+        "made from results is the horizon: 80 rounds, read off a pilot FedAvg run's validation curve and checked "
         "below by the plateau rule; the rest (lr 0.05, batch 10, the keeps, STC's p = 1/400) is fixed from the "
-        "papers, not tuned.",
+        "papers, not tuned. The extreme and curve plans share those settings; what is picked among their runs "
+        "(STC's best p, FedZip's best configuration at a compression, its frontier) is picked on validation "
+        "accuracy, and the targets' tables say which run each pick was.",
         "",
         f"Machine: {platform.machine()}, 2-core CPU, Python {platform.python_version()}; generated "
         f"{time.strftime('%Y-%m-%d')}.",
