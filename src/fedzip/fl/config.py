@@ -81,6 +81,9 @@ class ExperimentConfig:
     server_momentum: float = 0.9  # fedavgm
     downlink: str = ""  # compress downloads with this codec too (e.g. fedzip-dap, stc); "": float weights
     downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
+    downlink_budget_ratio: float = (
+        0.0  # fedzip downloads: a compression ratio never to fall short of (0: off)
+    )
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -125,7 +128,14 @@ class ExperimentConfig:
             self.server_optimizer in SERVER_OPTIMIZERS,
             f"server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}",
         )
-        for name in ("budget_ratio", "clip_norm", "server_lr", "local_momentum", "energy_train_seconds"):
+        for name in (
+            "budget_ratio",
+            "downlink_budget_ratio",
+            "clip_norm",
+            "server_lr",
+            "local_momentum",
+            "energy_train_seconds",
+        ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
         need(
             isinstance(self.budget_bytes, int) and self.budget_bytes >= 0,
@@ -151,6 +161,10 @@ class ExperimentConfig:
             f"downlink must be empty or one of {', '.join(CODEC_NAMES)}, got {self.downlink!r}",
         )
         need(0 <= self.downlink_keep <= 1, f"downlink_keep must be in [0, 1], got {self.downlink_keep!r}")
+        need(
+            not self.downlink_budget_ratio or self.downlink.startswith("fedzip"),
+            f"downlink_budget_ratio needs a FedZip downlink codec; downlink is {self.downlink!r}",
+        )
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
         need(
@@ -176,12 +190,16 @@ class ExperimentConfig:
         """The downlink compressor's config, or None when downloads travel as float weights."""
         if not self.downlink:
             return None
-        return self._codec_config(self.downlink, self.downlink_keep or self.keep, budget=False)
+        return self._codec_config(
+            self.downlink, self.downlink_keep or self.keep, 0, self.downlink_budget_ratio
+        )
 
     def compressor_config(self) -> dict[str, Any]:
-        return self._codec_config(self.codec, self.keep, budget=True)
+        return self._codec_config(self.codec, self.keep, self.budget_bytes, self.budget_ratio)
 
-    def _codec_config(self, codec: str, keep: float, budget: bool) -> dict[str, Any]:
+    def _codec_config(
+        self, codec: str, keep: float, budget_bytes: int, budget_ratio: float
+    ) -> dict[str, Any]:
         if codec in ("none", "fp16", "signsgd"):
             return {"id": codec}
         if codec in ("topk", "stc"):
@@ -196,10 +214,10 @@ class ExperimentConfig:
             "encoding": encoding,
             "sparsify_1d": False,
         }
-        if budget and self.budget_bytes:
-            config["budget_bytes"] = self.budget_bytes
-        if budget and self.budget_ratio:
-            config["budget_ratio"] = self.budget_ratio
+        if budget_bytes:
+            config["budget_bytes"] = budget_bytes
+        if budget_ratio:
+            config["budget_ratio"] = budget_ratio
         return config
 
     def feedback_settings(self) -> dict[str, Any]:

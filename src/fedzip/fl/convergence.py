@@ -141,8 +141,10 @@ def _options(cfg) -> str:
         parts.append(f"clip {cfg.clip_norm:g}")
     if cfg.server_optimizer != "fedavg":
         parts.append(cfg.server_optimizer + (f" lr {cfg.server_lr:g}" if cfg.server_lr else ""))
-    if cfg.downlink:
-        parts.append(f"down keep {cfg.downlink_keep or cfg.keep:g}")
+    if cfg.downlink_budget_ratio:
+        parts.append(f"down {cfg.downlink} budget 1/{cfg.downlink_budget_ratio:g}")
+    elif cfg.downlink:
+        parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
     return ", ".join(parts)
 
 
