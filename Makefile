@@ -27,8 +27,7 @@ test: install lint
 	$(BIN)/pytest
 
 demo: install
-	$(BIN)/fedzip compare --codecs none,signsgd+ef,stc,fedzip-dap,fedzip-dap+ef --model mlp --clients 10 \
-		--rounds 20 --keep 0.01 --out results/demo
+	$(BIN)/fedzip compare --plan experiments/demo.toml --out results/demo
 
 bench: install
 	$(BIN)/fedzip bench --out results/bench

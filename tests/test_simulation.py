@@ -296,3 +296,22 @@ def test_compressed_downloads_on_the_simulation_engine(tmp_path, codec, down):
         assert int(row["downlink_bytes"]) * 5 < int(row["downlink_raw_bytes"])
     assert summary["downlink_compression_ratio"] > 2.5 and summary["total_compression_ratio"] > 3
     assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
+
+
+def test_compare_runs_a_plan_each_run_with_its_own_options(tmp_path, capsys):
+    plan = tmp_path / "mini.toml"
+    plan.write_text(
+        '[experiment]\nmodel = "mlp"\nclients = 2\nrounds = 2\ntrain_limit = 2000\ntest_limit = 500\n'
+        "keep = 0.01\n\n"
+        '[[run]]\nname = "fedavg"\ncodec = "none"\n\n'
+        '[[run]]\nname = "fedzip-500x"\ncodec = "fedzip-dap+ef"\nbudget_ratio = 500.0\n'
+    )
+    out = tmp_path / "out"
+    assert main(["compare", "--plan", str(plan), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| fedavg |" in report and "| fedzip-500x |" in report
+    budgeted = json.loads((out / "mini" / "fedzip-500x" / "summary.json").read_text())
+    assert budgeted["config"]["budget_ratio"] == 500.0 and budgeted["payload_compression_rate"] >= 500
+    # options belong to the plan: a command-line option next to --plan is refused
+    assert main(["compare", "--plan", str(plan), "--rounds", "3", "--out", str(out)]) == 2
+    assert "--rounds cannot be given with it" in capsys.readouterr().err

@@ -320,18 +320,36 @@ def _compare(args: argparse.Namespace) -> None:
     from .fl.config import parse_codec
     from .fl.runner import compare
 
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    if not codecs:
-        raise CliError("--codecs needs at least one codec")
-    for codec in codecs:
-        parse_codec(codec)
-    cfg = _experiment_config(args)
     out = Path(args.out)
     if args.target is not None and not 0 < args.target <= 1:
         raise CliError(f"--target is an accuracy in (0, 1], got {args.target}")
-    compare(cfg, codecs, out, target=args.target)
+    if args.plan:
+        _compare_plan(args, out)
+    else:
+        codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+        if not codecs:
+            raise CliError("--codecs needs at least one codec")
+        for codec in codecs:
+            parse_codec(codec)
+        compare(_experiment_config(args), codecs, out, target=args.target)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'}")
+
+
+def _compare_plan(args: argparse.Namespace, out: Path) -> None:
+    """The runs of a plan (each with its own options) compared in one report; finished runs are reused."""
+    from .fl.report import write_report
+    from .fl.reproduce import load_plan, run_plan
+
+    flags = [flag for flag, _, _ in _EXPERIMENT_OPTIONS] + ["--transcode", "--corrupt-clients", "--config"]
+    given = [flag for flag in flags if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given:
+        raise CliError(f"--plan sets every option; {', '.join(given)} cannot be given with it")
+    plan = load_plan(args.plan, out)
+    if plan.seeds:
+        raise CliError(f"plan {args.plan} repeats its runs over seeds: run it with fedzip reproduce")
+    finished = run_plan(plan)
+    write_report(out, [{**summary, "name": run.name} for run, summary in finished], args.target)
 
 
 def _reproduce(args: argparse.Namespace) -> None:
@@ -476,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="none,fedzip-huffman,fedzip-position,fedzip-dap",
         help="comma-separated codecs (none, fp16, topk, qsgd, signsgd, stc, fedzip-huffman, fedzip-position, "
         "fedzip-dap, fedzip-auto); +ef adds error feedback",
+    )
+    comp.add_argument(
+        "--plan",
+        help="a plan file (experiments/*.toml) instead of --codecs: each run with its own options",
     )
     comp.add_argument(
         "--target",
