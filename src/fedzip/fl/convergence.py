@@ -396,7 +396,8 @@ def write_document(
         "accuracy, and the targets' tables say which run each pick was.",
         "",
         f"Machine: {platform.machine()}, 2-core CPU, Python {platform.python_version()}; generated "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"{time.strftime('%Y-%m-%d')}. A simulated round of these plans against the same clients' training "
+        "back to back: [benchmarks.md](benchmarks.md#a-federated-round-phase-by-phase-fedzip-bench---fl).",
         "",
     ]
     if missing:
