@@ -1,5 +1,6 @@
 """FedZip with a byte budget: never over it, and spent where the squared error drops most."""
 
+import math
 from itertools import pairwise
 
 import numpy as np
@@ -103,6 +104,7 @@ def test_budget_ratio_sets_the_budget_from_the_update_size(rng):
         ({"budget_bytes": 1.5}, "budget_bytes"),
         ({"budget_ratio": 0.5}, "budget_ratio"),
         ({"budget_bytes": 100, "budget_ratio": 10}, "not both"),
+        ({"budget_bytes": 100, "budget_split": "even"}, "budget_split must be one of error, uniform"),
     ],
 )
 def test_bad_budgets_are_refused(options, message):
@@ -120,3 +122,30 @@ def test_config_round_trip_and_error_feedback(rng):
         assert len(payload) <= 2000
     corrected_total = 3 * sum(float(np.abs(a).sum()) for a in update.values())
     assert sum(float(np.abs(r).sum()) for r in sender.residual.values()) < corrected_total
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**16), budget=st.integers(700, 40_000))
+def test_the_uniform_split_is_top_z_with_the_largest_keep_that_fits(seed, budget):
+    """budget_split="uniform": the same kept fraction in every sparsified tensor, as FedZip(keep=...) would,
+    and one more entry per tensor would not fit."""
+    update = model_update(np.random.default_rng(seed))
+    codec = fedzip.FedZip(budget_bytes=budget, budget_split="uniform", clusters=3)
+    payload = codec.encode(update)
+    assert len(payload) <= budget
+    restored = fedzip.decode(payload)
+    kept = {k: int(np.count_nonzero(restored[k])) for k in ("conv.weight", "dense.weight")}
+    n, big, small = kept["dense.weight"], update["dense.weight"].size, update["conv.weight"].size
+    # keep_count(big, keep) = n puts keep in ((n - 1) / big, n / big]: the smaller tensor follows it
+    assert math.ceil((n - 1) / big * small) <= kept["conv.weight"] <= math.ceil(n / big * small)
+    # a slightly larger keep would not have fitted
+    if n < big:
+        larger = fedzip.FedZip(keep=(n + 1) / big, clusters=3)
+        assert len(larger.encode(update)) > budget
+
+
+def test_the_uniform_split_round_trips_its_config(rng):
+    codec = fedzip.FedZip(budget_ratio=300, budget_split="uniform")
+    assert codec.get_config()["budget_split"] == "uniform"
+    assert fedzip.get_compressor(codec.get_config()) == codec
+    assert fedzip.get_compressor(fedzip.FedZip(budget_ratio=300).get_config()).budget_split == "error"

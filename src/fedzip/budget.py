@@ -137,3 +137,68 @@ def allocate(per_tensor: dict[str, list[Option]], budget: int) -> dict[str, Opti
         spent += extra
         push(name)
     return {name: per_tensor[name][index] for name, index in chosen.items()}
+
+
+def largest_uniform_keep(
+    arrays: dict[str, np.ndarray],
+    sparsified: dict[str, bool],
+    clusters: int | str,
+    encoding: str,
+    budget: int,
+    steps: int = 24,
+) -> dict[str, Quantized]:
+    """Top-z's own rule under a budget: one kept fraction for every sparsified tensor, as large as fits.
+
+    Each tensor keeps its largest ``keep_count(size, keep)`` nonzero entries
+    with ``clusters`` k-means clusters, exactly as ``FedZip(keep=keep)``
+    would; ``keep`` is found by bisection on its logarithm.
+    """
+    from .quantize import quantize
+    from .sparsify import keep_count
+
+    cap = max(1, 8 * budget)  # every kept entry costs at least one bit
+    prepared: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name, array in arrays.items():
+        flat = array.reshape(-1)
+        order = None
+        if sparsified[name]:
+            magnitude = np.abs(flat)
+            nonzero = np.flatnonzero(flat)
+            if nonzero.size > cap:
+                nonzero = nonzero[np.argpartition(-magnitude[nonzero], cap - 1)[:cap]]
+            # largest first; ties to the lower address, as in fedzip.sparsify.top_entries
+            order = nonzero[np.lexsort((nonzero, -magnitude[nonzero]))]
+        prepared[name] = (flat, order)
+
+    def build(keep: float) -> tuple[dict[str, Quantized], int]:
+        chosen: dict[str, Quantized] = {}
+        total = wire.container_bytes(len(arrays))
+        for name, (flat, order) in prepared.items():
+            if order is None:
+                positions = np.flatnonzero(flat)
+            else:
+                positions = np.sort(order[: keep_count(flat.size, keep)])
+            centroids, labels = quantize(flat[positions], clusters)
+            q = Quantized(arrays[name].shape, arrays[name].dtype, positions, labels, centroids)
+            chosen[name] = q
+            total += _price(name, q, encoding)
+        return chosen, total
+
+    smallest, spent = build(0.0)  # one entry per sparsified tensor
+    if spent > budget:
+        raise ValueError(
+            f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
+            "per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True"
+        )
+    whole, spent = build(1.0)
+    if spent <= budget:
+        return whole
+    best, low, high = smallest, math.log(1e-9), 0.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        chosen, spent = build(math.exp(middle))
+        if spent <= budget:
+            best, low = chosen, middle
+        else:
+            high = middle
+    return best

@@ -262,6 +262,11 @@ _EXPERIMENT_OPTIONS = (
     ("--test-limit", int, "use a random subset of this many test examples (0: all)"),
     ("--budget-bytes", int, "fedzip: payload size never to exceed, chosen per tensor (replaces --keep)"),
     ("--budget-ratio", float, "fedzip: the same as a compression ratio, e.g. 1000"),
+    (
+        "--budget-split",
+        str,
+        "fedzip budgets: error (per tensor, least squared error; default) or uniform (one keep for all tensors)",
+    ),
     ("--warmup-rounds", int, "sparsity warm-up: keep decays from --warmup-start to --keep over these rounds"),
     ("--warmup-start", float, "kept fraction of round 1 with --warmup-rounds (default 0.25)"),
     ("--ef-momentum", float, "momentum correction of the error-feedback residual, e.g. 0.9 (needs +ef)"),

@@ -165,6 +165,7 @@ class RoundRecord:
     aggregate_seconds: float = 0.0  # checking, decoding and averaging the replies
     eval_seconds: float = 0.0  # central evaluation (validation and test)
     client_train_seconds: float = float("nan")  # mean time of one client's local training
+    failure_reasons: str = ""  # why replies were rejected or failed ("node N: reason", " | " between)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -308,6 +309,7 @@ def serve(
             record.clients = stats.replies
             record.accepted = stats.accepted
             record.failures = len(stats.failures)
+            record.failure_reasons = " | ".join(stats.failures)
             record.uplink_bytes = stats.uplink_bytes
             record.raw_bytes = stats.raw_bytes
             record.ratio = stats.ratio

@@ -70,6 +70,9 @@ class ExperimentConfig:
     # Extreme compression (docs/compressors.md): all off by default, the paper's setting.
     budget_bytes: int = 0  # fedzip: a payload size to never exceed instead of keep (0: off)
     budget_ratio: float = 0.0  # fedzip: the same as a compression ratio (0: off)
+    budget_split: str = (
+        "error"  # fedzip budgets: "error" (least squared error) or "uniform" (one keep for all)
+    )
     warmup_rounds: int = 0  # sparsity warm-up: keep decays from warmup_start to keep over these rounds
     warmup_start: float = 0.25
     ef_momentum: float = 0.0  # DGC momentum correction of the error-feedback residual (0: off)
@@ -142,6 +145,10 @@ class ExperimentConfig:
             f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}",
         )
         need(not (self.budget_bytes and self.budget_ratio), "set budget_bytes or budget_ratio, not both")
+        need(
+            self.budget_split in ("error", "uniform"),
+            f"budget_split must be error or uniform, got {self.budget_split!r}",
+        )
         need(
             not (self.budget_bytes or self.budget_ratio) or self.codec.startswith("fedzip"),
             f"budget_bytes and budget_ratio are FedZip options; codec is {self.codec!r}",
@@ -218,6 +225,8 @@ class ExperimentConfig:
             config["budget_bytes"] = budget_bytes
         if budget_ratio:
             config["budget_ratio"] = budget_ratio
+        if (budget_bytes or budget_ratio) and self.budget_split != "error":
+            config["budget_split"] = self.budget_split
         return config
 
     def feedback_settings(self) -> dict[str, Any]:

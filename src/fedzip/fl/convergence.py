@@ -123,10 +123,11 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
 
 def _options(cfg) -> str:
     parts = [cfg.label]
+    split = f" ({cfg.budget_split} split, k={cfg.clusters})" if cfg.budget_split == "uniform" else ""
     if cfg.budget_ratio:
-        parts.append(f"budget 1/{cfg.budget_ratio:g} of float32")
+        parts.append(f"budget 1/{cfg.budget_ratio:g} of float32{split}")
     elif cfg.budget_bytes:
-        parts.append(f"budget {cfg.budget_bytes:,} B")
+        parts.append(f"budget {cfg.budget_bytes:,} B{split}")
     elif cfg.codec.split("+")[0] in ("topk", "stc") or cfg.codec.startswith("fedzip"):
         parts.append(f"keep {cfg.keep:g}")
     if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes):

@@ -12,10 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+TEXT_COLUMNS = ("failure_reasons",)
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / "metrics.csv") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [
+            {k: float(v) for k, v in row.items() if k not in TEXT_COLUMNS} for row in csv.DictReader(handle)
+        ]
 
 
 def plot_run(records, path: Path, title: str) -> None:

@@ -85,6 +85,12 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
             "tail": with_tail.tail,
         },
         "failures": sum(r.failures for r in rounds),
+        "failure_reasons": [
+            f"round {r.round}: {reason}"
+            for r in rounds
+            if r.failure_reasons
+            for reason in r.failure_reasons.split(" | ")
+        ],
         "wall_seconds": round(seconds, 2),
         "config": cfg.to_dict(),
     }
