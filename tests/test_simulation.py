@@ -41,6 +41,9 @@ def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
         assert int(row["uplink_bytes"]) > 0
     assert float(rows[-1]["accuracy"]) > float(rows[0]["accuracy"]) + 0.2
     assert summary["failures"] == 3
+    reasons = summary["failure_reasons"]
+    assert [r.split(":")[0] for r in reasons] == ["round 1", "round 2", "round 3"]
+    assert all("node" in r for r in reasons) and rows[1]["failure_reasons"] == reasons[0].split(": ", 1)[1]
     for name in ("summary.json", "config.toml", "accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert ExperimentConfig.from_toml(tmp_path / "config.toml") == cfg
