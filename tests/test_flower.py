@@ -183,7 +183,7 @@ def test_transient_failures_are_counted_not_fatal_and_reach_the_inner_strategy(r
     )
     arrays, _ = strategy.aggregate_train(1, [dropped, corrupt, good])
     np.testing.assert_allclose(arrays["b"].numpy(), 1.0)
-    assert [m.has_error() for m in seen] == [True, True, False]  # the inner strategy counts 2 failures
+    assert sorted(m.has_error() for m in seen) == [False, True, True]  # the inner strategy counts 2 failures
     stats = strategy.history[-1]
     assert (stats.replies, stats.accepted, len(stats.failures)) == (3, 1, 2)
     # every reply lost to transient faults: counted, model unchanged, no exception
@@ -566,3 +566,26 @@ def test_downlink_budget_is_a_fedzip_option():
         ExperimentConfig(downlink="stc", downlink_budget_ratio=500.0)
     with pytest.raises(ValueError, match="downlink_budget_ratio must be >= 0"):
         ExperimentConfig(downlink="fedzip-dap", downlink_budget_ratio=-1.0)
+
+
+def test_the_average_does_not_depend_on_the_order_replies_arrive_in(rng):
+    """Float sums depend on their order; the wrapper orders replies by content, so a seeded run repeats."""
+    model = {"w": rng.standard_normal((64, 32)).astype(np.float32)}
+    deltas = [
+        {"w": (rng.standard_t(3, (64, 32)) * 10.0 ** rng.integers(-4, 2)).astype(np.float32)}
+        for _ in range(6)
+    ]
+    results = []
+    for permutation in ([0, 1, 2, 3, 4, 5], [5, 3, 1, 4, 0, 2], [2, 5, 4, 0, 3, 1]):
+        strategy = FedZipStrategy(
+            FedAvg(min_available_nodes=6, min_train_nodes=1), compressor=fedzip.FedZip(keep=0.5)
+        )
+        replies = run_round(
+            strategy,
+            model,
+            [make_client(d, 7 + i) for i, d in enumerate(deltas)],
+            [context(i) for i in range(6)],
+        )
+        arrays, _ = strategy.aggregate_train(1, [replies[i] for i in permutation])
+        results.append(arrays["w"].numpy())
+    assert all(np.array_equal(results[0], other) for other in results[1:])

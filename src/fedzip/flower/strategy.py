@@ -363,7 +363,9 @@ class FedZipStrategy(Strategy):
                 reject(index, reply, f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
             else:
                 kept.append((index, reply, payload, carried))
+        order: dict[int, bytes] = {}
         for index, reply, payload, carried in self._consistent(kept, reject):
+            order[index] = payload
             stats.accepted += 1
             stats.uplink_bytes += carried
             stats.raw_bytes += _content_bytes(reply)
@@ -401,7 +403,10 @@ class FedZipStrategy(Strategy):
             )
             return None, None
         try:
-            result = self.strategy.aggregate_train(server_round, [forwarded[i] for i in sorted(forwarded)])
+            # Averaging sums floats, so its result depends on the order of the replies, which is the
+            # order they arrived in: order accepted replies by their payloads for a reproducible model.
+            ranked = sorted(forwarded, key=lambda i: (i not in order, order.get(i, b""), i))
+            result = self.strategy.aggregate_train(server_round, [forwarded[i] for i in ranked])
         except InconsistentMessageReplies as exc:
             log(WARNING, "FedZipStrategy: round %d not aggregated: %s", server_round, exc)
             return None, None
