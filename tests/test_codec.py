@@ -209,6 +209,7 @@ def test_config_round_trip_and_registry():
         "sparsify_1d": True,
         "budget_bytes": None,
         "budget_ratio": None,
+        "budget_split": "error",
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec
