@@ -32,8 +32,9 @@ demo: install
 bench: install
 	$(BIN)/fedzip bench --out results/bench
 
-# The paper's setting to convergence (experiments/converge-*.toml, 3 seeds), resumable per run
-# and seed (runs are kept in docs/results/runs); rewrites docs/results.md.
+# The paper's setting to convergence (experiments/converge-*, extreme-* and curve-*.toml; hours
+# on 2 cores), resumable per run and seed (runs are kept in docs/results/runs); rewrites
+# docs/results.md.
 reproduce: install
 	$(BIN)/fedzip reproduce
 
