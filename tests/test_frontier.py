@@ -6,7 +6,7 @@ pytest.importorskip("matplotlib")
 
 from fedzip.fl.config import ExperimentConfig
 from fedzip.fl.convergence import RunSeeds, paired, write_document
-from fedzip.fl.frontier import Point, family, frontier, target_lines
+from fedzip.fl.frontier import Point, family, frontier, points, target_lines
 from fedzip.fl.reproduce import Plan, PlannedRun
 
 MODEL = 4_000_000
@@ -92,11 +92,8 @@ def test_targets_are_picked_on_validation_not_test():
         [0.1, 0.5, 0.885, 0.89],
     )
     plan = Plan("p", cfg, ())
-    lines = "\n".join(
-        target_lines(
-            "p", [(plan, {"fedavg": fedavg, "high-val": high_val, "high-test": high_test, "stc": stc})]
-        )
-    )
+    pooled = [(plan, {"fedavg": fedavg, "high-val": high_val, "high-test": high_test, "stc": stc})]
+    lines = "\n".join(target_lines("p", points(pooled), fedavg))
     paper_row = next(line for line in lines.splitlines() if line.startswith("| ≥1085x"))
     assert (
         "p/high-val" in paper_row and "1100x" in paper_row and "-1.50" in paper_row and "| no |" in paper_row

@@ -57,13 +57,7 @@ def tensor_options(
     nonzero = int(np.count_nonzero(flat))
     if sparsify and nonzero:
         largest = nonzero if max_bytes is None else max(1, min(nonzero, 8 * max_bytes))
-        magnitude = np.abs(values64)
-        if largest < flat.size:
-            top = np.argpartition(-magnitude, largest - 1)[:largest]
-        else:
-            top = np.flatnonzero(magnitude)
-        # largest first; ties to the lower address, as in fedzip.sparsify.top_entries
-        order = top[np.lexsort((top, -magnitude[top]))]
+        order = _largest_first(np.abs(values64), largest)
         counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
     else:
         order = np.flatnonzero(flat)
@@ -84,6 +78,19 @@ def tensor_options(
         )
         candidates.append(Option(q, _price(name, q, encoding), total))
     return _hull(candidates)
+
+
+def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest nonzero magnitudes, largest first.
+
+    ``count`` is at most the number of nonzeros; ties go to the lower address,
+    as in :func:`fedzip.sparsify.top_entries`.
+    """
+    if count < magnitude.size:
+        top = np.argpartition(-magnitude, count - 1)[:count]
+    else:
+        top = np.flatnonzero(magnitude)
+    return top[np.lexsort((top, -magnitude[top]))]
 
 
 def _hull(options: list[Option]) -> list[Option]:
@@ -157,32 +164,30 @@ def largest_uniform_keep(
     from .sparsify import keep_count
 
     cap = max(1, 8 * budget)  # every kept entry costs at least one bit
-    prepared: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fixed: dict[str, Quantized] = {}  # tensors sent whole: the same at every keep
+    fixed_bytes = wire.container_bytes(len(arrays))
     for name, array in arrays.items():
         flat = array.reshape(-1)
-        order = None
         if sparsified[name]:
             magnitude = np.abs(flat)
-            nonzero = np.flatnonzero(flat)
-            if nonzero.size > cap:
-                nonzero = nonzero[np.argpartition(-magnitude[nonzero], cap - 1)[:cap]]
-            # largest first; ties to the lower address, as in fedzip.sparsify.top_entries
-            order = nonzero[np.lexsort((nonzero, -magnitude[nonzero]))]
-        prepared[name] = (flat, order)
+            orders[name] = (flat, _largest_first(magnitude, min(int(np.count_nonzero(flat)), cap)))
+        else:
+            positions = np.flatnonzero(flat)
+            centroids, labels = quantize(flat[positions], clusters)
+            fixed[name] = Quantized(array.shape, array.dtype, positions, labels, centroids)
+            fixed_bytes += _price(name, fixed[name], encoding)
 
     def build(keep: float) -> tuple[dict[str, Quantized], int]:
-        chosen: dict[str, Quantized] = {}
-        total = wire.container_bytes(len(arrays))
-        for name, (flat, order) in prepared.items():
-            if order is None:
-                positions = np.flatnonzero(flat)
-            else:
-                positions = np.sort(order[: keep_count(flat.size, keep)])
+        chosen = dict(fixed)
+        total = fixed_bytes
+        for name, (flat, order) in orders.items():
+            positions = np.sort(order[: keep_count(flat.size, keep)])
             centroids, labels = quantize(flat[positions], clusters)
             q = Quantized(arrays[name].shape, arrays[name].dtype, positions, labels, centroids)
             chosen[name] = q
             total += _price(name, q, encoding)
-        return chosen, total
+        return {name: chosen[name] for name in arrays}, total
 
     smallest, spent = build(0.0)  # one entry per sparsified tensor
     if spent > budget:

@@ -101,11 +101,15 @@ class FedZip(Compressor):
             return frozenset(encodings.NAMES)
         return frozenset({encodings.IDS[self.encoding]})
 
+    def _sparsified(self, array: np.ndarray) -> bool:
+        """Whether a tensor is cut to its largest entries (biases stay dense unless sparsify_1d)."""
+        return array.ndim >= 2 or self.sparsify_1d
+
     def quantize(self, name: str, array: np.ndarray) -> Quantized:
         """Sparsify and quantize one tensor."""
         flat = array.reshape(-1)
         check_values(name, array)
-        if array.ndim >= 2 or self.sparsify_1d:
+        if self._sparsified(array):
             positions = top_entries(flat, keep_count(flat.size, self.keep))
         else:
             positions = np.flatnonzero(flat)
@@ -124,12 +128,10 @@ class FedZip(Compressor):
         if limit is None:
             limit = int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
         if self.budget_split == "uniform":
-            sparsified = {name: array.ndim >= 2 or self.sparsify_1d for name, array in arrays.items()}
+            sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(arrays, sparsified, self.clusters, self.encoding, limit)
         options = {
-            name: budget.tensor_options(
-                name, array, array.ndim >= 2 or self.sparsify_1d, self.encoding, max_bytes=limit
-            )
+            name: budget.tensor_options(name, array, self._sparsified(array), self.encoding, max_bytes=limit)
             for name, array in arrays.items()
         }
         return {name: option.quantized for name, option in budget.allocate(options, limit).items()}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..codec import BUDGET_SPLITS
 from ..energy import get_link
 from .data import parse_partition
 from .models import MODELS
@@ -70,9 +71,7 @@ class ExperimentConfig:
     # Extreme compression (docs/compressors.md): all off by default, the paper's setting.
     budget_bytes: int = 0  # fedzip: a payload size to never exceed instead of keep (0: off)
     budget_ratio: float = 0.0  # fedzip: the same as a compression ratio (0: off)
-    budget_split: str = (
-        "error"  # fedzip budgets: "error" (least squared error) or "uniform" (one keep for all)
-    )
+    budget_split: str = "error"  # fedzip budgets: "error" or "uniform" (FedZip's budget_split)
     warmup_rounds: int = 0  # sparsity warm-up: keep decays from warmup_start to keep over these rounds
     warmup_start: float = 0.25
     ef_momentum: float = 0.0  # DGC momentum correction of the error-feedback residual (0: off)
@@ -84,9 +83,7 @@ class ExperimentConfig:
     server_momentum: float = 0.9  # fedavgm
     downlink: str = ""  # compress downloads with this codec too (e.g. fedzip-dap, stc); "": float weights
     downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
-    downlink_budget_ratio: float = (
-        0.0  # fedzip downloads: a compression ratio never to fall short of (0: off)
-    )
+    downlink_budget_ratio: float = 0.0  # fedzip downloads: budget as a compression ratio (0: off)
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -146,8 +143,8 @@ class ExperimentConfig:
         )
         need(not (self.budget_bytes and self.budget_ratio), "set budget_bytes or budget_ratio, not both")
         need(
-            self.budget_split in ("error", "uniform"),
-            f"budget_split must be error or uniform, got {self.budget_split!r}",
+            self.budget_split in BUDGET_SPLITS,
+            f"budget_split must be {' or '.join(BUDGET_SPLITS)}, got {self.budget_split!r}",
         )
         need(
             not (self.budget_bytes or self.budget_ratio) or self.codec.startswith("fedzip"),

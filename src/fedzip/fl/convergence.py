@@ -128,11 +128,11 @@ def _options(cfg) -> str:
         parts.append(f"budget 1/{cfg.budget_ratio:g} of float32{split}")
     elif cfg.budget_bytes:
         parts.append(f"budget {cfg.budget_bytes:,} B{split}")
-    elif cfg.codec.split("+")[0] in ("topk", "stc") or cfg.codec.startswith("fedzip"):
+    elif cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
         parts.append(f"keep {cfg.keep:g}")
     if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes):
         parts.append(f"k={cfg.clusters}")
-    if cfg.codec.startswith("qsgd"):
+    if cfg.codec == "qsgd":
         parts.append(f"{cfg.levels} levels")
     if cfg.warmup_rounds:
         parts.append(f"warm-up {cfg.warmup_rounds} rounds from {cfg.warmup_start:g}")

@@ -6,8 +6,8 @@ accuracy), both means over its seeds. FedZip's line is its frontier chosen on
 validation accuracy: a FedZip run is on it when no other FedZip run compresses
 at least as much with at least as high a validation accuracy. The targets
 (≥1085x within a point of FedAvg, fewer bytes than STC to FedAvg − 1 point)
-are read the same way: every choice on
-validation, the test split only reported.
+are read the same way: every choice on validation, the test split only
+reported.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convergence import TARGET_POINTS, RunSeeds, find_reference, paired, reach
+from .convergence import TARGET_POINTS, RunSeeds, _mean_std, find_reference, paired, reach
 from .reproduce import Plan
 
 PAPER_RATIO = 1085.0  # the FedZip paper's best compression
@@ -28,7 +28,7 @@ MOONSHOT_RATIO = 2000.0
 
 def family(cfg) -> str | None:
     """The series a run belongs to on the figure; None for FedAvg."""
-    base = cfg.codec.split("+")[0]
+    base = cfg.codec
     if base == "none":
         return None
     if base.startswith("fedzip"):
@@ -103,20 +103,11 @@ def _bytes_to_target(group: RunSeeds, target: float) -> tuple[float, int]:
     return (float(np.mean([h[1] for h in hits])) if hits else math.nan), len(hits)
 
 
-def _delta_text(delta: np.ndarray) -> str:
-    if delta.size == 0:
-        return "–"
-    text = f"{100 * delta.mean():+.2f}"
-    return text + (f" ± {100 * delta.std(ddof=1):.2f}" if delta.size > 1 else "")
-
-
-def target_lines(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[str]:
+def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | None) -> list[str]:
     """The extreme-compression targets for one setting, each chosen on validation."""
-    reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
     if reference is None:
         return []
     target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
-    all_points = points(pooled)
     lines = [
         f"Targets on `{root}` (FedAvg test {100 * np.mean(reference.final('accuracy')):.2f}, "
         f"{len(reference.runs)} seed{'s' if len(reference.runs) != 1 else ''}; *to reach* = FedAvg's final validation accuracy − {TARGET_POINTS:g} "
@@ -140,7 +131,7 @@ def target_lines(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]]) 
         met = delta.size and 100 * delta.mean() >= -TARGET_POINTS
         seeds_note = "" if best.seeds >= 3 else " (fewer than 3 seeds: no claim)"
         lines.append(
-            f"| {label} | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | {_delta_text(delta)} | "
+            f"| {label} | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | {_mean_std(delta, 100)} | "
             f"{spent / 1e6:.3f} ({hit}/{best.seeds}) | {'yes' if met else 'no'}{seeds_note} |"
         )
     stc = [p for p in all_points if p.family == "STC"]
@@ -151,7 +142,7 @@ def target_lines(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]]) 
         reaching = [r for r in reaching if r[2] == r[0].seeds]  # reaches with every seed
         lines.append(
             f"| STC at its best p | {best_stc.plan}/{best_stc.name} (keep {best_stc.group.config.keep:g}) | "
-            f"{best_stc.seeds} | {best_stc.rate:.0f}x | {_delta_text(paired(best_stc.group, reference))} | "
+            f"{best_stc.seeds} | {best_stc.rate:.0f}x | {_mean_std(paired(best_stc.group, reference), 100)} | "
             f"{stc_bytes / 1e6:.3f} ({stc_hit}/{best_stc.seeds}) | – |"
         )
         if reaching:
@@ -160,22 +151,21 @@ def target_lines(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]]) 
             fewer = hit == best.seeds and (stc_hit < best_stc.seeds or spent < stc_bytes)
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
-                f"{_delta_text(paired(best.group, reference))} | {spent / 1e6:.3f} ({hit}/{best.seeds}) | "
+                f"{_mean_std(paired(best.group, reference), 100)} | {spent / 1e6:.3f} ({hit}/{best.seeds}) | "
                 f"{'yes' if fewer else 'no'} |"
             )
     lines.append("")
     return lines
 
 
-def plot(root: str, pooled: Sequence[tuple[Plan, dict[str, RunSeeds]]], path: Path) -> bool:
+def plot(root: str, all_points: Sequence[Point], reference: RunSeeds | None, path: Path) -> bool:
     """Final test accuracy against whole-run uplink compression, one series per codec family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    all_points = [p for p in points(pooled) if math.isfinite(p.rate)]
-    reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
+    all_points = [p for p in all_points if math.isfinite(p.rate)]
     if not all_points:
         return False
     fig, axis = plt.subplots(figsize=(7.5, 4.5))
@@ -221,9 +211,9 @@ def frontier_lines(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], as
     """Per setting with at least three compressed runs: the figure and the targets."""
     lines: list[str] = []
     for root, pooled in settings(grouped_plans).items():
-        if len(points(pooled)) < 3:
-            continue
-        if not plot(root, pooled, assets / f"{root}-frontier.png"):
+        all_points = points(pooled)
+        reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
+        if len(all_points) < 3 or not plot(root, all_points, reference, assets / f"{root}-frontier.png"):
             continue
         lines += [
             f"## Compression against accuracy: `{root}` and the plans that share its data",
@@ -235,6 +225,6 @@ def frontier_lines(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], as
             "",
             f"![accuracy against compression](results/{root}-frontier.png)",
             "",
-            *target_lines(root, pooled),
+            *target_lines(root, all_points, reference),
         ]
     return lines
