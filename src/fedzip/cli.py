@@ -159,6 +159,8 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
         "client s",
         "Flower polling s",
         "x reference  ",
+        "train phase, 1 batch per client s",
+        "headroom at 1.25x s",
     ]
     cells = []
     for r in rows:
@@ -180,6 +182,8 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
                 f"{r.client_training:.2f}",
                 f"{r.round_flower_polling:.2f}",
                 f"{r.round_flower_polling / r.reference:.2f}x",
+                f"{r.messaging_floor:.2f}",
+                f"{d['headroom_at_1_25x']:.2f}",
             ]
         )
     title = (
