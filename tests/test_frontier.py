@@ -123,3 +123,33 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
     assert row.endswith(f" {(1e6 + 10 * MODEL) / (1000 + 20_000):.1f}x |")
     fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
     assert "budget" not in fedavg_row and "budget 1/1000 of float32" in row
+
+
+def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypatch):
+    from fedzip.energy import get_link
+    from fedzip.fl.models import build, parameter_count
+
+    cfg = ExperimentConfig(rounds=1, model="cnn")
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.9, 0.9)], rate=1.0)
+    sparse = run_seeds("sparse", cfg.replace(codec="stc"), [(0.9, 0.9)], rate=1000.0)
+    down = run_seeds(
+        "down", cfg.replace(codec="stc", downlink="stc"), [(0.9, 0.9)], 1000.0, downlink_bytes=50_000
+    )
+    base, other = Plan("base", cfg, ()), Plan("more", cfg, (), reference="base")
+    base_results = [(r, s) for g in (fedavg, sparse) for r, s in zip(g.runs, g.summaries, strict=True)]
+    other_results = [(r, s) for r, s in zip(down.runs, down.summaries, strict=True)]
+    groups = {id(base_results): {"fedavg": fedavg, "sparse": sparse}, id(other_results): {"down": down}}
+    monkeypatch.setattr("fedzip.fl.convergence.group", lambda results: groups[id(results)])
+    text = write_document(tmp_path / "results.md", [(base, base_results), (other, other_results)]).read_text()
+    energy = text.split("## Client radio energy per round")[1]
+    rows = {line.split(" | ")[0][2:]: line for line in energy.splitlines() if line.startswith("| ")}
+    model = 4 * parameter_count(build("cnn"))
+    lte = get_link("lte")
+    # each reply uploads 1,000 B / 10 clients = 100 B; the measured run downloaded 50,000 B / 10 messages
+    measured = lte.round_joules(5_000, 100, 1.0).total
+    assert rows["more/down"].split(" | ")[6] == "5,000"
+    assert rows["more/down"].endswith(
+        f"| {measured:.2f} | {100 * (1 - measured / lte.round_joules(model, 100, 1.0).total):.1f}% |"
+    )
+    # a run that did not compress downloads gets the illustration, marked as assumed
+    assert "(assumed)" in rows["sparse"] and "(assumed)" not in rows["more/down"]

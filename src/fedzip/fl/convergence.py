@@ -283,8 +283,30 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
             np.mean([s["uplink_bytes"] / max(1, s["rounds"] * g.config.clients) for s in g.summaries])
         )
 
+    def per_download(g: RunSeeds) -> float:
+        """Bytes of one download as Flower carried it (the run's train messages / their count)."""
+        return float(
+            np.mean(
+                [
+                    s.get("downlink_bytes", 0) / max(1, sum(row["clients"] for row in m[1:]))
+                    for s, m in zip(g.summaries, g.metrics, strict=True)
+                ]
+            )
+        )
+
     base_up = per_reply(reference)
     fedavg = link.round_joules(model_bytes, round(base_up), train)
+
+    def row(name: str, up: float, down: float, measured: bool) -> str:
+        one_way = link.round_joules(model_bytes, round(up), train)
+        both = link.round_joules(round(down), round(up), train)
+        return (
+            f"| {name} | {up:,.0f} | {one_way.transfer:.2f} | {saved_percent(fedavg.transfer, one_way.transfer):.1f}% "
+            f"| {one_way.total:.2f} | {saved_percent(fedavg.total, one_way.total):.1f}% "
+            f"| {down:,.0f}{'' if measured else ' (assumed)'} | {both.total:.2f} "
+            f"| {saved_percent(fedavg.total, both.total):.1f}% |"
+        )
+
     lines = [
         "## Client radio energy per round, as the radio spends it",
         "",
@@ -293,22 +315,30 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
         "the reply as Flower carried it. *Transfer only* is the linear model of the paper's claim; *with tail* "
         f"adds the radio's promotion ({link.promotion_s:.2f} s at {link.promotion_mw:.0f} mW) and its tail "
         f"({link.tail_s:.1f} s at {link.tail_mw:.0f} mW) after each burst; the download's tail runs through "
-        "the training and the upload starts inside it. The last column assumes downloads compressed as much as "
-        "that run's uploads (`FedZipStrategy(downlink=...)`): an illustration of that lever, not a measured run.",
+        "the training and the upload starts inside it. The last columns compress downloads too: for runs that "
+        "did (`FedZipStrategy(downlink=...)`, from any plan on this data) the download is what Flower carried to "
+        "the clients, measured; for the others it is *assumed* compressed as much as that run's uploads, an "
+        "illustration of the lever, not a measured run.",
         "",
-        "| run | upload bytes | J, transfer only | saved | J with tail | saved | J with tail, both ways compressed | saved |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | upload bytes | J, transfer only | saved | J with tail | saved | download bytes, both ways "
+        "compressed | J with tail | saved |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, g in grouped.items():
         up = per_reply(g)
-        one_way = link.round_joules(model_bytes, round(up), train)
-        down = model_bytes * up / base_up if base_up else model_bytes
-        both = link.round_joules(round(down), round(up), train)
-        lines.append(
-            f"| {name} | {up:,.0f} | {one_way.transfer:.2f} | {saved_percent(fedavg.transfer, one_way.transfer):.1f}% "
-            f"| {one_way.total:.2f} | {saved_percent(fedavg.total, one_way.total):.1f}% | {both.total:.2f} "
-            f"| {saved_percent(fedavg.total, both.total):.1f}% |"
-        )
+        if g.config.downlink:
+            lines.append(row(name, up, per_download(g), True))
+        else:
+            lines.append(row(name, up, model_bytes * up / base_up if base_up else model_bytes, False))
+    same_data = [
+        (p, grouped_other)
+        for p, grouped_other in plans[1:]
+        if p.reference == plan.name and p.base.model == plan.base.model
+    ]
+    for other, grouped_other in same_data:
+        for name, g in grouped_other.items():
+            if g.config.downlink:
+                lines.append(row(f"{other.name}/{name}", per_reply(g), per_download(g), True))
     tail_share = fedavg.tail / fedavg.total
     lines += [
         "",
