@@ -252,8 +252,10 @@ def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
         assert row["evaluation"] > 0 and row["client_training"] > 0
         assert row["ratio"] == pytest.approx(row["round_seconds"] / row["reference"])
         assert row["round_flower_polling"] > 0
-        assert row["messaging_floor"] > 0 and row["headroom_at_1_25x"] == pytest.approx(
-            0.25 * row["reference"]
+        assert (
+            row["messaging_floor"] > 0
+            and row["messaging_floor_plain"] > 0
+            and row["headroom_at_1_25x"] == pytest.approx(0.25 * row["reference"])
         )
     assert "fedzip bench --fl" in capsys.readouterr().out
     assert "rounds/min" in (tmp_path / "fl.md").read_text()

@@ -160,6 +160,7 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
         "Flower polling s",
         "x reference  ",
         "train phase, 1 batch per client s",
+        "same, FedAvg s",
         "headroom at 1.25x s",
     ]
     cells = []
@@ -183,6 +184,7 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
                 f"{r.round_flower_polling:.2f}",
                 f"{r.round_flower_polling / r.reference:.2f}x",
                 f"{r.messaging_floor:.2f}",
+                f"{r.messaging_floor_plain:.2f}",
                 f"{d['headroom_at_1_25x']:.2f}",
             ]
         )

@@ -35,9 +35,10 @@ class SpeedRow:
     evaluation: float  # validation every round, test every test_every rounds (mean)
     client_training: float  # mean local training time of one client inside the simulation
     round_flower_polling: float  # the same round with the engine's own 0.1 s polling intervals
-    messaging_floor: (
-        float  # train phase when every client trains a single batch: Flower's and fedzip's own cost
-    )
+    # Train phase when every client trains one batch: the cost of the messages themselves,
+    # with fedzip's mod and checks, and for FedAvg (float32 replies): Flower's alone.
+    messaging_floor: float
+    messaging_floor_plain: float
 
     @property
     def reference(self) -> float:
@@ -113,6 +114,8 @@ def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False)
         test_limit=cfg.batch_size,
     )
     floor = statistics.median(r["train_seconds"] for r in simulated(True, floor_cfg))
+    plain = floor_cfg.replace(codec="none", error_feedback=False)
+    floor_plain = statistics.median(r["train_seconds"] for r in simulated(True, plain))
     eval_mean = statistics.fmean(r["eval_seconds"] for r in rows)
     train = statistics.median(r["train_seconds"] for r in rows)
     aggregate = statistics.median(r["aggregate_seconds"] for r in rows)
@@ -130,4 +133,5 @@ def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False)
         statistics.median(r["client_train_seconds"] for r in rows),
         flower_polling,
         floor,
+        floor_plain,
     )
