@@ -153,3 +153,4 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
     )
     # a run that did not compress downloads gets the illustration, marked as assumed
     assert "(assumed)" in rows["sparse"] and "(assumed)" not in rows["more/down"]
+    assert rows["fedavg"].split(" | ")[6] == f"{model:,}" and rows["fedavg"].endswith("| 0.0% |")

@@ -328,6 +328,8 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
         up = per_reply(g)
         if g.config.downlink:
             lines.append(row(name, up, per_download(g), True))
+        elif g is reference:  # FedAvg downloads the float32 model: nothing assumed
+            lines.append(row(name, up, model_bytes, True))
         else:
             lines.append(row(name, up, model_bytes * up / base_up if base_up else model_bytes, False))
     same_data = [
