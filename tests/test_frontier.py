@@ -154,3 +154,17 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
     # a run that did not compress downloads gets the illustration, marked as assumed
     assert "(assumed)" in rows["sparse"] and "(assumed)" not in rows["more/down"]
     assert rows["fedavg"].split(" | ")[6] == f"{model:,}" and rows["fedavg"].endswith("| 0.0% |")
+
+
+def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    one_seed = run_seeds("one", cfg.replace(budget_ratio=1100.0), [(0.9, 0.9)], 1100.0, [0.1, 0.89, 0.9, 0.9])
+    stc = run_seeds(
+        "stc", cfg.replace(codec="stc", keep=0.0025), [(0.87, 0.87)] * 3, 1000.0, [0.1, 0.5, 0.8, 0.87]
+    )
+    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "one": one_seed, "stc": stc})]
+    rows = [
+        line for line in target_lines("p", points(pooled), fedavg) if line.startswith(("| ≥1085x", "| fewer"))
+    ]
+    assert len(rows) == 2 and all(row.endswith("(fewer than 3 seeds: no claim) |") for row in rows)

@@ -152,7 +152,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
                 f"{_mean_std(paired(best.group, reference), 100)} | {spent / 1e6:.3f} ({hit}/{best.seeds}) | "
-                f"{'yes' if fewer else 'no'} |"
+                f"{'yes' if fewer else 'no'}{'' if best.seeds >= 3 else ' (fewer than 3 seeds: no claim)'} |"
             )
     lines.append("")
     return lines
