@@ -54,15 +54,18 @@ class RunSeeds:
         """Whole-run compression: float32 size of every accepted update / payload bytes sent."""
         return np.array([s["payload_compression_rate"] or math.nan for s in self.summaries], dtype=float)
 
+    def downloads(self) -> np.ndarray:
+        """Per seed, how many train messages (model downloads) the run sent."""
+        return np.array([sum(row["clients"] for row in m[1:]) for m in self.metrics], dtype=float)
+
     def both_ways_rate(self) -> np.ndarray:
         """Float32 uploads and downloads of the run / payload bytes sent up + bytes sent down.
 
         Downloads travel as float32 weights unless the run compresses them (``downlink``).
         """
         rates = []
-        for summary, metrics in zip(self.summaries, self.metrics, strict=True):
+        for summary, downloads in zip(self.summaries, self.downloads(), strict=True):
             model = summary["model_bytes"]
-            downloads = sum(row["clients"] for row in metrics[1:])
             payload = summary["payload_bytes"]
             uploads = (summary["payload_compression_rate"] or 0.0) * payload
             down = summary.get("downlink_bytes", 0) if self.config.downlink else downloads * model
@@ -264,6 +267,7 @@ def plot_plan(plan: Plan, grouped: dict[str, RunSeeds], assets: Path) -> None:
 def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: str = "lte") -> list[str]:
     """Client radio energy per round under the full model (promotion and tail), from the runs' bytes."""
     from ..energy import get_link, saved_percent
+    from .frontier import settings
     from .models import build, parameter_count
 
     if not plans:
@@ -284,15 +288,9 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
         )
 
     def per_download(g: RunSeeds) -> float:
-        """Bytes of one download as Flower carried it (the run's train messages / their count)."""
-        return float(
-            np.mean(
-                [
-                    s.get("downlink_bytes", 0) / max(1, sum(row["clients"] for row in m[1:]))
-                    for s, m in zip(g.summaries, g.metrics, strict=True)
-                ]
-            )
-        )
+        """Bytes of one download as Flower carried it."""
+        sent = np.array([s.get("downlink_bytes", 0) for s in g.summaries], dtype=float)
+        return float(np.mean(sent / np.maximum(1, g.downloads())))
 
     base_up = per_reply(reference)
     fedavg = link.round_joules(model_bytes, round(base_up), train)
@@ -324,23 +322,21 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
         "compressed | J with tail | saved |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, g in grouped.items():
-        up = per_reply(g)
-        if g.config.downlink:
-            lines.append(row(name, up, per_download(g), True))
-        elif g is reference:  # FedAvg downloads the float32 model: nothing assumed
-            lines.append(row(name, up, model_bytes, True))
-        else:
-            lines.append(row(name, up, model_bytes * up / base_up if base_up else model_bytes, False))
-    same_data = [
-        (p, grouped_other)
-        for p, grouped_other in plans[1:]
-        if p.reference == plan.name and p.base.model == plan.base.model
-    ]
-    for other, grouped_other in same_data:
-        for name, g in grouped_other.items():
+    # Every run of this plan; from the plans sharing its data, the runs that compressed downloads.
+    for other, runs in settings(plans)[plan.reference or plan.name]:
+        if other.base.model != plan.base.model:
+            continue
+        for name, g in runs.items():
+            up = per_reply(g)
             if g.config.downlink:
-                lines.append(row(f"{other.name}/{name}", per_reply(g), per_download(g), True))
+                down, measured = per_download(g), True
+            elif other is not plan:
+                continue
+            elif g is reference:  # FedAvg downloads the float32 model: nothing assumed
+                down, measured = model_bytes, True
+            else:
+                down, measured = (model_bytes * up / base_up if base_up else model_bytes), False
+            lines.append(row(name if other is plan else f"{other.name}/{name}", up, down, measured))
     tail_share = fedavg.tail / fedavg.total
     lines += [
         "",
