@@ -469,19 +469,23 @@ def test_momentum_correction_keeps_a_velocity_in_the_node_state(rng):
         FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=True, momentum=1.5)
 
 
+def both_ways_strategy(**options):
+    return FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.1),
+        error_feedback=True,
+        downlink=fedzip.FedZip(keep=0.1, clusters=8),
+        **options,
+    )
+
+
 def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
     """Downloads carry the change of the global model; a node that missed rounds catches up;
     a node whose copy diverged refuses to train and is resynchronised with the dense model."""
     from fedzip.flower import downlink
 
     model = global_model(rng)
-    strategy = FedZipStrategy(
-        FedAvg(min_available_nodes=1, min_train_nodes=1),
-        compressor=fedzip.FedZip(keep=0.1),
-        error_feedback=True,
-        downlink=fedzip.FedZip(keep=0.1, clusters=8),
-        downlink_history=4,
-    )
+    strategy = both_ways_strategy(downlink_history=4)
     contexts = [context(0), context(1), context(2)]
     deltas = [
         {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()} for _ in range(3)
@@ -535,6 +539,93 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
     assert not np.allclose(protocol.from_record(arrays)["w"], model["w"])
 
 
+def test_a_shared_start_sends_no_model_in_round_one(rng):
+    """Clients that build the initial model themselves get only its checksum in round 1; a client
+    whose build differs, or that has no builder, errs once and is sent the dense model next round;
+    a newcomer catches up from version 0 while the payloads are in the history."""
+    from fedzip.flower import downlink, shared_start_mod
+
+    model = global_model(rng)
+    strategy = both_ways_strategy(downlink_history=3, downlink_shared_start=True)
+    built = []
+
+    def build(msg, ctx):
+        built.append(ctx.node_id)
+        return {k: v.copy() for k, v in model.items()}
+
+    def build_wrong(msg, ctx):
+        return {k: v + (k == "w") for k, v in model.items()}
+
+    def build_broken(msg, ctx):
+        raise RuntimeError("no weights file")
+
+    mods = {
+        0: shared_start_mod(build),
+        1: shared_start_mod(build_wrong),
+        2: None,  # no shared_start_mod
+        3: shared_start_mod(build_broken),
+        4: shared_start_mod(build),  # joins in round 3
+    }
+    contexts = {n: context(n) for n in mods}
+    delta = {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()}
+    arrays = to_record(model)
+
+    def run(server_round, nodes):
+        nonlocal arrays
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
+        sizes, replies = {}, []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            sizes[node] = sum(r.count_bytes() for r in message.content.values())
+            dense = downlink.DOWN_MODEL in message.content.array_records
+            msg = Message(
+                RecordDict(dict(message.content.items())),
+                dst_node_id=node,
+                message_type=message.metadata.message_type,
+            )
+            client = make_client(delta, 10)
+            if mods[node] is None:
+                reply = fedzip_mod(msg, contexts[node], client)
+            else:
+                reply = mods[node](msg, contexts[node], lambda m, c, app=client: fedzip_mod(m, c, app))
+            replies.append((node, dense, reply))
+        arrays, _ = strategy.aggregate_train(server_round, [r for _, _, r in replies])
+        return sizes, {n: (d, r.error.reason if r.has_error() else "") for n, d, r in replies}
+
+    sizes, outcome = run(1, [0, 1, 2, 3])
+    assert max(sizes.values()) < 1000 < sum(v.nbytes for v in model.values())  # a checksum, not 8 KB
+    assert outcome[0] == (False, "")
+    assert "checksum" in outcome[1][1] and "holds no copy" in outcome[2][1]
+    assert "building the initial model failed" in outcome[3][1] and "no weights file" in outcome[3][1]
+    assert strategy.history[-1].accepted == 1
+    _, outcome = run(2, [0, 1, 2, 3])
+    assert outcome == {0: (False, ""), 1: (True, ""), 2: (True, ""), 3: (True, "")}
+    _, outcome = run(3, [0, 1, 2, 3, 4])
+    assert outcome[4] == (False, "")  # payloads of versions 1 and 2 on its own build of version 0
+    assert built == [0, 4]  # built once, by the nodes that held no copy
+    held = protocol.from_record(contexts[4].state.array_records[downlink.STATE_MODEL])
+    assert downlink.checksum(held) == strategy.broadcaster.checksum
+    with pytest.raises(ValueError, match="downlink_shared_start needs a downlink"):
+        FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), downlink_shared_start=True)
+
+
+def test_past_the_history_or_after_the_model_changed_a_newcomer_gets_the_model_dense(rng):
+    from fedzip.flower import downlink
+
+    model = global_model(rng)
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.1), history=2, shared_start=True)
+    broadcaster.advance(model)
+    assert broadcaster.content_for(7, "arrays")[0][downlink.DOWN_BASE] == 0
+    for _ in range(3):
+        model = {k: v + 0.01 for k, v in model.items()}
+        broadcaster.advance(model)
+    assert broadcaster.content_for(7, "arrays")[0][downlink.DOWN_BASE] == -1  # 3 missed, 2 kept
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.1), history=8, shared_start=True)
+    broadcaster.advance(model)
+    broadcaster.advance({"w": model["w"][:10], "b": model["b"]})  # another model: no one can build it
+    assert broadcaster.content_for(7, "arrays")[0][downlink.DOWN_BASE] == -1
+
+
 def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_rounds(rng):
     """A FedZip downlink with a byte budget: every download fits it, and what one round drops the
     next rounds send, so the clients' replica follows the model instead of falling behind."""
@@ -566,6 +657,8 @@ def test_downlink_budget_is_a_fedzip_option():
         ExperimentConfig(downlink="stc", downlink_budget_ratio=500.0)
     with pytest.raises(ValueError, match="downlink_budget_ratio must be >= 0"):
         ExperimentConfig(downlink="fedzip-dap", downlink_budget_ratio=-1.0)
+    with pytest.raises(ValueError, match="downlink_shared_start needs a compressed downlink"):
+        ExperimentConfig(downlink_shared_start=True)
 
 
 def test_the_average_does_not_depend_on_the_order_replies_arrive_in(rng):

@@ -289,17 +289,21 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
     assert summary["config"]["server_optimizer"] == "fedavgm"
 
 
-@pytest.mark.parametrize("codec, down", [("fedzip-dap+ef", "fedzip-dap"), ("stc", "stc")])
-def test_compressed_downloads_on_the_simulation_engine(tmp_path, codec, down):
+@pytest.mark.parametrize(
+    "codec, down, shared",
+    [("fedzip-dap+ef", "fedzip-dap", False), ("stc", "stc", False), ("stc", "stc", True)],
+)
+def test_compressed_downloads_on_the_simulation_engine(tmp_path, codec, down, shared):
     cfg = small_run(
         tmp_path, model="mlp", clients=3, rounds=4, train_limit=3000, batch_size=20, codec=codec,
-        keep=0.05, downlink=down, downlink_keep=0.1,
+        keep=0.05, downlink=down, downlink_keep=0.1, downlink_shared_start=shared,
     )  # fmt: skip
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     assert all(int(r["accepted"]) == 3 and int(r["failures"]) == 0 for r in rows[1:])
-    # round 1 sends the model dense; later rounds only what changed
-    assert int(rows[1]["downlink_bytes"]) > 0.9 * int(rows[1]["downlink_raw_bytes"])
+    # round 1 sends the model dense, or with a shared start only its checksum; later rounds what changed
+    first = int(rows[1]["downlink_bytes"]) / int(rows[1]["downlink_raw_bytes"])
+    assert first < 0.01 if shared else first > 0.9
     for row in rows[2:]:
         assert int(row["downlink_bytes"]) * 5 < int(row["downlink_raw_bytes"])
     assert summary["downlink_compression_ratio"] > 2.5 and summary["total_compression_ratio"] > 3

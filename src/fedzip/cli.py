@@ -294,6 +294,13 @@ _EXPERIMENT_OPTIONS = (
     ("--round-timeout", float, "seconds to wait for the replies of one round (default 600)"),
 )
 
+# on/off options (--x / --no-x), by ExperimentConfig field
+_SWITCHES = {
+    "transcode": "fedzip: also measure every payload in each encoding (huffman, position, dap)",
+    "downlink_shared_start": "with --downlink: clients build the initial model from the run's seed, so "
+    "round 1 downloads only its checksum",
+}
+
 
 def _experiment_config(args: argparse.Namespace, **fixed):
     from .fl.config import ExperimentConfig
@@ -303,8 +310,9 @@ def _experiment_config(args: argparse.Namespace, **fixed):
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if args.transcode is not None:
-        overrides["transcode"] = args.transcode
+    for key in _SWITCHES:
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     if args.corrupt_clients is not None:
         overrides["corrupt_clients"] = [int(c) for c in args.corrupt_clients.split(",") if c.strip()]
     overrides.update({k: v for k, v in fixed.items() if v is not None})
@@ -352,7 +360,8 @@ def _compare_plan(args: argparse.Namespace, out: Path) -> None:
     from .fl.report import write_report
     from .fl.reproduce import load_plan, run_plan
 
-    flags = [flag for flag, _, _ in _EXPERIMENT_OPTIONS] + ["--transcode", "--corrupt-clients", "--config"]
+    flags = [flag for flag, _, _ in _EXPERIMENT_OPTIONS] + ["--corrupt-clients", "--config"]
+    flags += ["--" + key.replace("_", "-") for key in _SWITCHES]
     given = [flag for flag in flags if getattr(args, flag[2:].replace("-", "_")) is not None]
     if given:
         raise CliError(f"--plan sets every option; {', '.join(given)} cannot be given with it")
@@ -421,12 +430,10 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with an [experiment] table; options override it")
     for flag, kind, text in _EXPERIMENT_OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument(
-        "--transcode",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fedzip: also measure every payload in each encoding (huffman, position, dap)",
-    )
+    for key, text in _SWITCHES.items():
+        parser.add_argument(
+            "--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None, help=text
+        )
     parser.add_argument(
         "--corrupt-clients",
         help="fault injection: comma-separated partition ids that send corrupted payloads",

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from ..codec import transcode
-from ..flower import FedZipStrategy, fedzip_mod, protocol
+from ..flower import FedZipStrategy, fedzip_mod, protocol, shared_start_mod
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
@@ -77,7 +77,16 @@ def corrupt_payload_mod(msg: Message, context: Context, call_next: ClientAppCall
     return reply
 
 
-client_app = ClientApp(mods=[corrupt_payload_mod, fedzip_mod])
+def initial_model(msg: Message, context: Context) -> ArrayRecord:
+    """The run's initial model, built as the server builds it (same code, same seed)."""
+    config = msg.content["config"]
+    _, _, classes = _client_data(msg, context)
+    return ArrayRecord(
+        training.fast_layout(models.build(str(config["model"]), classes, int(config["seed"]))).state_dict()
+    )
+
+
+client_app = ClientApp(mods=[corrupt_payload_mod, shared_start_mod(initial_model), fedzip_mod])
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,6 +103,20 @@ def client_examples(
     )
 
 
+def _client_data(msg: Message, context: Context) -> tuple[torch.Tensor, torch.Tensor, int]:
+    config = msg.content["config"]
+    partition, partitions = _partition(context)
+    return client_examples(
+        str(config["data-dir"]),
+        int(config.get("validation", 0)),
+        int(config["train-limit"]),
+        int(config["seed"]),
+        str(config["partition"]),
+        partitions,
+        partition,
+    )
+
+
 @functools.lru_cache(maxsize=2)
 def _client_model(name: str, classes: int) -> torch.nn.Module:
     """One model per process, loaded with the global weights every round."""
@@ -103,19 +126,11 @@ def _client_model(name: str, classes: int) -> torch.nn.Module:
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
-    partition, partitions = _partition(context)
+    partition, _ = _partition(context)
     # Clients run side by side, one core each: faster than one client on two cores.
     torch.set_num_threads(1)
     seed = int(config["seed"])
-    images, labels, classes = client_examples(
-        str(config["data-dir"]),
-        int(config.get("validation", 0)),
-        int(config["train-limit"]),
-        seed,
-        str(config["partition"]),
-        partitions,
-        partition,
-    )
+    images, labels, classes = _client_data(msg, context)
     model = _client_model(str(config["model"]), classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     round_seed = seed * 100_003 + partition * 1009 + int(config.get("server-round", 0))
@@ -281,6 +296,7 @@ def serve(
         error_feedback=cfg.error_feedback,
         on_payload=measure_encodings if cfg.transcode and cfg.codec.startswith("fedzip") else None,
         downlink=cfg.downlink_config(),
+        downlink_shared_start=cfg.downlink_shared_start,
         **cfg.feedback_settings(),
     )
     records: list[RoundRecord] = []

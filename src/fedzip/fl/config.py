@@ -84,6 +84,7 @@ class ExperimentConfig:
     downlink: str = ""  # compress downloads with this codec too (e.g. fedzip-dap, stc); "": float weights
     downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
     downlink_budget_ratio: float = 0.0  # fedzip downloads: budget as a compression ratio (0: off)
+    downlink_shared_start: bool = False  # clients build the initial model; round 1 sends its checksum
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
     node_wait: float = 120.0  # seconds to wait for all clients at the start, and for min_clients later
@@ -168,6 +169,10 @@ class ExperimentConfig:
         need(
             not self.downlink_budget_ratio or self.downlink.startswith("fedzip"),
             f"downlink_budget_ratio needs a FedZip downlink codec; downlink is {self.downlink!r}",
+        )
+        need(
+            not self.downlink_shared_start or bool(self.downlink),
+            "downlink_shared_start needs a compressed downlink: set downlink too",
         )
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")

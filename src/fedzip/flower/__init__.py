@@ -7,7 +7,7 @@ server strategy wrapper that decodes them.
     strategy = FedZipStrategy(FedAvg(), compressor=FedZip(keep=0.01), error_feedback=True)
 """
 
-from .mod import fedzip_mod
+from .mod import fedzip_mod, shared_start_mod
 from .strategy import ConfigurationError, FedZipStrategy, RoundStats
 
-__all__ = ["ConfigurationError", "FedZipStrategy", "RoundStats", "fedzip_mod"]
+__all__ = ["ConfigurationError", "FedZipStrategy", "RoundStats", "fedzip_mod", "shared_start_mod"]

@@ -17,6 +17,15 @@ match refuses to train (an error reply naming the cause), drops its copy, and
 is sent the dense replica next time. No client ever trains on a model the
 server does not hold.
 
+Shared start: the dense first download is most of a short run's downlink bytes
+(it caps a run's download ratio at its number of rounds). When every client
+can build the initial model itself (the same code and seed, bit for bit),
+``Broadcaster(shared_start=True)`` assumes a node it has not heard from holds
+version 0, and :func:`shared_start_mod` builds that copy on the client. Round 1
+then sends only the checksum; later newcomers get the payloads since version 0
+while they are in the history. A client whose build differs fails the checksum
+once and is sent the dense model, as above.
+
 Message layout (server -> client), added to the train message's ConfigRecord:
 
     DOWN_VERSION   int, the version the download brings the client to
@@ -82,7 +91,7 @@ def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
 class Broadcaster:
     """The server's side: the replica, its versions and what each node holds."""
 
-    def __init__(self, compressor: Compressor, history: int = 8) -> None:
+    def __init__(self, compressor: Compressor, history: int = 8, shared_start: bool = False) -> None:
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError(f"downlink_history must be an int >= 0, got {history!r}")
         self.compressor = compressor
@@ -91,7 +100,10 @@ class Broadcaster:
         self.version = -1
         self.checksum = 0
         self._payloads: deque[bytes] = deque(maxlen=max(history, 1))
-        self.nodes: dict[int, int] = {}  # node id -> version it holds
+        # node id -> version it holds; None: unknown (it gets the model dense)
+        self.nodes: dict[int, int | None] = {}
+        # the version a node never heard from is taken to hold (clients build it themselves)
+        self._assumed: int | None = 0 if shared_start else None
 
     def advance(self, model: dict[str, np.ndarray]) -> None:
         """Make the next version, as close to the exact ``model`` as the compressor allows."""
@@ -103,6 +115,8 @@ class Broadcaster:
             )
         ):
             # first round, or another model: everyone starts from the exact model, dense
+            if self.replica is not None:
+                self._assumed = None  # a model changed mid-run is not one clients can build
             self.replica = {k: np.array(v, copy=True) for k, v in model.items()}
             self._payloads.clear()
             self.nodes.clear()
@@ -124,7 +138,7 @@ class Broadcaster:
     def content_for(self, node_id: int, weights_key: str) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
         """The config entries and records that bring ``node_id`` to the current version."""
         assert self.replica is not None
-        held = self.nodes.get(node_id)
+        held = self.nodes.get(node_id, self._assumed)
         missed = None if held is None else self.version - held
         available = len(self._payloads) if self.history else 0
         config: dict[str, Any] = {
@@ -150,7 +164,27 @@ class Broadcaster:
         self.nodes[node_id] = version
 
     def forget(self, node_id: int) -> None:
-        self.nodes.pop(node_id, None)
+        """The node's copy is unknown (it failed or did not answer): its next download is dense."""
+        self.nodes[node_id] = None
+
+
+def _download_config(content: RecordDict) -> tuple[str, ConfigRecord] | None:
+    return next(((n, c) for n, c in content.config_records.items() if DOWN_VERSION in c), None)
+
+
+def wants_start(content: RecordDict, state: RecordDict) -> bool:
+    """Whether ``content`` is a download that applies to version 0 while ``state`` holds no copy."""
+    found = _download_config(content)
+    if found is None or STATE_INFO in state.config_records:
+        return False
+    base = found[1].get(DOWN_BASE)
+    return isinstance(base, int) and not isinstance(base, bool) and base == 0
+
+
+def hold_start(state: RecordDict, model: dict[str, np.ndarray]) -> None:
+    """Store ``model`` as this node's copy of version 0 (the run's initial model, built locally)."""
+    state[STATE_MODEL] = protocol.to_record(model)
+    state[STATE_INFO] = ConfigRecord({"version": 0})
 
 
 def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | None:
@@ -160,10 +194,10 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
     the message carries no download, or raises :class:`DownlinkError` (after
     dropping the copy, so that the server's next download is dense).
     """
-    config_name = next((n for n, c in content.config_records.items() if DOWN_VERSION in c), None)
-    if config_name is None:
+    found = _download_config(content)
+    if found is None:
         return None
-    config = content.config_records[config_name]
+    config_name, config = found
     try:
         version, base = int(config[DOWN_VERSION]), int(config[DOWN_BASE])
         expected, key = int(config[DOWN_CHECKSUM]), str(config[DOWN_KEY])
@@ -178,7 +212,10 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
         else:
             info = state.config_records.get(STATE_INFO)
             if info is None or STATE_MODEL not in state.array_records:
-                raise DownlinkError("this node holds no copy of the model (new or restarted)")
+                raise DownlinkError(
+                    "this node holds no copy of the model (new or restarted; with a shared start, "
+                    "list shared_start_mod before fedzip_mod)"
+                )
             if int(info["version"]) != base:
                 raise DownlinkError(
                     f"this node holds version {int(info['version'])}, the download applies to {base}"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Mapping
 from logging import WARNING
+from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
@@ -147,3 +149,31 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     if passthrough:
         reply.content[protocol.PASSTHROUGH] = protocol.to_record(passthrough)
     return reply
+
+
+def shared_start_mod(build: Callable[[Message, Context], ArrayRecord | Mapping[str, Any]]) -> Mod:
+    """A mod that builds the initial model on the client, for ``FedZipStrategy(downlink_shared_start=True)``.
+
+    ``build(msg, context)`` returns the run's initial model (an ArrayRecord, a
+    dict of numpy arrays or a torch state_dict), bit for bit the one the
+    server starts from: same code, same seed. The mod calls it only when a
+    compressed download applies to version 0 and the node holds no copy, and
+    stores the result as that copy; the download's checksum then decides
+    whether it was right. List it before :func:`fedzip_mod`.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if downlink.wants_start(msg.content, context.state):
+            try:
+                built = build(msg, context)
+                if not isinstance(built, ArrayRecord):
+                    if isinstance(built, Mapping) and all(isinstance(v, np.ndarray) for v in built.values()):
+                        built = protocol.to_record(dict(built))
+                    else:
+                        built = ArrayRecord(built)
+                downlink.hold_start(context.state, protocol.from_record(built))
+            except Exception as exc:  # the user's code: report it, never crash the node
+                return _error(msg, f"shared_start_mod: building the initial model failed ({exc!r})")
+        return call_next(msg, context)
+
+    return mod

@@ -142,6 +142,9 @@ class FedZipStrategy(Strategy):
             (default): the global model travels as it is.
         downlink_history: payloads kept for clients that missed rounds; one
             that missed more, or whose copy is unknown, gets the model dense.
+        downlink_shared_start: clients build the initial model themselves
+            (:func:`~fedzip.flower.shared_start_mod`), so the first download
+            is its checksum instead of the dense model.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -166,6 +169,7 @@ class FedZipStrategy(Strategy):
         clip_norm: float | None = None,
         downlink: Compressor | Mapping[str, Any] | str | None = None,
         downlink_history: int = 8,
+        downlink_shared_start: bool = False,
     ) -> None:
         super().__init__()
         inner = strategy if strategy is not None else FedAvg()
@@ -217,7 +221,9 @@ class FedZipStrategy(Strategy):
         self.broadcaster = None
         if downlink is not None:
             down = downlink if isinstance(downlink, Compressor) else get_compressor(downlink)
-            self.broadcaster = Broadcaster(down, downlink_history)
+            self.broadcaster = Broadcaster(down, downlink_history, bool(downlink_shared_start))
+        elif downlink_shared_start:
+            raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
         self._down: tuple[int, int] = (0, 0)  # this round's downlink bytes, and as float weights
         self.compressor = codec
