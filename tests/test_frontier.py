@@ -168,3 +168,22 @@ def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
         line for line in target_lines("p", points(pooled), fedavg) if line.startswith(("| ≥1085x", "| fewer"))
     ]
     assert len(rows) == 2 and all(row.endswith("(fewer than 3 seeds: no claim) |") for row in rows)
+
+
+def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    # uploads only: 1100x up, but every client downloads the float32 model
+    up_only = run_seeds("up-only", cfg.replace(budget_ratio=1100.0), [(0.90, 0.92)] * 3, 1100.0)
+    down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap")
+    # one round: (1100 x 1,000 B up + 10 downloads x 4 MB) / (1,000 B + 50,000 B) = 806x both ways
+    both = run_seeds("both", down, [(0.895, 0.895)] * 3, 1100.0, downlink_bytes=50_000)
+    # a better validation accuracy, but 100 kB down: 407x both ways
+    loose = run_seeds("loose", down, [(0.90, 0.91)] * 3, 1100.0, downlink_bytes=100_000)
+    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "up-only": up_only, "both": both, "loose": loose})]
+    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥500x up"))
+    assert "p/both" in row and "806x both ways" in row and "-0.50" in row and row.endswith("| yes |")
+    one = run_seeds("one", down, [(0.90, 0.90)], 1100.0, downlink_bytes=1_000)
+    pooled[0][1]["one"] = one
+    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥500x up"))
+    assert "p/one" in row and row.endswith("(fewer than 3 seeds: no claim) |")
