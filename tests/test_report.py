@@ -47,6 +47,10 @@ def test_report_tables(tmp_path):
             "radio_energy_saved_percent": 0.0,
             "failures": 0,
             "wall_seconds": 1.0,
+            # stc's downloads compressed 50x: 2 rounds x 2 clients x 1,000 B float32 in 80 B
+            "downlink_bytes": 80 if codec == "stc" else 4000,
+            "downlink_compression_ratio": 50.0 if codec == "stc" else 1.0,
+            "total_compression_ratio": 8000 / (80 + 2 * per_round) if codec == "stc" else 1.0,
             "link": "lte",
             "config": json.loads(
                 json.dumps(
@@ -70,6 +74,9 @@ def test_report_tables(tmp_path):
         summaries.append(summary)
     report = write_report(tmp_path / "report", summaries).read_text()
     assert "## To reach 0.7900 test accuracy" in report
+    stc_bytes = next(line for line in report.splitlines() if line.startswith("| stc | 0.7950"))
+    # uplink 6 B, payload rate 333x, downlink 80 B at 50x, both ways 8,000 B / 86 B
+    assert stc_bytes.endswith("| 0.000 | 0.00% | 333.3x | 0.000 | 50.0x | 93.0x | 0 | 1 |")
     assert "| none | 2 | 0.002 |" in report and "| stc | 2 | 0.000 |" in report
     report = write_report(tmp_path / "report", summaries, target=0.799).read_text()
     assert "| stc | not reached | - |" in report

@@ -65,7 +65,7 @@ def test_compare_writes_a_report(tmp_path, capsys):
     assert main(args) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| none |" in report and "| stc |" in report and "| fedzip-dap+ef |" in report
-    assert "## To reach" in report and "upload J/client/round" in report
+    assert "## To reach" in report and "| upload J |" in report and "| up + down rate |" in report
     for name in ("accuracy_vs_round.png", "accuracy_vs_uplink.png"):
         assert (tmp_path / name).stat().st_size > 0
     none = json.loads((tmp_path / "none" / "summary.json").read_text())

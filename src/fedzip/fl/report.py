@@ -112,6 +112,15 @@ def _ratio(value: float | None) -> str:
     return f"{value:.1f}x" if value else "-"
 
 
+def _number(value: float | None, unit: str = "") -> str:
+    """Two decimals, or "-" for a figure the run did not record (results of older versions)."""
+    return "-" if value is None or value != value else f"{value:.2f}{unit}"
+
+
+def _megabytes(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f}"
+
+
 def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float | None = None) -> Path:
     """report.md with tables, plus accuracy_vs_round.png and accuracy_vs_uplink.png.
 
@@ -147,26 +156,39 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         "- *uplink MB*: Flower's `count_bytes()` of every accepted reply as carried (payload, keys, metrics); "
         "*saved* compares it with the same replies holding float32 weights.",
         "- *payload rate*: float32 model size x replies / `len()` of the payloads, headers included.",
-        f"- *energy*: radio energy per client per round on the `{summaries[0]['link']}` link "
-        "(Huang et al. 2012 power model, `fedzip.energy`); the download of the float32 global model is "
-        "the same for every codec and counted only in *radio saved*. *With tail*: the round as the radio "
-        "spends it (promotion, download, the tail through local training, upload, the tail after it), "
-        "and what that saves against float32 uploads.",
+        "- *downlink MB*: every train message as Flower carried it to the sampled clients; *down rate* "
+        "compares it with the same messages holding the float32 model (1x unless the run compresses "
+        "downloads), *up + down* both directions together.",
         "",
-        "| codec | final acc. | best acc. | uplink MB | saved | payload rate | upload J/client/round "
-        "| upload energy saved | radio saved (up+down) | J/client/round with tail | saved with tail "
-        "| failures | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| codec | final acc. | best acc. | uplink MB | saved | payload rate | downlink MB | down rate "
+        "| up + down rate | failures | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         lines.append(
             f"| {_label(s)} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
             f"| {s['uplink_bytes'] / 1e6:.3f} | {s['bandwidth_saved_percent']:.2f}% "
-            f"| {_ratio(s['payload_compression_rate'])} | {s['upload_joules_per_client_round']:.4f} "
-            f"| {s['upload_energy_saved_percent']:.2f}% | {s['radio_energy_saved_percent']:.2f}% "
-            f"| {s.get('round_joules_with_tail', float('nan')):.2f} "
-            f"| {s.get('round_energy_saved_percent_with_tail', float('nan')):.2f}% "
+            f"| {_ratio(s['payload_compression_rate'])} | {_megabytes(s.get('downlink_bytes'))} "
+            f"| {_ratio(s.get('downlink_compression_ratio'))} | {_ratio(s.get('total_compression_ratio'))} "
             f"| {s['failures']} | {s['wall_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Radio energy per client per round on the `{summaries[0]['link']}` link (Huang et al. 2012 power "
+        "model, `fedzip.energy`). *Upload*: the transfer alone, against float32 uploads. *Radio saved*: "
+        "download and upload transfers against FedAvg's (the download is the float32 model unless the run "
+        "compresses it, then what Flower carried). *With tail*: the round as the radio spends it "
+        "(promotion, download, the tail through local training, upload, the tail after it).",
+        "",
+        "| codec | upload J | upload energy saved | radio saved (up + down) | J with tail | saved with tail |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {_label(s)} | {s['upload_joules_per_client_round']:.4f} "
+            f"| {s['upload_energy_saved_percent']:.2f}% | {s['radio_energy_saved_percent']:.2f}% "
+            f"| {_number(s.get('round_joules_with_tail'))} "
+            f"| {_number(s.get('round_energy_saved_percent_with_tail'), '%')} |"
         )
     if target is not None:
         lines += [
