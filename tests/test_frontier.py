@@ -185,5 +185,19 @@ def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
     assert "p/both" in row and "806x both ways" in row and "-0.50" in row and row.endswith("| yes |")
     one = run_seeds("one", down, [(0.90, 0.90)], 1100.0, downlink_bytes=1_000)
     pooled[0][1]["one"] = one
+    del pooled[0][1]["both"]  # a pick confirmed on 3 seeds would be preferred
     row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥500x up"))
     assert "p/one" in row and row.endswith("(fewer than 3 seeds: no claim) |")
+
+
+def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    lucky = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.89, 0.93)], 1100.0)
+    confirmed = run_seeds("confirmed", cfg.replace(budget_ratio=1100.0), [(0.895, 0.90)] * 3, 1100.0)
+    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "lucky": lucky, "confirmed": confirmed})]
+    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    assert "p/confirmed" in row and "| 3 |" in row and row.endswith("| yes |")
+    del pooled[0][1]["confirmed"]
+    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    assert "p/lucky" in row and row.endswith("(fewer than 3 seeds: no claim) |")
