@@ -109,7 +109,7 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.9, 0.9)], rate=1.0)
     down = run_seeds(
         "down",
-        cfg.replace(budget_ratio=1000.0, downlink="fedzip-dap"),
+        cfg.replace(budget_ratio=1000.0, downlink="fedzip-dap", downlink_shared_start=True),
         [(0.9, 0.9)],
         1000.0,
         downlink_bytes=20_000,
@@ -122,7 +122,7 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
     # up: 1000x of 1,000 B = 1e6 float32 bytes; down: 10 clients x 4 MB float32 against 20 kB sent
     assert row.endswith(f" {(1e6 + 10 * MODEL) / (1000 + 20_000):.1f}x |")
     fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
-    assert "budget" not in fedavg_row and "budget 1/1000 of float32" in row
+    assert "budget" not in fedavg_row and "budget 1/1000 of float32" in row and "shared start" in row
 
 
 def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypatch):

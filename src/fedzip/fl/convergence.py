@@ -149,6 +149,8 @@ def _options(cfg) -> str:
         parts.append(f"down {cfg.downlink} budget 1/{cfg.downlink_budget_ratio:g}")
     elif cfg.downlink:
         parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
+    if cfg.downlink_shared_start:
+        parts.append("shared start")
     return ", ".join(parts)
 
 
