@@ -201,3 +201,16 @@ def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
     del pooled[0][1]["confirmed"]
     row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
     assert "p/lucky" in row and row.endswith("(fewer than 3 seeds: no claim) |")
+
+
+def test_targets_say_whether_a_pick_was_still_rising():
+    cfg = ExperimentConfig(rounds=20)
+    flat = [0.1] + [0.90] * 20
+    rising = [0.1] + [0.80 + 0.005 * r for r in range(20)]  # +0.5 points a round
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=flat)
+    pick = run_seeds("pick", cfg.replace(budget_ratio=1100.0), [(0.89, 0.895)] * 3, 1100.0, rising)
+    lines = target_lines("p", points([(Plan("p", cfg, ()), {"fedavg": fedavg, "pick": pick})]), fedavg)
+    row = next(line for line in lines if line.startswith("| ≥1085x"))
+    # rounds 16-18 against 18-20: two rounds apart, +1.00 point; FedAvg +0.00
+    assert row.split(" | ")[6] == "+1.00"
+    assert any("FedAvg's: +0.00" in line for line in lines)
