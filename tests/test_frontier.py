@@ -201,6 +201,9 @@ def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
     del pooled[0][1]["confirmed"]
     row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
     assert "p/lucky" in row and row.endswith("(fewer than 3 seeds: no claim) |")
+    pooled[0][1]["lucky"] = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.85, 0.85)], 1100.0)
+    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    assert "| – (0/1) |" in row  # it never reached FedAvg − 1 point: no bytes to show
 
 
 def test_targets_say_whether_a_pick_was_still_rising():

@@ -158,7 +158,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         rate = f"{best.both:.0f}x both ways" if both else f"{best.rate:.0f}x"
         lines.append(
             f"| {label} | {best.plan}/{best.name} | {best.seeds} | {rate} | {_mean_std(delta, 100)} | "
-            f"{spent / 1e6:.3f} ({hit}/{best.seeds}) | {_rising(best.group)} | {'yes' if met else 'no'}{seeds_note} |"
+            f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {'yes' if met else 'no'}{seeds_note} |"
         )
     stc = [p for p in all_points if p.family == "STC"]
     if stc and fedzip:
@@ -169,7 +169,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         lines.append(
             f"| STC at its best p | {best_stc.plan}/{best_stc.name} (keep {best_stc.group.config.keep:g}) | "
             f"{best_stc.seeds} | {best_stc.rate:.0f}x | {_mean_std(paired(best_stc.group, reference), 100)} | "
-            f"{stc_bytes / 1e6:.3f} ({stc_hit}/{best_stc.seeds}) | {_rising(best_stc.group)} | – |"
+            f"{_reached(stc_bytes, stc_hit, best_stc.seeds)} | {_rising(best_stc.group)} | – |"
         )
         if reaching:
             confirmed = {id(p) for p in _confirmed([r[0] for r in reaching])}
@@ -178,7 +178,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             fewer = hit == best.seeds and (stc_hit < best_stc.seeds or spent < stc_bytes)
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
-                f"{_mean_std(paired(best.group, reference), 100)} | {spent / 1e6:.3f} ({hit}/{best.seeds}) | "
+                f"{_mean_std(paired(best.group, reference), 100)} | {_reached(spent, hit, best.seeds)} | "
                 f"{_rising(best.group)} | {'yes' if fewer else 'no'}{'' if best.seeds >= 3 else ' (fewer than 3 seeds: no claim)'} |"
             )
     lines += [
@@ -189,6 +189,11 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         "",
     ]
     return lines
+
+
+def _reached(spent: float, hit: int, seeds: int) -> str:
+    """Payload MB to reach the target (mean over the seeds that do), and how many do."""
+    return f"{spent / 1e6:.3f} ({hit}/{seeds})" if hit else f"– (0/{seeds})"
 
 
 def _rising(group: RunSeeds) -> str:
