@@ -14,9 +14,10 @@ reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .reproduce import Plan
 PAPER_RATIO = 1085.0  # the FedZip paper's best compression
 MOONSHOT_RATIO = 2000.0
 BOTH_WAYS_RATIO = 500.0  # uploads and downloads together
+T = TypeVar("T")
 
 
 def family(cfg) -> str | None:
@@ -116,10 +118,14 @@ def _bytes_to_target(group: RunSeeds, target: float) -> tuple[float, int]:
     return (float(np.mean([h[1] for h in hits])) if hits else math.nan), len(hits)
 
 
-def _confirmed(candidates: Sequence[Point]) -> list[Point]:
+def _confirmed(candidates: Sequence[T], seeds: Callable[[T], int] = lambda p: p.seeds) -> list[T]:
     """The candidates measured on 3 seeds or more when there are any: a pick screened on one seed and
     then re-run on more is judged on all of them, not beaten by a lucky single seed."""
-    return [p for p in candidates if p.seeds >= 3] or list(candidates)
+    return [c for c in candidates if seeds(c) >= 3] or list(candidates)
+
+
+def _verdict(met: bool, seeds: int) -> str:
+    return ("yes" if met else "no") + ("" if seeds >= 3 else " (fewer than 3 seeds: no claim)")
 
 
 def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | None) -> list[str]:
@@ -153,12 +159,11 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         best = max(_confirmed(eligible), key=lambda p: p.val)
         delta = paired(best.group, reference)
         spent, hit = _bytes_to_target(best.group, target)
-        met = delta.size and 100 * delta.mean() >= -TARGET_POINTS
-        seeds_note = "" if best.seeds >= 3 else " (fewer than 3 seeds: no claim)"
+        met = bool(delta.size) and 100 * delta.mean() >= -TARGET_POINTS
         rate = f"{best.both:.0f}x both ways" if both else f"{best.rate:.0f}x"
         lines.append(
             f"| {label} | {best.plan}/{best.name} | {best.seeds} | {rate} | {_mean_std(delta, 100)} | "
-            f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {'yes' if met else 'no'}{seeds_note} |"
+            f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {_verdict(met, best.seeds)} |"
         )
     stc = [p for p in all_points if p.family == "STC"]
     if stc and fedzip:
@@ -172,14 +177,13 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             f"{_reached(stc_bytes, stc_hit, best_stc.seeds)} | {_rising(best_stc.group)} | – |"
         )
         if reaching:
-            confirmed = {id(p) for p in _confirmed([r[0] for r in reaching])}
-            best, spent, hit = min((r for r in reaching if id(r[0]) in confirmed), key=lambda r: r[1])
+            best, spent, hit = min(_confirmed(reaching, lambda r: r[0].seeds), key=lambda r: r[1])
             # a seed where STC never reaches the target costs it unbounded bytes
             fewer = hit == best.seeds and (stc_hit < best_stc.seeds or spent < stc_bytes)
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
                 f"{_mean_std(paired(best.group, reference), 100)} | {_reached(spent, hit, best.seeds)} | "
-                f"{_rising(best.group)} | {'yes' if fewer else 'no'}{'' if best.seeds >= 3 else ' (fewer than 3 seeds: no claim)'} |"
+                f"{_rising(best.group)} | {_verdict(fewer, best.seeds)} |"
             )
     lines += [
         "",

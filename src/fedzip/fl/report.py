@@ -112,13 +112,9 @@ def _ratio(value: float | None) -> str:
     return f"{value:.1f}x" if value else "-"
 
 
-def _number(value: float | None, unit: str = "") -> str:
-    """Two decimals, or "-" for a figure the run did not record (results of older versions)."""
-    return "-" if value is None or value != value else f"{value:.2f}{unit}"
-
-
-def _megabytes(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e6:.3f}"
+def _figure(value: float | None, spec: str = ".2f", scale: float = 1.0, unit: str = "") -> str:
+    """``value * scale`` formatted, or "-" for a figure the run did not record (results of older versions)."""
+    return "-" if value is None or value != value else f"{value * scale:{spec}}{unit}"
 
 
 def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float | None = None) -> Path:
@@ -168,7 +164,7 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         lines.append(
             f"| {_label(s)} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
             f"| {s['uplink_bytes'] / 1e6:.3f} | {s['bandwidth_saved_percent']:.2f}% "
-            f"| {_ratio(s['payload_compression_rate'])} | {_megabytes(s.get('downlink_bytes'))} "
+            f"| {_ratio(s['payload_compression_rate'])} | {_figure(s.get('downlink_bytes'), '.3f', 1e-6)} "
             f"| {_ratio(s.get('downlink_compression_ratio'))} | {_ratio(s.get('total_compression_ratio'))} "
             f"| {s['failures']} | {s['wall_seconds']:.0f} |"
         )
@@ -187,8 +183,8 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         lines.append(
             f"| {_label(s)} | {s['upload_joules_per_client_round']:.4f} "
             f"| {s['upload_energy_saved_percent']:.2f}% | {s['radio_energy_saved_percent']:.2f}% "
-            f"| {_number(s.get('round_joules_with_tail'))} "
-            f"| {_number(s.get('round_energy_saved_percent_with_tail'), '%')} |"
+            f"| {_figure(s.get('round_joules_with_tail'))} "
+            f"| {_figure(s.get('round_energy_saved_percent_with_tail'), unit='%')} |"
         )
     if target is not None:
         lines += [

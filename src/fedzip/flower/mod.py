@@ -166,12 +166,13 @@ def shared_start_mod(build: Callable[[Message, Context], ArrayRecord | Mapping[s
         if downlink.wants_start(msg.content, context.state):
             try:
                 built = build(msg, context)
-                if not isinstance(built, ArrayRecord):
-                    if isinstance(built, Mapping) and all(isinstance(v, np.ndarray) for v in built.values()):
-                        built = protocol.to_record(dict(built))
-                    else:
-                        built = ArrayRecord(built)
-                downlink.hold_start(context.state, protocol.from_record(built))
+                if isinstance(built, Mapping) and all(isinstance(v, np.ndarray) for v in built.values()):
+                    model = dict(built)
+                else:  # an ArrayRecord, or what Flower turns into one (a torch state_dict)
+                    model = protocol.from_record(
+                        built if isinstance(built, ArrayRecord) else ArrayRecord(built)
+                    )
+                downlink.hold_start(context.state, model)
             except Exception as exc:  # the user's code: report it, never crash the node
                 return _error(msg, f"shared_start_mod: building the initial model failed ({exc!r})")
         return call_next(msg, context)
