@@ -25,14 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedzip import FedZip
 from fedzip.feedback import ErrorFeedback
-from fedzip.fl import data as datamod
-from fedzip.fl import models, training
-
-CLIENTS = 10
+from probe_setting import CLIENTS, Setting
 
 
 def main() -> None:
@@ -42,29 +38,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="evaluate every this many rounds (and round 1)")
     parser.add_argument("--out", default="results/feedback-probe.csv")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    split = datamod.split_for(None, 5000, 12000, 0, 0)
-    dataset = split.train_test
-    shares = datamod.partition_indices(dataset.train_labels.tobytes(), "iid", CLIENTS, 0)
-    images = [training.to_tensor(dataset.train_images[s]) for s in shares]
-    labels = [torch.from_numpy(dataset.train_labels[s]) for s in shares]
-    val = training.to_tensor(split.val_images), torch.from_numpy(split.val_labels)
-    model = training.fast_layout(models.build("cnn", dataset.classes, 0))
-    start = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-    def load(weights: dict[str, np.ndarray]) -> None:
-        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
-
-    def accuracy(weights: dict[str, np.ndarray]) -> float:
-        load(weights)
-        return training.evaluate(model, *val)[0]
-
-    def update(weights: dict[str, np.ndarray], server_round: int, client: int) -> dict[str, np.ndarray]:
-        load(weights)
-        training.train(
-            model, images[client], labels[client], 1, 10, "sgd", 0.05, server_round * 1009 + client
-        )
-        return {k: v.detach().numpy() - weights[k] for k, v in model.state_dict().items()}
+    setting = Setting()
+    start, accuracy, update = setting.start, setting.accuracy, setting.update
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
