@@ -5,7 +5,7 @@
 Time-correlated sparsification (Ozfatura et al., ISIT 2021): the server
 sends every client the positions of the largest entries of the last global
 update; a client sends its values there without positions (k-means labels,
-Huffman-coded: ~1.5 bits an entry instead of ~12 with a position), and
+Huffman-coded: ~1.7 bits an entry instead of ~12 with a position), and
 spends what is left of its byte budget on its own largest entries elsewhere
 (FedZip, uniform split). Error feedback on both parts. The setting is
 feedback_probe.py's (converge-iid, seed 0, validation accuracy); ``uniform``
