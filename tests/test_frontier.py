@@ -217,3 +217,34 @@ def test_targets_say_whether_a_pick_was_still_rising():
     # rounds 16-18 against 18-20: two rounds apart, +1.00 point; FedAvg +0.00
     assert row.split(" | ")[6] == "+1.00"
     assert any("FedAvg's: +0.00" in line for line in lines)
+
+
+def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    stc_cfg = cfg.replace(codec="stc", error_feedback=True, keep=0.005)
+    # STC reaches 0.89 in round 1 (1,000 B) with one seed, never with the other two
+    stc = run_seeds("stc", stc_cfg, [(0.88, 0.88)] * 3, 600.0, [0.1, 0.89, 0.88, 0.88])
+    stc.metrics[1] = stc.metrics[2] = run_seeds(
+        "x", stc_cfg, [(0.88, 0.88)], curve=[0.1, 0.8, 0.85, 0.88]
+    ).metrics[0]
+    # "slow" reaches with every seed in round 3 (3,000 B); "fast" in round 1 but with two seeds only
+    slow = run_seeds(
+        "slow", cfg.replace(budget_ratio=600.0), [(0.895, 0.895)] * 3, 600.0, [0.1, 0.5, 0.8, 0.895]
+    )
+    fast = run_seeds(
+        "fast", cfg.replace(budget_ratio=700.0), [(0.895, 0.895)] * 3, 700.0, [0.1, 0.89, 0.89, 0.895]
+    )
+    fast.metrics[2] = run_seeds("x", cfg, [(0.88, 0.88)], curve=[0.1, 0.8, 0.85, 0.88]).metrics[0]
+    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "stc": stc, "slow": slow, "fast": fast})]
+    lines = target_lines("p", points(pooled), fedavg)
+    stc_row = next(line for line in lines if line.startswith("| STC at its best p"))
+    assert "0.001 (1/3)" in stc_row
+    fewer = next(line for line in lines if line.startswith("| fewer bytes"))
+    assert "p/slow" in fewer and "0.003 (3/3)" in fewer and fewer.endswith("| yes |")
+    # once STC reaches with every seed in fewer bytes, the same pick is not fewer
+    stc.metrics[1] = stc.metrics[2] = stc.metrics[0]
+    fewer = next(
+        line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| fewer bytes")
+    )
+    assert "p/slow" in fewer and fewer.endswith("| no |")
