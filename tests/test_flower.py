@@ -539,6 +539,36 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
     assert not np.allclose(protocol.from_record(arrays)["w"], model["w"])
 
 
+@pytest.mark.parametrize(
+    "payloads",
+    [{"x": b"\x00" * 8}, {"0": b"not a fedzip payload"}, {"1": b""}],
+    ids=["wrong-key", "garbage", "gap"],
+)
+def test_a_malformed_download_is_an_error_reply_and_the_copy_is_dropped(rng, payloads):
+    from fedzip.flower import downlink
+
+    model = global_model(rng)
+    strategy = both_ways_strategy()
+    ctx = context(0)
+    delta = {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()}
+    arrays = to_record(model)
+    for server_round in (1, 2):
+        (message,) = strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid([0]))
+        if server_round == 2:
+            assert downlink.DOWN_PAYLOADS in message.content.array_records
+            message.content[downlink.DOWN_PAYLOADS] = ArrayRecord(
+                {k: protocol.bytes_array(v) for k, v in payloads.items()}
+            )
+        reply = fedzip_mod(message, ctx, make_client(delta, 10))
+        updated, _ = strategy.aggregate_train(server_round, [reply])
+        arrays = arrays if updated is None else updated
+    assert reply.has_error() and "dropped" in reply.error.reason
+    assert downlink.STATE_MODEL not in ctx.state.array_records
+    (message,) = strategy.configure_train(3, arrays, ConfigRecord({}), FakeGrid([0]))
+    assert downlink.DOWN_MODEL in message.content.array_records  # dense again
+    assert not fedzip_mod(message, ctx, make_client(delta, 10)).has_error()
+
+
 def test_a_shared_start_sends_no_model_in_round_one(rng):
     """Clients that build the initial model themselves get only its checksum in round 1; a client
     whose build differs, or that has no builder, errs once and is sent the dense model next round;

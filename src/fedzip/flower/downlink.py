@@ -222,6 +222,11 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
                 )
             model = protocol.from_record(state.array_records[STATE_MODEL])
             payloads = content.array_records.get(DOWN_PAYLOADS, ArrayRecord())
+            numbers = {str(i) for i in range(len(payloads))}
+            if set(payloads) != numbers:  # as a set: a wire need not keep the order
+                raise DownlinkError(
+                    f"the download's payloads are not numbered 0, 1, ...: {list(payloads)[:5]}"
+                )
             for index in range(len(payloads)):
                 apply(model, protocol.array_bytes(payloads[str(index)]))
             if DOWN_PASSTHROUGH in content.array_records:
@@ -231,7 +236,7 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
                     model[k] = v
         if checksum(model) != expected:
             raise DownlinkError("the model after the download does not match the server's (checksum)")
-    except (DownlinkError, ValueError) as exc:
+    except (DownlinkError, ValueError, KeyError, TypeError) as exc:
         state.pop(STATE_MODEL, None)
         state.pop(STATE_INFO, None)
         raise DownlinkError(f"{exc}; the copy is dropped and the next download will be dense") from None
