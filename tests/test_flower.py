@@ -656,6 +656,36 @@ def test_past_the_history_or_after_the_model_changed_a_newcomer_gets_the_model_d
     assert broadcaster.content_for(7, "arrays")[0][downlink.DOWN_BASE] == -1
 
 
+def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
+    """FedAvg averages integer buffers into float64, FedAdam keeps a float64 model: the same model
+    in other dtypes, not another model. Downloads stay payloads, the client's copy takes the new
+    dtypes, and a shared start stays on."""
+    from fedzip.flower import downlink
+
+    start = {
+        "w": rng.standard_normal((40, 30)).astype(np.float32),
+        "count": np.array(3, dtype=np.int64),
+    }
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.2), history=4, shared_start=True)
+    state = RecordDict()
+    downlink.hold_start(state, start)
+    model = start
+    for version in range(3):
+        broadcaster.advance(model)
+        config, records = broadcaster.content_for(7, "arrays")
+        assert config[downlink.DOWN_BASE] == max(version - 1, 0)
+        assert downlink.DOWN_MODEL not in records
+        content = RecordDict({"config": ConfigRecord(config), **records})
+        held = downlink.receive(content, state)
+        assert downlink.checksum(held) == broadcaster.checksum
+        broadcaster.confirm(7, broadcaster.version)
+        model = {"w": (model["w"] + 0.01).astype(np.float64), "count": np.array(3.5 + version)}
+    assert held["w"].dtype == held["count"].dtype == np.float64
+    assert (
+        broadcaster.content_for(8, "arrays")[0][downlink.DOWN_BASE] == 0
+    )  # a newcomer: still from version 0
+
+
 def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_rounds(rng):
     """A FedZip downlink with a byte budget: every download fits it, and what one round drops the
     next rounds send, so the clients' replica follows the model instead of falling behind."""

@@ -78,6 +78,8 @@ MATRIX_APP = {name: "scalar" if name == "QFedAvg" else "bn_cnn" for name in STRA
 # The other models go through the strategies most likely to trip on them.
 OTHER_APPS = [(app, s) for app in ("scalar", "embedding", "numpy_lr") for s in ("FedAvg", "FedAdam", "Krum")]
 
+DOWNLINK_RUNS = [(app, s) for app in userapps.APPS for s in ("FedAvg", "FedAdam", "Krum")]
+
 
 def start(grid: Grid, strategy, app: str, rounds: int = ROUNDS) -> dict[str, np.ndarray]:
     """Run ``strategy`` from the app's initial weights; seeded so that reruns sample alike."""
@@ -150,6 +152,22 @@ def matrix():
                 "fedzip": start(grid, compressed, app),
                 "fedzip-strategy": compressed,
             }
+        # Both directions compressed: lossless downloads must give the plain run's model, lossy
+        # ones must keep every client on the server's replica (checked by the download's checksum).
+        for app, name in DOWNLINK_RUNS:
+            lossless = FedZipStrategy(STRATEGIES[name](), compressor="none", downlink="none")
+            both = FedZipStrategy(
+                STRATEGIES[name](),
+                compressor=fedzip.FedZip(keep=0.2),
+                error_feedback=True,
+                downlink=fedzip.FedZip(keep=0.2),
+            )
+            out["down", app, name] = {
+                "none": start(grid, lossless, app),
+                "none-strategy": lossless,
+                "fedzip": start(grid, both, app),
+                "fedzip-strategy": both,
+            }
         # Flower's server-side DP wrappers, inside FedZipStrategy, against DP alone.
         dp = {
             "fixed": lambda: DifferentialPrivacyServerSideFixedClipping(
@@ -210,6 +228,28 @@ def test_models_with_scalars_integer_buffers_and_float64(matrix, app, name):
     if app == "scalar":
         assert run["fedzip"]["temperature"].shape == ()
     assert_raw_size_is_what_clients_send(run["fedzip-strategy"], app)
+
+
+@pytest.mark.parametrize(("app", "name"), DOWNLINK_RUNS)
+def test_compressed_downloads_in_users_apps(matrix, app, name):
+    run = matrix["down", app, name]
+    assert_same_model(run["none"], matrix[app, name]["plain"])
+    assert_every_reply_accepted(run["none-strategy"])
+    strategy = run["fedzip-strategy"]
+    assert_every_reply_accepted(strategy)  # a client off the replica would have failed its checksum
+    # round 1 is dense; the strategy turns integer buffers into float64 (FedAvg), or the whole model
+    # (FedAdam), and round 2 is still a payload
+    assert [s.dense_downloads for s in strategy.history] == [NODES] + [0] * (ROUNDS - 1)
+    assert all(s.downlink_bytes < s.downlink_raw_bytes for s in strategy.history[1:])
+    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+    replica = strategy.broadcaster.replica
+    assert list(replica) == list(initial)
+    for key, value in run["fedzip"].items():
+        assert value.shape == initial[key].shape == replica[key].shape
+        if value.dtype.kind in "iub":  # integer buffers travel exactly, both ways
+            np.testing.assert_array_equal(replica[key], value)
+    moved = {k for k in initial if not np.allclose(run["fedzip"][k], initial[k])}
+    assert moved, "the compressed run did not train"
 
 
 def assert_raw_size_is_what_clients_send(strategy: FedZipStrategy, app: str) -> None:

@@ -83,8 +83,12 @@ def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
     limit = sum(a.size for a in replica.values())
     for name, delta in decode(payload, max_elements=limit, max_tensors=len(replica)).items():
         target = replica.get(name)
-        if target is None or target.shape != delta.shape or target.dtype != delta.dtype:
+        if target is None or target.shape != delta.shape:
             raise DownlinkError(f"the download's tensor {name!r} does not match the model held")
+        if target.dtype != delta.dtype:
+            # the strategy changed the tensor's dtype (FedAvg averages integer buffers in float64,
+            # FedAdam keeps a float64 model): hold it as the server now does
+            target = replica[name] = target.astype(delta.dtype)
         target += delta
 
 
@@ -110,11 +114,10 @@ class Broadcaster:
         if (
             self.replica is None
             or list(self.replica) != list(model)
-            or any(
-                self.replica[k].shape != v.shape or self.replica[k].dtype != v.dtype for k, v in model.items()
-            )
+            or any(self.replica[k].shape != v.shape for k, v in model.items())
         ):
             # first round, or another model: everyone starts from the exact model, dense
+            # (a dtype the strategy changed is not another model: the payloads carry it)
             if self.replica is not None:
                 self._assumed = None  # a model changed mid-run is not one clients can build
             self.replica = {k: np.array(v, copy=True) for k, v in model.items()}

@@ -33,7 +33,7 @@ from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
-from .downlink import Broadcaster
+from .downlink import DOWN_MODEL, Broadcaster
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
 _CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
@@ -68,6 +68,7 @@ class RoundStats:
     payload_bytes: int = 0  # len() of the accepted payloads alone
     downlink_bytes: int = 0  # count_bytes() of every train message as sent (all nodes)
     downlink_raw_bytes: int = 0  # the same messages with the global model's weights
+    dense_downloads: int = 0  # with compressed downloads: nodes sent the whole model (new or out of sync)
     aggregated: bool = False  # False when too few replies were accepted to update the model
 
     @property
@@ -225,7 +226,7 @@ class FedZipStrategy(Strategy):
         elif downlink_shared_start:
             raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
-        self._down: tuple[int, int] = (0, 0)  # this round's downlink bytes, and as float weights
+        self._down: tuple[int, int, int] = (0, 0, 0)  # this round's downlink bytes, as floats, dense ones
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
@@ -301,7 +302,8 @@ class FedZipStrategy(Strategy):
             self.broadcaster.advance(protocol.from_record(arrays))
             for message in messages:
                 self._download(message)
-        self._down = (sum(_content_bytes(m) for m in messages), raw)
+        dense = sum(DOWN_MODEL in m.content.array_records for m in messages)
+        self._down = (sum(_content_bytes(m) for m in messages), raw, dense if self.broadcaster else 0)
         return messages
 
     def _download(self, message: Message) -> None:
@@ -344,7 +346,7 @@ class FedZipStrategy(Strategy):
                     self.broadcaster.forget(node)  # it may or may not hold the new version
                 else:
                     self.broadcaster.confirm(node, version)
-        stats.downlink_bytes, stats.downlink_raw_bytes = self._down
+        stats.downlink_bytes, stats.downlink_raw_bytes, stats.dense_downloads = self._down
         for index, reply in enumerate(replies):
             stats.replies += 1
             if reply.has_error():
