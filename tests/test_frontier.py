@@ -123,6 +123,10 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
     assert row.endswith(f" {(1e6 + 10 * MODEL) / (1000 + 20_000):.1f}x |")
     fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
     assert "budget" not in fedavg_row and "budget 1/1000 of float32" in row and "shared start" in row
+    assert "findings.md" not in text
+    (tmp_path / "findings.md").write_text("# by hand\n")
+    text = write_document(tmp_path / "results.md", [(plan, results)]).read_text()
+    assert "[findings.md](findings.md)" in text  # the analysis kept by hand, linked once it exists
 
 
 def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypatch):

@@ -383,6 +383,9 @@ def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[s
     return out
 
 
+FINDINGS = "findings.md"  # next to results.md: the targets' analysis, kept by hand
+
+
 def write_document(
     path: Path,
     plans: Sequence[tuple[Plan, Sequence[tuple[PlannedRun, dict[str, Any]]]]],
@@ -431,6 +434,12 @@ def write_document(
         "back to back: [benchmarks.md](benchmarks.md#a-federated-round-phase-by-phase-fedzip-bench---fl).",
         "",
     ]
+    if (path.parent / FINDINGS).exists():
+        lines += [
+            f"What the targets below reached, what limits those not met (with the measurements that show it) "
+            f"and what would be needed: [{FINDINGS}]({FINDINGS}), written by hand from these tables.",
+            "",
+        ]
     if missing:
         lines += ["**Not finished yet** (the tables show the runs that are): " + "; ".join(missing) + ".", ""]
     lines += [*sections, *frontier_lines(grouped_plans, assets), *energy_lines(grouped_plans)]
