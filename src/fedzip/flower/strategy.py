@@ -303,7 +303,7 @@ class FedZipStrategy(Strategy):
             for message in messages:
                 self._download(message)
         dense = sum(DOWN_MODEL in m.content.array_records for m in messages)
-        self._down = (sum(_content_bytes(m) for m in messages), raw, dense if self.broadcaster else 0)
+        self._down = (sum(_content_bytes(m) for m in messages), raw, dense if self.broadcaster is not None else 0)
         return messages
 
     def _download(self, message: Message) -> None:
