@@ -302,8 +302,8 @@ class FedZipStrategy(Strategy):
             self.broadcaster.advance(protocol.from_record(arrays))
             for message in messages:
                 self._download(message)
-        dense = sum(DOWN_MODEL in m.content.array_records for m in messages)
-        self._down = (sum(_content_bytes(m) for m in messages), raw, dense if self.broadcaster is not None else 0)
+        dense = sum(DOWN_MODEL in m.content.array_records for m in messages)  # 0 without a broadcaster
+        self._down = (sum(_content_bytes(m) for m in messages), raw, dense)
         return messages
 
     def _download(self, message: Message) -> None:
