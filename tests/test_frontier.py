@@ -66,6 +66,11 @@ def test_frontier_keeps_only_runs_nobody_beats_on_both_axes():
     kept = frontier([a, b, c, d])
     assert [p.name for p in kept] == ["a", "d"]  # b and c compress less than d and score lower
     assert [p.name for p in frontier([a, b, c])] == ["a", "b"]
+    # measured on 3 seeds, b is not pushed off the line by d's single seed; a 3-seed d would
+    b.group.runs = [None] * 3
+    assert [p.name for p in frontier([a, b, d])] == ["a", "b", "d"]
+    d.group.runs = [None] * 3
+    assert [p.name for p in frontier([a, b, d])] == ["a", "d"]
 
 
 def test_deltas_pair_seeds_that_both_runs_have():
@@ -252,3 +257,24 @@ def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
         line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| fewer bytes")
     )
     assert "p/slow" in fewer and fewer.endswith("| no |")
+
+
+def test_runs_that_compress_downloads_are_not_uplink_picks():
+    """Their accuracy depends on the downloads: they compete in the both-ways row only."""
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    plain = run_seeds("plain", cfg.replace(budget_ratio=1100.0), [(0.88, 0.88)] * 3, 1100.0)
+    down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap")
+    both = run_seeds("both", down, [(0.89, 0.89)] * 3, 1100.0, downlink_bytes=1_000)
+    stc_down = run_seeds("stc-down", cfg.replace(codec="stc", downlink="stc"), [(0.90, 0.90)] * 3, 1000.0)
+    stc = run_seeds("stc", cfg.replace(codec="stc"), [(0.87, 0.87)] * 3, 1000.0)
+    pooled = [
+        (
+            Plan("p", cfg, ()),
+            {"fedavg": fedavg, "plain": plain, "both": both, "stc-down": stc_down, "stc": stc},
+        )
+    ]
+    lines = target_lines("p", points(pooled), fedavg)
+    assert "p/plain" in next(line for line in lines if line.startswith("| ≥1085x"))
+    assert "p/both" in next(line for line in lines if line.startswith("| ≥500x up"))
+    assert "p/stc " in next(line for line in lines if line.startswith("| STC at its best p"))
