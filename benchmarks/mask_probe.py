@@ -46,9 +46,8 @@ def main() -> None:
     with open(out, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "round", "val_accuracy", "mean_payload_bytes", "seconds"])
-        variants = (["uniform"] if args.plain else []) + [f"mask-{m:g}" for m in args.mask]
-        for variant in variants:
-            fraction = float(variant.split("-")[1]) if variant.startswith("mask") else 0.0
+        variants = ([("uniform", 0.0)] if args.plain else []) + [(f"mask-{m:g}", m) for m in args.mask]
+        for variant, fraction in variants:
             began = time.perf_counter()
             residuals = [{k: np.zeros_like(v) for k, v in start.items()} for _ in range(CLIENTS)]
             served = dict(start)
@@ -68,10 +67,10 @@ def main() -> None:
                             flat_r, flat_t = residual[k].reshape(-1), total[k].reshape(-1)
                             flat_r[mask[k]] -= v
                             flat_t[mask[k]] += v
-                    rest = {
-                        k: v if k not in mask else np.where(_hit(v.size, mask[k]).reshape(v.shape), 0, v)
-                        for k, v in residual.items()
-                    }
+                    rest = dict(residual)
+                    for k, idx in mask.items():  # the rest of the budget goes to entries off the mask
+                        rest[k] = residual[k].copy()
+                        rest[k].reshape(-1)[idx] = 0
                     extras = FedZip(budget_bytes=max(1, budget - size), budget_split="uniform")
                     try:
                         payload = extras.encode(rest)
@@ -100,12 +99,6 @@ def main() -> None:
                     handle.flush()
                     print(*row, flush=True)
     print(f"rows: {out}  (budget {budget} bytes an upload)")
-
-
-def _hit(size: int, positions: np.ndarray) -> np.ndarray:
-    hit = np.zeros(size, dtype=bool)
-    hit[positions] = True
-    return hit
 
 
 if __name__ == "__main__":

@@ -681,9 +681,8 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
         broadcaster.confirm(7, broadcaster.version)
         model = {"w": (model["w"] + 0.01).astype(np.float64), "count": np.array(3.5 + version)}
     assert held["w"].dtype == held["count"].dtype == np.float64
-    assert (
-        broadcaster.content_for(8, "arrays")[0][downlink.DOWN_BASE] == 0
-    )  # a newcomer: still from version 0
+    newcomer, _ = broadcaster.content_for(8, "arrays")
+    assert newcomer[downlink.DOWN_BASE] == 0  # still from version 0
 
 
 def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_rounds(rng):

@@ -12,23 +12,27 @@ from fedzip.fl.reproduce import Plan, PlannedRun
 MODEL = 4_000_000
 
 
+def metrics(values, test):
+    """One seed's rows: validation accuracy per round (round 0 first), 1,000 payload bytes a round."""
+    return [
+        {
+            "round": float(r),
+            "accuracy": test if r == len(values) - 1 else float("nan"),
+            "val_accuracy": v,
+            "payload_bytes": 0.0 if r == 0 else 1000.0,
+            "clients": 0 if r == 0 else 10,
+            "client_train_seconds": 1.0,
+        }
+        for r, v in enumerate(values)
+    ]
+
+
 def run_seeds(name, cfg, finals, rate=1.0, curve=None, seeds=None, downlink_bytes=0):
     """A run over seeds: final (test, validation) per seed, a validation curve, a whole-run rate."""
     group = RunSeeds(name)
     for index, (test, val) in enumerate(finals):
         seed = seeds[index] if seeds else index
         values = curve or [0.1, val]
-        metrics = [
-            {
-                "round": float(r),
-                "accuracy": test if r == len(values) - 1 else float("nan"),
-                "val_accuracy": v,
-                "payload_bytes": 0.0 if r == 0 else 1000.0,
-                "clients": 0 if r == 0 else 10,
-                "client_train_seconds": 1.0,
-            }
-            for r, v in enumerate(values)
-        ]
         payload = 1000.0 * (len(values) - 1)
         group.runs.append(PlannedRun(name, cfg.replace(seed=seed), seed))
         group.summaries.append(
@@ -42,8 +46,18 @@ def run_seeds(name, cfg, finals, rate=1.0, curve=None, seeds=None, downlink_byte
                 "wall_seconds": 1.0,
             }
         )
-        group.metrics.append(metrics)
+        group.metrics.append(metrics(values, test))
     return group
+
+
+def fedavg_reference(cfg):
+    """FedAvg on 3 seeds, 0.90 at the end of a 3-round validation curve: the targets' reference."""
+    return run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+
+
+def target_row(lines, prefix):
+    """The targets table's row that starts with ``prefix``."""
+    return next(line for line in lines if line.startswith(prefix))
 
 
 def test_families_name_codecs_as_papers_do():
@@ -83,7 +97,7 @@ def test_deltas_pair_seeds_that_both_runs_have():
 
 def test_targets_are_picked_on_validation_not_test():
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     # Both compress >= 1085x; "high-val" wins on validation even though "high-test" has the better test score.
     high_val = run_seeds(
         "high-val", cfg.replace(budget_ratio=1100.0), [(0.885, 0.895)] * 3, 1100.0, [0.1, 0.89, 0.89, 0.895]
@@ -167,7 +181,7 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
 
 def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     one_seed = run_seeds("one", cfg.replace(budget_ratio=1100.0), [(0.9, 0.9)], 1100.0, [0.1, 0.89, 0.9, 0.9])
     stc = run_seeds(
         "stc", cfg.replace(codec="stc", keep=0.0025), [(0.87, 0.87)] * 3, 1000.0, [0.1, 0.5, 0.8, 0.87]
@@ -181,7 +195,7 @@ def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
 
 def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     # uploads only: 1100x up, but every client downloads the float32 model
     up_only = run_seeds("up-only", cfg.replace(budget_ratio=1100.0), [(0.90, 0.92)] * 3, 1100.0)
     down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap")
@@ -201,7 +215,7 @@ def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
 
 def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     lucky = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.89, 0.93)], 1100.0)
     confirmed = run_seeds("confirmed", cfg.replace(budget_ratio=1100.0), [(0.895, 0.90)] * 3, 1100.0)
     pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "lucky": lucky, "confirmed": confirmed})]
@@ -230,13 +244,11 @@ def test_targets_say_whether_a_pick_was_still_rising():
 
 def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     stc_cfg = cfg.replace(codec="stc", error_feedback=True, keep=0.005)
     # STC reaches 0.89 in round 1 (1,000 B) with one seed, never with the other two
     stc = run_seeds("stc", stc_cfg, [(0.88, 0.88)] * 3, 600.0, [0.1, 0.89, 0.88, 0.88])
-    stc.metrics[1] = stc.metrics[2] = run_seeds(
-        "x", stc_cfg, [(0.88, 0.88)], curve=[0.1, 0.8, 0.85, 0.88]
-    ).metrics[0]
+    stc.metrics[1] = stc.metrics[2] = metrics([0.1, 0.8, 0.85, 0.88], 0.88)
     # "slow" reaches with every seed in round 3 (3,000 B); "fast" in round 1 but with two seeds only
     slow = run_seeds(
         "slow", cfg.replace(budget_ratio=600.0), [(0.895, 0.895)] * 3, 600.0, [0.1, 0.5, 0.8, 0.895]
@@ -244,25 +256,22 @@ def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
     fast = run_seeds(
         "fast", cfg.replace(budget_ratio=700.0), [(0.895, 0.895)] * 3, 700.0, [0.1, 0.89, 0.89, 0.895]
     )
-    fast.metrics[2] = run_seeds("x", cfg, [(0.88, 0.88)], curve=[0.1, 0.8, 0.85, 0.88]).metrics[0]
+    fast.metrics[2] = metrics([0.1, 0.8, 0.85, 0.88], 0.88)
     pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "stc": stc, "slow": slow, "fast": fast})]
     lines = target_lines("p", points(pooled), fedavg)
-    stc_row = next(line for line in lines if line.startswith("| STC at its best p"))
-    assert "0.001 (1/3)" in stc_row
-    fewer = next(line for line in lines if line.startswith("| fewer bytes"))
+    assert "0.001 (1/3)" in target_row(lines, "| STC at its best p")
+    fewer = target_row(lines, "| fewer bytes")
     assert "p/slow" in fewer and "0.003 (3/3)" in fewer and fewer.endswith("| yes |")
     # once STC reaches with every seed in fewer bytes, the same pick is not fewer
     stc.metrics[1] = stc.metrics[2] = stc.metrics[0]
-    fewer = next(
-        line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| fewer bytes")
-    )
+    fewer = target_row(target_lines("p", points(pooled), fedavg), "| fewer bytes")
     assert "p/slow" in fewer and fewer.endswith("| no |")
 
 
 def test_runs_that_compress_downloads_are_not_uplink_picks():
     """Their accuracy depends on the downloads: they compete in the both-ways row only."""
     cfg = ExperimentConfig(rounds=3)
-    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
+    fedavg = fedavg_reference(cfg)
     plain = run_seeds("plain", cfg.replace(budget_ratio=1100.0), [(0.88, 0.88)] * 3, 1100.0)
     down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap")
     both = run_seeds("both", down, [(0.89, 0.89)] * 3, 1100.0, downlink_bytes=1_000)
@@ -275,6 +284,6 @@ def test_runs_that_compress_downloads_are_not_uplink_picks():
         )
     ]
     lines = target_lines("p", points(pooled), fedavg)
-    assert "p/plain" in next(line for line in lines if line.startswith("| ≥1085x"))
-    assert "p/both" in next(line for line in lines if line.startswith("| ≥500x up"))
-    assert "p/stc " in next(line for line in lines if line.startswith("| STC at its best p"))
+    assert "p/plain" in target_row(lines, "| ≥1085x")
+    assert "p/both" in target_row(lines, "| ≥500x up")
+    assert "p/stc " in target_row(lines, "| STC at its best p")
