@@ -20,15 +20,13 @@ Rows go to a CSV as they come; one round takes ~12 s per variant on one core.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from pathlib import Path
 
 import numpy as np
 
 from fedzip import FedZip
 from fedzip.feedback import ErrorFeedback
-from probe_setting import CLIENTS, Setting
+from probe_setting import CLIENTS, Rows, Setting
 
 
 def main() -> None:
@@ -41,56 +39,44 @@ def main() -> None:
     setting = Setting()
     start, accuracy, update = setting.start, setting.accuracy, setting.update
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["variant", "round", "val_accuracy", "seconds"])
+    rows = Rows(args.out, ["variant", "round", "val_accuracy", "seconds"], args.every)
 
-        def report(variant: str, server_round: int, weights: dict[str, np.ndarray], began: float) -> None:
-            row = [variant, server_round, round(accuracy(weights), 4), round(time.perf_counter() - began)]
-            writer.writerow(row)
-            handle.flush()
-            print(*row, flush=True)
+    def report(variant: str, server_round: int, weights: dict[str, np.ndarray], began: float) -> None:
+        rows.add(variant, server_round, round(accuracy(weights), 4), round(time.perf_counter() - began))
 
-        def due(server_round: int) -> bool:
-            return server_round == 1 or server_round % args.every == 0
+    began = time.perf_counter()
+    senders = [ErrorFeedback(FedZip(budget_ratio=args.ratio, budget_split="uniform")) for _ in range(CLIENTS)]
+    served = dict(start)
+    for server_round in range(1, args.rounds + 1):
+        total = {k: np.zeros_like(v) for k, v in served.items()}
+        for client, sender in enumerate(senders):
+            payload = sender.encode(update(served, server_round, client))
+            for k, v in sender.codec.decode(payload).items():
+                total[k] += v
+        served = {k: v + total[k] / CLIENTS for k, v in served.items()}
+        if rows.due(server_round):
+            report("served", server_round, served, began)
+            virtual = {k: v + sum(s.residual[k] for s in senders) / CLIENTS for k, v in served.items()}
+            report("virtual", server_round, virtual, began)
 
-        began = time.perf_counter()
-        senders = [
-            ErrorFeedback(FedZip(budget_ratio=args.ratio, budget_split="uniform")) for _ in range(CLIENTS)
-        ]
-        served = dict(start)
-        for server_round in range(1, args.rounds + 1):
-            total = {k: np.zeros_like(v) for k, v in served.items()}
-            for client, sender in enumerate(senders):
-                payload = sender.encode(update(served, server_round, client))
-                for k, v in sender.codec.decode(payload).items():
-                    total[k] += v
-            served = {k: v + total[k] / CLIENTS for k, v in served.items()}
-            if due(server_round):
-                report("served", server_round, served, began)
-                virtual = {k: v + sum(s.residual[k] for s in senders) / CLIENTS for k, v in served.items()}
-                report("virtual", server_round, virtual, began)
-
-        began = time.perf_counter()
-        codec = FedZip(budget_ratio=args.ratio, budget_split="uniform")
-        estimates = [{k: np.zeros_like(v) for k, v in start.items()} for _ in range(CLIENTS)]
-        step = {k: np.zeros_like(v) for k, v in start.items()}
-        weights = dict(start)
-        for server_round in range(1, args.rounds + 1):
-            total = {k: np.zeros_like(v) for k, v in start.items()}
-            for client, estimate in enumerate(estimates):
-                new = update(weights, server_round, client)
-                sent = codec.decode(codec.encode({k: v - estimate[k] for k, v in new.items()}))
-                for k, v in sent.items():
-                    estimate[k] += v
-                    total[k] += v
-            step = {k: v + total[k] / CLIENTS for k, v in step.items()}
-            weights = {k: v + step[k] for k, v in weights.items()}
-            if due(server_round):
-                report("ef21", server_round, weights, began)
-    print(f"rows: {out}")
+    began = time.perf_counter()
+    codec = FedZip(budget_ratio=args.ratio, budget_split="uniform")
+    estimates = [{k: np.zeros_like(v) for k, v in start.items()} for _ in range(CLIENTS)]
+    step = {k: np.zeros_like(v) for k, v in start.items()}
+    weights = dict(start)
+    for server_round in range(1, args.rounds + 1):
+        total = {k: np.zeros_like(v) for k, v in start.items()}
+        for client, estimate in enumerate(estimates):
+            new = update(weights, server_round, client)
+            sent = codec.decode(codec.encode({k: v - estimate[k] for k, v in new.items()}))
+            for k, v in sent.items():
+                estimate[k] += v
+                total[k] += v
+        step = {k: v + total[k] / CLIENTS for k, v in step.items()}
+        weights = {k: v + step[k] for k, v in weights.items()}
+        if rows.due(server_round):
+            report("ef21", server_round, weights, began)
+    print(f"rows: {rows.path}")
 
 
 if __name__ == "__main__":

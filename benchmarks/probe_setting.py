@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -33,8 +36,10 @@ class Setting:
         self.load(weights)
         return training.evaluate(self.model, *self.val)[0]
 
-    def update(self, weights: dict[str, np.ndarray], server_round: int, client: int) -> dict[str, np.ndarray]:
-        """One epoch of ``client``'s local training from ``weights`` (SGD lr 0.05, batch 10): trained - weights."""
+    def update(
+        self, weights: dict[str, np.ndarray], server_round: int, client: int, lr: float = 0.05
+    ) -> dict[str, np.ndarray]:
+        """One epoch of ``client``'s local training from ``weights`` (SGD, batch 10): trained - weights."""
         self.load(weights)
         training.train(
             self.model,
@@ -43,7 +48,28 @@ class Setting:
             1,
             10,
             "sgd",
-            0.05,
+            lr,
             server_round * 1009 + client,
         )
         return {k: v.detach().numpy() - weights[k] for k, v in self.model.state_dict().items()}
+
+
+class Rows:
+    """A CSV written row by row, flushed and echoed, so a long probe can be read while it runs."""
+
+    def __init__(self, path: str, header: list[str], every: int) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.every = every
+        self._handle = open(self.path, "w", newline="")  # noqa: SIM115 - open for the probe's life
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(header)
+
+    def due(self, server_round: int) -> bool:
+        """Whether a row is due after this round: round 1 and every ``every`` rounds."""
+        return server_round == 1 or server_round % self.every == 0
+
+    def add(self, *row: object) -> None:
+        self._writer.writerow(row)
+        self._handle.flush()
+        print(*row, flush=True)

@@ -13,8 +13,10 @@ from hypothesis.extra import numpy as hnp
 import fedzip
 from conftest import heavy_tailed
 from fedzip import wire
-from fedzip.compressors import QSGD, STC, Float16, SignSGD, TopK
+from fedzip.bitio import BitWriter
+from fedzip.compressors import QSGD, STC, Float16, LowRank, SignSGD, TopK
 from fedzip.compressors.stc import golomb_parameter
+from fedzip.feedback import ErrorFeedback
 
 BASELINES = [
     Float16(),
@@ -25,6 +27,8 @@ BASELINES = [
     SignSGD(),
     STC(keep=0.0025),
     STC(keep=0.3),
+    LowRank(rank=1, bits=4),
+    LowRank(rank=3, bits=2, iterations=1, seed=9),
 ]
 IDS = [repr(c) for c in BASELINES]
 
@@ -77,6 +81,11 @@ def test_nan_and_inf_are_rejected(codec, bad):
         {"id": "qsgd", "levels": 256},
         {"id": "qsgd", "bucket": 0},
         {"id": "qsgd", "seed": -1},
+        {"id": "lowrank", "rank": 0},
+        {"id": "lowrank", "bits": 1},
+        {"id": "lowrank", "bits": 17},
+        {"id": "lowrank", "iterations": 0},
+        {"id": "lowrank", "rank": 1.0},
     ],
 )
 def test_bad_options_raise_value_error(config):
@@ -85,7 +94,7 @@ def test_bad_options_raise_value_error(config):
 
 
 def test_every_baseline_is_registered():
-    assert {"none", "fp16", "topk", "qsgd", "signsgd", "stc", "fedzip"} <= set(fedzip.available())
+    assert {"none", "fp16", "topk", "qsgd", "signsgd", "stc", "lowrank", "fedzip"} <= set(fedzip.available())
 
 
 def test_fp16_halves_the_bytes_and_refuses_what_it_cannot_hold(rng):
@@ -242,6 +251,14 @@ def one_record(encoding, kept, params, body_bits, body, shape=(8,)):
     return wire.write([rec])
 
 
+def lowrank_record(bits, rank, stored, scales, shape=(8,)):
+    writer = BitWriter()
+    writer.write(bits, 5)
+    writer.write(rank, 16)
+    writer.write_array(np.asarray(stored, np.uint64), max(bits, 2))
+    return one_record(22, len(stored), scales, writer.nbits, writer.getvalue(), shape)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -254,9 +271,44 @@ def one_record(encoding, kept, params, body_bits, body, shape=(8,)):
         one_record(20, 8, [np.nan], 8, b"\x00"),  # NaN scale
         one_record(21, 9, [1.0], 8, b"\xff"),  # more kept than entries
         one_record(19, 0, [1.0], 41, bytes(6)),  # levels = 0
+        lowrank_record(1, 0, [0] * 8, [1.0]),  # 1 bit per value
+        lowrank_record(2, 0, [1] * 8, [-1.0]),  # negative scale
+        lowrank_record(4, 1, [7] * 8, [1.0, 1.0]),  # rank 1 of a vector
+        lowrank_record(2, 0, [3] * 8, [1.0]),  # level 3 - 1 = 2, beyond 1
+        lowrank_record(2, 1, [1] * 6, [1.0, 1.0], shape=(3, 2)),  # 6 values, rank 1 of 3x2 has 5
         one_record(42, 0, [], 0, b""),  # unknown encoding
     ],
 )
 def test_fields_out_of_range_fail(payload):
     with pytest.raises(fedzip.FormatError):
         fedzip.decode(payload)
+
+
+def test_lowrank_recovers_a_low_rank_matrix_and_pays_no_positions(rng):
+    left, right = rng.standard_normal((128, 2)), rng.standard_normal((2, 900))
+    x = (left @ right).astype(np.float32)
+    payload = LowRank(rank=2, bits=16).encode({"x": x})
+    np.testing.assert_allclose(fedzip.decode(payload)["x"], x, atol=1e-3 * np.abs(x).max())
+    record = wire.read(payload)[0]
+    # no addresses: 16 bits for each factor entry and the 21-bit body header, nothing else
+    assert record.kept == 2 * (128 + 900) and record.body_bits == 21 + 16 * record.kept
+    three_bits = LowRank(rank=1, bits=3).encode({"x": x})
+    assert len(three_bits) < 3 * (128 + 900) / 8 + 64
+
+
+def test_lowrank_sends_vectors_and_small_matrices_dense(rng):
+    update = {"bias": rng.standard_normal(16).astype(np.float32), "small": np.eye(3, 4, dtype=np.float32)}
+    payload, sent = LowRank(rank=2, bits=8).encode_with_approximation(update)
+    assert [r.kept for r in wire.read(payload)] == [16, 12]  # 2 * (3 + 4) > 12 entries: not factored
+    np.testing.assert_array_equal(sent["small"], update["small"])  # 0 and the peak are exact levels
+    np.testing.assert_allclose(sent["bias"], update["bias"], atol=np.abs(update["bias"]).max() / 127)
+
+
+def test_lowrank_with_error_feedback_loses_nothing_over_rounds(rng):
+    sender = ErrorFeedback(LowRank(rank=1, bits=3))
+    updates = [{"w": rng.standard_normal((20, 30)).astype(np.float32)} for _ in range(6)]
+    sent = sum(fedzip.decode(sender.encode(u))["w"].astype(np.float64) for u in updates)
+    np.testing.assert_allclose(sent + sender.residual["w"], sum(u["w"] for u in updates), atol=1e-4)
+    # the residual shrinks the gap: the sum of what was sent points where the updates point
+    total = sum(u["w"] for u in updates)
+    assert np.vdot(sent, total) > 0.5 * np.linalg.norm(sent) * np.linalg.norm(total)

@@ -69,6 +69,7 @@ def test_families_name_codecs_as_papers_do():
     assert family(base.replace(codec="topk")) == "Top-k"
     assert family(base.replace(codec="signsgd", error_feedback=True)) == "EF-signSGD"
     assert family(base.replace(codec="qsgd")) == "QSGD"
+    assert family(base.replace(codec="lowrank", error_feedback=True)) == "Low-rank+EF"
 
 
 def point(rate, val, name="x"):

@@ -261,6 +261,8 @@ _EXPERIMENT_OPTIONS = (
     ("--keep", float, "fedzip, topk, stc: fraction of entries kept per tensor (default 0.01)"),
     ("--clusters", _clusters, "fedzip: 1..256 or auto (default 3)"),
     ("--levels", int, "qsgd: quantisation levels, 1..255 (default 16)"),
+    ("--rank", int, "lowrank: rank of each weight matrix's factors (default 1)"),
+    ("--bits", int, "lowrank: bits per factor entry, 2..16 (default 4)"),
     ("--link", str, "radio link of the energy estimate: lte (default), wifi or 3g"),
     ("--energy-train-seconds", float, "client training time in the energy model (default: as measured)"),
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),

@@ -43,12 +43,16 @@ class TensorCompressor(Compressor):
     def pack(self, flat: np.ndarray) -> Packed:
         """Compress one flat tensor (size >= 1, finite)."""
 
+    def pack_tensor(self, array: np.ndarray) -> Packed:
+        """Compress one tensor (size >= 1, finite); for methods that need its shape."""
+        return self.pack(array.reshape(-1))
+
     def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, np.ndarray]]:
         """Per tensor: its record, the tensor, and what the receiver reconstructs (flat float32)."""
         for name, array in check_update(update).items():
             check_values(name, array)
             if array.size:
-                packed = self.pack(array.reshape(-1))
+                packed = self.pack_tensor(array)
             else:
                 packed = Packed(NO_PARAMS, 0, b"", 0, np.zeros(0, np.float32))
             record = wire.Record(

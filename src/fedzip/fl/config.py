@@ -20,6 +20,7 @@ CODEC_NAMES = (
     "qsgd",
     "signsgd",
     "stc",
+    "lowrank",
     "fedzip-huffman",
     "fedzip-position",
     "fedzip-dap",
@@ -59,6 +60,8 @@ class ExperimentConfig:
     keep: float = 0.01
     clusters: int | str = 3
     levels: int = 16  # qsgd
+    rank: int = 1  # lowrank: rank of each weight matrix's factors
+    bits: int = 4  # lowrank: bits per factor entry
     link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
     energy_train_seconds: float = 0.0  # client's training time in the energy model (0: as measured)
     error_feedback: bool = False
@@ -180,6 +183,14 @@ class ExperimentConfig:
             isinstance(self.levels, int) and 1 <= self.levels <= 255,
             f"levels must be an integer from 1 to 255, got {self.levels!r}",
         )
+        need(
+            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
+            f"rank must be an integer >= 1, got {self.rank!r}",
+        )
+        need(
+            isinstance(self.bits, int) and not isinstance(self.bits, bool) and 2 <= self.bits <= 16,
+            f"bits must be an integer from 2 to 16, got {self.bits!r}",
+        )
         get_link(self.link)
         need(
             self.clusters == "auto" or (isinstance(self.clusters, int) and 1 <= self.clusters <= 256),
@@ -215,6 +226,8 @@ class ExperimentConfig:
             return {"id": codec, "keep": keep}
         if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
+        if codec == "lowrank":
+            return {"id": "lowrank", "rank": self.rank, "bits": self.bits}
         encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",

@@ -47,9 +47,16 @@ def family(cfg) -> str | None:
         return None
     if base.startswith("fedzip"):
         return "FedZip"
-    names = {"stc": "STC", "topk": "Top-k", "signsgd": "signSGD", "qsgd": "QSGD", "fp16": "FP16"}
+    names = {
+        "stc": "STC",
+        "topk": "Top-k",
+        "signsgd": "signSGD",
+        "qsgd": "QSGD",
+        "fp16": "FP16",
+        "lowrank": "Low-rank",
+    }
     name = names.get(base, base)
-    if cfg.error_feedback and base in ("topk", "signsgd"):
+    if cfg.error_feedback and base in ("topk", "signsgd", "lowrank"):
         name = f"EF-{name}" if base == "signsgd" else f"{name}+EF"
     return name
 
