@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 import fedzip
 from conftest import heavy_tailed
-from fedzip import wire
+from fedzip import huffman, wire
 from fedzip.bitio import BitWriter
 from fedzip.compressors import QSGD, STC, Float16, LowRank, SignSGD, TopK
 from fedzip.compressors.stc import golomb_parameter
@@ -27,8 +27,8 @@ BASELINES = [
     SignSGD(),
     STC(keep=0.0025),
     STC(keep=0.3),
-    LowRank(rank=1, bits=4),
-    LowRank(rank=3, bits=2, iterations=1, seed=9),
+    LowRank(rank=1, clusters=8),
+    LowRank(rank=3, clusters=2, iterations=1, seed=9),
 ]
 IDS = [repr(c) for c in BASELINES]
 
@@ -82,8 +82,8 @@ def test_nan_and_inf_are_rejected(codec, bad):
         {"id": "qsgd", "bucket": 0},
         {"id": "qsgd", "seed": -1},
         {"id": "lowrank", "rank": 0},
-        {"id": "lowrank", "bits": 1},
-        {"id": "lowrank", "bits": 17},
+        {"id": "lowrank", "clusters": 1},
+        {"id": "lowrank", "clusters": 257},
         {"id": "lowrank", "iterations": 0},
         {"id": "lowrank", "rank": 1.0},
     ],
@@ -251,12 +251,13 @@ def one_record(encoding, kept, params, body_bits, body, shape=(8,)):
     return wire.write([rec])
 
 
-def lowrank_record(bits, rank, stored, scales, shape=(8,)):
+def lowrank_record(clusters, rank, labels, centroids, shape=(8,), alphabet=None):
     writer = BitWriter()
-    writer.write(bits, 5)
+    writer.write(clusters - 1, 8)
     writer.write(rank, 16)
-    writer.write_array(np.asarray(stored, np.uint64), max(bits, 2))
-    return one_record(22, len(stored), scales, writer.nbits, writer.getvalue(), shape)
+    if labels:
+        huffman.write_stream(writer, np.asarray(labels), alphabet or clusters)
+    return one_record(22, len(labels), centroids, writer.nbits, writer.getvalue(), shape)
 
 
 @pytest.mark.parametrize(
@@ -271,11 +272,12 @@ def lowrank_record(bits, rank, stored, scales, shape=(8,)):
         one_record(20, 8, [np.nan], 8, b"\x00"),  # NaN scale
         one_record(21, 9, [1.0], 8, b"\xff"),  # more kept than entries
         one_record(19, 0, [1.0], 41, bytes(6)),  # levels = 0
-        lowrank_record(1, 0, [0] * 8, [1.0]),  # 1 bit per value
-        lowrank_record(2, 0, [1] * 8, [-1.0]),  # negative scale
-        lowrank_record(4, 1, [7] * 8, [1.0, 1.0]),  # rank 1 of a vector
-        lowrank_record(2, 0, [3] * 8, [1.0]),  # level 3 - 1 = 2, beyond 1
-        lowrank_record(2, 1, [1] * 6, [1.0, 1.0], shape=(3, 2)),  # 6 values, rank 1 of 3x2 has 5
+        lowrank_record(1, 0, [], []),  # one cluster
+        lowrank_record(2, 1, [0, 1] * 4, [0.0, 1.0] * 2),  # rank 1 of a vector
+        lowrank_record(2, 0, [0, 1] * 4, [0.0, 1.0, 2.0]),  # 3 centroids for 2 clusters
+        lowrank_record(2, 1, [0, 1] * 3, [0.0, 1.0] * 2, shape=(3, 2)),  # 6 labels, rank 1 of 3x2 has 5
+        lowrank_record(3, 0, [3] * 8, [0.0, 1.0, 2.0], alphabet=4),  # label 3 of 3 clusters
+        lowrank_record(2, 0, [0, 1] * 4, [0.0, np.nan]),  # NaN centroid
         one_record(42, 0, [], 0, b""),  # unknown encoding
     ],
 )
@@ -285,27 +287,27 @@ def test_fields_out_of_range_fail(payload):
 
 
 def test_lowrank_recovers_a_low_rank_matrix_and_pays_no_positions(rng):
-    left, right = rng.standard_normal((128, 2)), rng.standard_normal((2, 900))
-    x = (left @ right).astype(np.float32)
-    payload = LowRank(rank=2, bits=16).encode({"x": x})
-    np.testing.assert_allclose(fedzip.decode(payload)["x"], x, atol=1e-3 * np.abs(x).max())
+    left, right = rng.choice([-1.0, 2.0], 128), rng.choice([-0.5, 0.25, 3.0], 900)
+    x = np.outer(left, right).astype(np.float32)
+    payload = LowRank(rank=1, clusters=4).encode({"x": x})
+    # two distinct entries in P, three in Q: four levels hold them, the product comes back
+    np.testing.assert_allclose(fedzip.decode(payload)["x"], x, rtol=1e-5, atol=1e-6)
     record = wire.read(payload)[0]
-    # no addresses: 16 bits for each factor entry and the 21-bit body header, nothing else
-    assert record.kept == 2 * (128 + 900) and record.body_bits == 21 + 16 * record.kept
-    three_bits = LowRank(rank=1, bits=3).encode({"x": x})
-    assert len(three_bits) < 3 * (128 + 900) / 8 + 64
+    assert record.kept == 128 + 900 and record.centroids.size == 2 * 4
+    # no addresses: a Huffman-coded label of at most 2 bits per factor entry, and the code table
+    assert record.body_bits <= 24 + 2 * record.kept + 64
 
 
 def test_lowrank_sends_vectors_and_small_matrices_dense(rng):
     update = {"bias": rng.standard_normal(16).astype(np.float32), "small": np.eye(3, 4, dtype=np.float32)}
-    payload, sent = LowRank(rank=2, bits=8).encode_with_approximation(update)
+    payload, sent = LowRank(rank=2, clusters=16).encode_with_approximation(update)
     assert [r.kept for r in wire.read(payload)] == [16, 12]  # 2 * (3 + 4) > 12 entries: not factored
-    np.testing.assert_array_equal(sent["small"], update["small"])  # 0 and the peak are exact levels
-    np.testing.assert_allclose(sent["bias"], update["bias"], atol=np.abs(update["bias"]).max() / 127)
+    np.testing.assert_array_equal(sent["small"], update["small"])  # two values, two levels
+    np.testing.assert_array_equal(sent["bias"], update["bias"])  # 16 values, 16 levels
 
 
 def test_lowrank_with_error_feedback_loses_nothing_over_rounds(rng):
-    sender = ErrorFeedback(LowRank(rank=1, bits=3))
+    sender = ErrorFeedback(LowRank(rank=1, clusters=3))
     updates = [{"w": rng.standard_normal((20, 30)).astype(np.float32)} for _ in range(6)]
     sent = sum(fedzip.decode(sender.encode(u))["w"].astype(np.float64) for u in updates)
     np.testing.assert_allclose(sent + sender.residual["w"], sum(u["w"] for u in updates), atol=1e-4)

@@ -60,7 +60,7 @@ def test_dtype_is_kept(rng):
         fedzip.get_compressor({"id": "topk", "keep": 0.05}),
         fedzip.get_compressor({"id": "signsgd"}),
         fedzip.get_compressor({"id": "qsgd"}),
-        fedzip.get_compressor({"id": "lowrank", "bits": 3}),
+        fedzip.get_compressor({"id": "lowrank", "clusters": 3}),
     ],
     ids=lambda c: c.codec_id,
 )

@@ -92,8 +92,8 @@ def test_config_round_trips_through_toml(tmp_path):
         {"colour": 1},
         {"levels": 0},
         {"rank": 0},
-        {"bits": 1},
-        {"bits": 17},
+        {"codec": "lowrank", "clusters": 1},
+        {"codec": "lowrank", "clusters": "auto"},
         {"link": "5g"},
     ],
 )
@@ -104,11 +104,11 @@ def test_invalid_configs(values):
 
 @pytest.mark.parametrize("codec", CODEC_NAMES)
 def test_every_codec_name_builds_its_compressor(codec):
-    cfg = ExperimentConfig(codec=codec, keep=0.05, levels=4, rank=2, bits=3)
+    cfg = ExperimentConfig(codec=codec, keep=0.05, levels=4, rank=2, clusters=5)
     compressor = get_compressor(cfg.compressor_config())
     assert compressor.codec_id == codec.split("-")[0]
     assert getattr(compressor, "keep", 0.05) == 0.05 and getattr(compressor, "levels", 4) == 4
-    assert (getattr(compressor, "rank", 2), getattr(compressor, "bits", 3)) == (2, 3)
+    assert getattr(compressor, "rank", 2) == 2 and getattr(compressor, "clusters", 5) == 5
 
 
 def test_stc_always_accumulates_its_residual():

@@ -9,7 +9,7 @@ topk       top ``keep`` entries as uint32 index + float32 value        Aji & Hea
 qsgd       stochastic ``levels``-level quantisation per ``bucket``     Alistarh et al., NeurIPS 2017
 signsgd    one sign bit per entry + mean magnitude                     Bernstein et al. 2018; Karimireddy et al. 2019
 stc        top ``keep``, ternary +-mu, Golomb-coded gaps               Sattler et al., IEEE TNNLS 2019
-lowrank    rank-``rank`` factors of each matrix, ``bits``-bit entries   Vogels et al. (PowerSGD), NeurIPS 2019
+lowrank    rank-``rank`` factors of each matrix, k-means entries      Vogels et al. (PowerSGD), NeurIPS 2019
 fedzip     top ``keep``, k-means ``clusters``, huffman/position/dap    Malekijoo et al., arXiv 2102.01593
 =========  ==========================================================  ==============================
 """

@@ -61,7 +61,6 @@ class ExperimentConfig:
     clusters: int | str = 3
     levels: int = 16  # qsgd
     rank: int = 1  # lowrank: rank of each weight matrix's factors
-    bits: int = 4  # lowrank: bits per factor entry
     link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
     energy_train_seconds: float = 0.0  # client's training time in the energy model (0: as measured)
     error_feedback: bool = False
@@ -188,8 +187,8 @@ class ExperimentConfig:
             f"rank must be an integer >= 1, got {self.rank!r}",
         )
         need(
-            isinstance(self.bits, int) and not isinstance(self.bits, bool) and 2 <= self.bits <= 16,
-            f"bits must be an integer from 2 to 16, got {self.bits!r}",
+            self.codec != "lowrank" or (isinstance(self.clusters, int) and self.clusters >= 2),
+            f"lowrank needs clusters from 2 to 256, got {self.clusters!r}",
         )
         get_link(self.link)
         need(
@@ -227,7 +226,7 @@ class ExperimentConfig:
         if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
         if codec == "lowrank":
-            return {"id": "lowrank", "rank": self.rank, "bits": self.bits}
+            return {"id": "lowrank", "rank": self.rank, "clusters": self.clusters}
         encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",

@@ -138,7 +138,7 @@ def _options(cfg) -> str:
     if cfg.codec == "qsgd":
         parts.append(f"{cfg.levels} levels")
     if cfg.codec == "lowrank":
-        parts.append(f"rank {cfg.rank}, {cfg.bits} bits")
+        parts.append(f"rank {cfg.rank}, k={cfg.clusters}")
     if cfg.warmup_rounds:
         parts.append(f"warm-up {cfg.warmup_rounds} rounds from {cfg.warmup_start:g}")
     if cfg.ef_momentum:
