@@ -245,7 +245,7 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
 
 
-BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc")
+BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc", "lowrank")
 
 _EXPERIMENT_OPTIONS = (
     ("--data-dir", str, "directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)"),
