@@ -168,6 +168,10 @@ def test_round_trip_property(arrays, keep, clusters, encoding, sparsify_1d):
         ({"clusters": True}, "clusters"),
         ({"encoding": "zip"}, "encoding"),
         ({"sparsify_1d": "yes"}, "sparsify_1d"),
+        ({"rank": 0}, "rank"),
+        ({"rank": 2.0}, "rank"),
+        ({"rank": 2, "budget_ratio": 1000.0}, "not both"),
+        ({"rank": 2, "clusters": "auto"}, "auto"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs, message):
@@ -210,6 +214,7 @@ def test_config_round_trip_and_registry():
         "budget_bytes": None,
         "budget_ratio": None,
         "budget_split": "error",
+        "rank": None,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec
@@ -239,3 +244,34 @@ def test_transcode_refuses_what_it_cannot_do(rng):
         fedzip.transcode(fedzip.FedZip().encode(update), "zip")
     with pytest.raises(fedzip.FormatError):
         fedzip.transcode(fedzip.FedZip().encode(update)[:-1], "dap")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rank_factors_the_matrices_and_leaves_the_rest_to_top_z(rng, dtype):
+    from fedzip.compressors import LowRank
+
+    update = {
+        "conv": heavy_tailed(rng, (16, 8, 3, 3), dtype),
+        "bias": heavy_tailed(rng, (16,), dtype),
+        "tiny": heavy_tailed(rng, (2, 3), dtype),  # factoring would not be smaller
+        "scalar": np.asarray(0.5, dtype),
+    }
+    codec = fedzip.FedZip(rank=2, clusters=3, encoding="dap")
+    payload, sent = codec.encode_with_approximation(update)
+    restored = fedzip.decode(payload)
+    for name, array in update.items():
+        assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
+        np.testing.assert_array_equal(restored[name], sent[name])
+    encodings = {t.name: t.encoding for t in fedzip.inspect(payload).tensors}
+    assert encodings == {"conv": "lowrank", "bias": "dap", "tiny": "dap", "scalar": "dap"}
+    # a factored matrix is what LowRank sends; the rest is what FedZip without rank sends
+    alone = LowRank(rank=2, clusters=3)
+    np.testing.assert_array_equal(sent["conv"], alone.decode(alone.encode({"conv": update["conv"]}))["conv"])
+    plain = fedzip.FedZip(clusters=3, encoding="dap").approximate(update)
+    for name in ("bias", "tiny", "scalar"):
+        np.testing.assert_array_equal(sent[name], plain[name])
+    # error feedback keeps what the factors missed, in place
+    residual = {k: np.array(v, copy=True) for k, v in update.items()}
+    assert codec.encode_subtract(residual) == payload
+    for name in update:
+        np.testing.assert_allclose(residual[name], update[name] - sent[name], rtol=1e-6, atol=1e-7)

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("flwr_datasets")
 
-from fedzip import get_compressor
+from fedzip import FedZip, get_compressor
 from fedzip.fl import data, models
 from fedzip.fl.config import CODEC_NAMES, ExperimentConfig
 
@@ -91,9 +91,11 @@ def test_config_round_trips_through_toml(tmp_path):
         {"partition": "x"},
         {"colour": 1},
         {"levels": 0},
-        {"rank": 0},
         {"codec": "lowrank", "clusters": 1},
         {"codec": "lowrank", "clusters": "auto"},
+        {"codec": "fedzip-dap", "rank": 2, "budget_ratio": 1000.0},
+        {"codec": "topk", "rank": 2},
+        {"rank": -1},
         {"link": "5g"},
     ],
 )
@@ -104,11 +106,22 @@ def test_invalid_configs(values):
 
 @pytest.mark.parametrize("codec", CODEC_NAMES)
 def test_every_codec_name_builds_its_compressor(codec):
-    cfg = ExperimentConfig(codec=codec, keep=0.05, levels=4, rank=2, clusters=5)
+    rank = 2 if codec == "lowrank" else 0
+    cfg = ExperimentConfig(codec=codec, keep=0.05, levels=4, rank=rank, clusters=5)
     compressor = get_compressor(cfg.compressor_config())
     assert compressor.codec_id == codec.split("-")[0]
     assert getattr(compressor, "keep", 0.05) == 0.05 and getattr(compressor, "levels", 4) == 4
-    assert getattr(compressor, "rank", 2) == 2 and getattr(compressor, "clusters", 5) == 5
+    assert getattr(compressor, "rank", None) in ((2,) if codec == "lowrank" else (None,))
+    assert getattr(compressor, "clusters", 5) == 5
+
+
+def test_rank_factors_fedzip_uploads_and_not_its_downloads():
+    cfg = ExperimentConfig(codec="fedzip-dap+ef", rank=2, clusters=3, downlink="fedzip-dap")
+    assert get_compressor(cfg.compressor_config()) == FedZip(
+        keep=cfg.keep, clusters=3, encoding="dap", rank=2
+    )
+    assert "rank" not in cfg.downlink_config()
+    assert get_compressor(ExperimentConfig(codec="lowrank").compressor_config()).rank == 1
 
 
 def test_stc_always_accumulates_its_residual():

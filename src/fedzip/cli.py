@@ -261,7 +261,11 @@ _EXPERIMENT_OPTIONS = (
     ("--keep", float, "fedzip, topk, stc: fraction of entries kept per tensor (default 0.01)"),
     ("--clusters", _clusters, "fedzip: 1..256 or auto; lowrank: 2..256 (default 3)"),
     ("--levels", int, "qsgd: quantisation levels, 1..255 (default 16)"),
-    ("--rank", int, "lowrank: rank of each weight matrix's factors (default 1)"),
+    (
+        "--rank",
+        int,
+        "weight matrices as rank-r factors: fedzip in place of Top-z (default 0: off); lowrank (default 1)",
+    ),
     ("--link", str, "radio link of the energy estimate: lte (default), wifi or 3g"),
     ("--energy-train-seconds", float, "client training time in the energy model (default: as measured)"),
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from .errors import FormatError
 from .quantize import MAX_CLUSTERS, quantize
 from .registry import register
 from .sparsify import keep_count, top_entries
+
+if TYPE_CHECKING:
+    from .compressors.base import Packed
 
 ENCODINGS = ("huffman", "position", "dap", "auto")
 
@@ -50,6 +53,11 @@ class FedZip(Compressor):
             sparsified tensor with ``clusters`` clusters, the largest that fits
             the budget (with error feedback on small models this trained
             better than ``"error"``, which can starve large layers).
+        rank: in place of Top-z, send every weight matrix as rank-``rank``
+            factors (:class:`fedzip.compressors.LowRank`): each factor column
+            k-means-quantised to ``clusters`` levels, labels Huffman-coded, no
+            positions. Tensors too small to gain and vectors go as without it.
+            None (the default) is the paper's method. Not with a budget.
     """
 
     codec_id = "fedzip"
@@ -63,6 +71,7 @@ class FedZip(Compressor):
         budget_bytes: int | None = None,
         budget_ratio: float | None = None,
         budget_split: str = "error",
+        rank: int | None = None,
     ) -> None:
         if isinstance(keep, bool) or not isinstance(keep, Real) or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1] (the fraction of entries kept), got {keep!r}")
@@ -88,6 +97,13 @@ class FedZip(Compressor):
             raise ValueError("give budget_bytes or budget_ratio, not both")
         if budget_split not in BUDGET_SPLITS:
             raise ValueError(f"budget_split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
+        if rank is not None:
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < 1 << 16:
+                raise ValueError(f"rank must be an int from 1 to 65535 or None, got {rank!r}")
+            if budget_bytes is not None or budget_ratio is not None:
+                raise ValueError("rank sets the size of the factors; give it or a budget, not both")
+            if clusters == "auto":
+                raise ValueError("rank needs a number of clusters for the factors, not 'auto'")
         self.keep = float(keep)
         self.clusters = clusters
         self.encoding = encoding
@@ -95,11 +111,15 @@ class FedZip(Compressor):
         self.budget_bytes = budget_bytes
         self.budget_ratio = None if budget_ratio is None else float(budget_ratio)
         self.budget_split = budget_split
+        self.rank = rank
 
     def body_encodings(self) -> frozenset[int]:
-        if self.encoding == "auto":
-            return frozenset(encodings.NAMES)
-        return frozenset({encodings.IDS[self.encoding]})
+        ids = set(encodings.NAMES) if self.encoding == "auto" else {encodings.IDS[self.encoding]}
+        if self.rank is not None:
+            from .compressors.lowrank import ENCODING_ID
+
+            ids.add(ENCODING_ID)
+        return frozenset(ids)
 
     def _sparsified(self, array: np.ndarray) -> bool:
         """Whether a tensor is cut to its largest entries (biases stay dense unless sparsify_1d)."""
@@ -136,27 +156,63 @@ class FedZip(Compressor):
         }
         return {name: option.quantized for name, option in budget.allocate(options, limit).items()}
 
+    def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
+        """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored."""
+        if self.rank is None:
+            return dict(self._quantize_all(update))
+        from .compressors.lowrank import LowRank, factor_rank
+
+        factors = LowRank(rank=self.rank, clusters=int(self.clusters))
+        out: dict[str, Quantized | Packed] = {}
+        for name, array in check_update(update).items():
+            if factor_rank(array.shape, self.rank):
+                check_values(name, array)
+                out[name] = factors.pack_tensor(array)
+            else:
+                out[name] = self.quantize(name, array)
+        return out
+
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
-        return {name: q.dense() for name, q in self._quantize_all(update).items()}
+        return self.encode_with_approximation(update)[1]
 
     def encode(self, update: Update) -> bytes:
-        return self._encode(self._quantize_all(update))
+        return self._encode(self._compress_all(update), update)
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
-        quantized = self._quantize_all(update)
-        return self._encode(quantized), {name: q.dense() for name, q in quantized.items()}
+        compressed = self._compress_all(update)
+        return self._encode(compressed, update), {
+            name: _dense(item, update[name]) for name, item in compressed.items()
+        }
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
         # Sparse: only the kept entries change, so nothing of the tensor's size is allocated.
         flats = {name: writable_flat(name, array) for name, array in check_update(update).items()}
-        quantized = self._quantize_all(update)
-        for name, q in quantized.items():
-            if q.kept:
-                flats[name][q.positions] -= q.centroids.astype(q.dtype)[q.labels]
-        return self._encode(quantized)
+        compressed = self._compress_all(update)
+        for name, item in compressed.items():
+            if not isinstance(item, Quantized):  # factors
+                flats[name] -= item.values.astype(update[name].dtype, copy=False)
+            elif item.kept:
+                flats[name][item.positions] -= item.centroids.astype(item.dtype)[item.labels]
+        return self._encode(compressed, update)
 
-    def _encode(self, quantized: dict[str, Quantized]) -> bytes:
-        return wire.write([_record(name, q, self.encoding) for name, q in quantized.items()])
+    def _encode(self, compressed: dict[str, Quantized | Packed], update: Update) -> bytes:
+        from .compressors.base import packed_record
+        from .compressors.lowrank import ENCODING_ID
+
+        return wire.write(
+            [
+                _record(name, item, self.encoding)
+                if isinstance(item, Quantized)
+                else packed_record(name, np.asarray(update[name]), ENCODING_ID, item)
+                for name, item in compressed.items()
+            ]
+        )
+
+
+def _dense(item: Quantized | Packed, array: np.ndarray) -> np.ndarray:
+    if isinstance(item, Quantized):
+        return item.dense()
+    return item.values.astype(np.asarray(array).dtype).reshape(np.shape(array))
 
 
 def _record(name: str, q: Quantized, encoding_name: str) -> wire.Record:

@@ -55,17 +55,7 @@ class TensorCompressor(Compressor):
                 packed = self.pack_tensor(array)
             else:
                 packed = Packed(NO_PARAMS, 0, b"", 0, np.zeros(0, np.float32))
-            record = wire.Record(
-                name,
-                array.dtype,
-                array.shape,
-                self.encoding,
-                packed.kept,
-                np.asarray(packed.params, dtype=np.float32),
-                packed.body_bits,
-                packed.body,
-            )
-            yield record, array, packed.values
+            yield packed_record(name, array, self.encoding, packed), array, packed.values
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         records, approx = [], {}
@@ -87,6 +77,14 @@ class TensorCompressor(Compressor):
 
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
         return self.encode_with_approximation(update)[1]
+
+
+def packed_record(name: str, array: np.ndarray, encoding: int, packed: Packed) -> wire.Record:
+    """The container record of ``array`` packed with body encoding ``encoding``."""
+    params = np.asarray(packed.params, dtype=np.float32)
+    return wire.Record(
+        name, array.dtype, array.shape, encoding, packed.kept, params, packed.body_bits, packed.body
+    )
 
 
 def from_writer(params: np.ndarray, kept: int, writer: BitWriter, values: np.ndarray) -> Packed:

@@ -60,7 +60,7 @@ class ExperimentConfig:
     keep: float = 0.01
     clusters: int | str = 3
     levels: int = 16  # qsgd
-    rank: int = 1  # lowrank: rank of each weight matrix's factors
+    rank: int = 0  # weight matrices as rank-r factors: fedzip in place of Top-z (0: off); lowrank (0: 1)
     link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
     energy_train_seconds: float = 0.0  # client's training time in the energy model (0: as measured)
     error_feedback: bool = False
@@ -183,12 +183,21 @@ class ExperimentConfig:
             f"levels must be an integer from 1 to 255, got {self.levels!r}",
         )
         need(
-            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
-            f"rank must be an integer >= 1, got {self.rank!r}",
+            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0,
+            f"rank must be an integer >= 0, got {self.rank!r}",
+        )
+        factored = self.codec == "lowrank" or bool(self.rank)
+        need(
+            not self.rank or self.codec == "lowrank" or self.codec.startswith("fedzip"),
+            f"rank is an option of fedzip and lowrank; codec is {self.codec!r}",
         )
         need(
-            self.codec != "lowrank" or (isinstance(self.clusters, int) and self.clusters >= 2),
-            f"lowrank needs clusters from 2 to 256, got {self.clusters!r}",
+            not (self.rank and (self.budget_bytes or self.budget_ratio)),
+            "rank sets the size of the factors: give it or budget_bytes/budget_ratio, not both",
+        )
+        need(
+            not factored or (isinstance(self.clusters, int) and self.clusters >= 2),
+            f"factors need clusters from 2 to 256, got {self.clusters!r}",
         )
         get_link(self.link)
         need(
@@ -210,14 +219,14 @@ class ExperimentConfig:
         if not self.downlink:
             return None
         return self._codec_config(
-            self.downlink, self.downlink_keep or self.keep, 0, self.downlink_budget_ratio
+            self.downlink, self.downlink_keep or self.keep, 0, self.downlink_budget_ratio, 0
         )
 
     def compressor_config(self) -> dict[str, Any]:
-        return self._codec_config(self.codec, self.keep, self.budget_bytes, self.budget_ratio)
+        return self._codec_config(self.codec, self.keep, self.budget_bytes, self.budget_ratio, self.rank)
 
     def _codec_config(
-        self, codec: str, keep: float, budget_bytes: int, budget_ratio: float
+        self, codec: str, keep: float, budget_bytes: int, budget_ratio: float, rank: int
     ) -> dict[str, Any]:
         if codec in ("none", "fp16", "signsgd"):
             return {"id": codec}
@@ -226,7 +235,7 @@ class ExperimentConfig:
         if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
         if codec == "lowrank":
-            return {"id": "lowrank", "rank": self.rank, "clusters": self.clusters}
+            return {"id": "lowrank", "rank": rank or 1, "clusters": self.clusters}
         encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",
@@ -241,6 +250,8 @@ class ExperimentConfig:
             config["budget_ratio"] = budget_ratio
         if (budget_bytes or budget_ratio) and self.budget_split != "error":
             config["budget_split"] = self.budget_split
+        if rank:
+            config["rank"] = rank
         return config
 
     def feedback_settings(self) -> dict[str, Any]:

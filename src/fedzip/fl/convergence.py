@@ -131,14 +131,14 @@ def _options(cfg) -> str:
         parts.append(f"budget 1/{cfg.budget_ratio:g} of float32{split}")
     elif cfg.budget_bytes:
         parts.append(f"budget {cfg.budget_bytes:,} B{split}")
+    elif cfg.codec == "lowrank" or cfg.rank:
+        parts.append(f"rank-{cfg.rank or 1} factors, k={cfg.clusters}")
     elif cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
         parts.append(f"keep {cfg.keep:g}")
-    if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes):
+    if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes or cfg.rank):
         parts.append(f"k={cfg.clusters}")
     if cfg.codec == "qsgd":
         parts.append(f"{cfg.levels} levels")
-    if cfg.codec == "lowrank":
-        parts.append(f"rank {cfg.rank}, k={cfg.clusters}")
     if cfg.warmup_rounds:
         parts.append(f"warm-up {cfg.warmup_rounds} rounds from {cfg.warmup_start:g}")
     if cfg.ef_momentum:
