@@ -79,6 +79,7 @@ MATRIX_APP = {name: "scalar" if name == "QFedAvg" else "bn_cnn" for name in STRA
 OTHER_APPS = [(app, s) for app in ("scalar", "embedding", "numpy_lr") for s in ("FedAvg", "FedAdam", "Krum")]
 
 DOWNLINK_RUNS = [(app, s) for app in userapps.APPS for s in ("FedAvg", "FedAdam", "Krum")]
+FACTOR_RUNS = [(app, s) for app in userapps.APPS for s in ("FedAvg", "FedAdam")]
 
 
 def start(grid: Grid, strategy, app: str, rounds: int = ROUNDS) -> dict[str, np.ndarray]:
@@ -168,6 +169,12 @@ def matrix():
                 "fedzip": start(grid, both, app),
                 "fedzip-strategy": both,
             }
+        # Weight matrices as low-rank factors (FedZip's rank option), with error feedback.
+        for app, name in FACTOR_RUNS:
+            factored = FedZipStrategy(
+                STRATEGIES[name](), compressor=fedzip.FedZip(rank=2, clusters=3), error_feedback=True
+            )
+            out["factors", app, name] = {"fedzip": start(grid, factored, app), "fedzip-strategy": factored}
         # Flower's server-side DP wrappers, inside FedZipStrategy, against DP alone.
         dp = {
             "fixed": lambda: DifferentialPrivacyServerSideFixedClipping(
@@ -228,6 +235,26 @@ def test_models_with_scalars_integer_buffers_and_float64(matrix, app, name):
     if app == "scalar":
         assert run["fedzip"]["temperature"].shape == ()
     assert_raw_size_is_what_clients_send(run["fedzip-strategy"], app)
+
+
+@pytest.mark.parametrize(("app", "name"), FACTOR_RUNS)
+def test_low_rank_factors_in_users_apps(matrix, app, name):
+    run = matrix["factors", app, name]
+    assert_every_reply_accepted(run["fedzip-strategy"])
+    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+    assert list(run["fedzip"]) == list(initial)
+    for key, value in run["fedzip"].items():
+        assert value.shape == initial[key].shape and np.all(np.isfinite(value)), key
+    matrices = [k for k, v in initial.items() if v.ndim >= 2 and min(v.shape[0], v.size // v.shape[0]) > 2]
+    assert matrices and any(not np.allclose(run["fedzip"][k], initial[k]) for k in matrices)
+    for key, value in initial.items():
+        # integer buffers travel exactly beside the factors; FedAvg's weighted mean makes them float64
+        # (FedAdam steps them like weights)
+        if value.dtype.kind in "iu" and name == "FedAvg":
+            got = run["fedzip"][key]
+            np.testing.assert_allclose(got, np.round(got), atol=1e-9, err_msg=key)
+            if key == "position_ids":  # not trained
+                np.testing.assert_allclose(got, value, atol=1e-9)
 
 
 @pytest.mark.parametrize(("app", "name"), DOWNLINK_RUNS)
