@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import fedzip
 from conftest import heavy_tailed
 from fedzip import huffman, wire
-from fedzip.bitio import BitWriter
+from fedzip.bitio import BitReader, BitWriter
 from fedzip.compressors import QSGD, STC, Float16, LowRank, SignSGD, TopK
 from fedzip.compressors.stc import golomb_parameter
 from fedzip.feedback import ErrorFeedback
@@ -296,6 +296,23 @@ def test_lowrank_recovers_a_low_rank_matrix_and_pays_no_positions(rng):
     assert record.kept == 128 + 900 and record.centroids.size == 2 * 4
     # no addresses: a Huffman-coded label of at most 2 bits per factor entry, and the code table
     assert record.body_bits <= 24 + 2 * record.kept + 64
+
+
+def test_lowrank_product_is_a_fixed_order_sum_of_outer_products(rng):
+    """The format fixes the product's arithmetic, so every reader gets the same bits."""
+    x = rng.standard_normal((40, 70)).astype(np.float32)
+    payload = LowRank(rank=3, clusters=5).encode({"x": x})
+    record = wire.read(payload)[0]
+    reader = BitReader(record.body, record.body_bits)
+    assert (reader.read(8) + 1, reader.read(16)) == (5, 3)
+    labels = huffman.read_stream(reader, record.kept, 5).astype(np.int64)
+    column = np.repeat(np.arange(6), [40] * 3 + [70] * 3)
+    values = record.centroids[column * 5 + labels]
+    left, right = values[:120].reshape(3, 40), values[120:].reshape(3, 70)
+    expected = np.zeros((40, 70), np.float32)
+    for j in range(3):
+        expected += np.outer(left[j], right[j]).astype(np.float32)
+    assert fedzip.decode(payload)["x"].tobytes() == expected.tobytes()
 
 
 def test_lowrank_sends_vectors_and_small_matrices_dense(rng):

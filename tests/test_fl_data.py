@@ -96,6 +96,8 @@ def test_config_round_trips_through_toml(tmp_path):
         {"codec": "fedzip-dap", "rank": 2, "budget_ratio": 1000.0},
         {"codec": "topk", "rank": 2},
         {"rank": -1},
+        {"downlink": "stc", "downlink_rank": 4},
+        {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_budget_ratio": 300.0},
         {"link": "5g"},
     ],
 )
@@ -121,6 +123,8 @@ def test_rank_factors_fedzip_uploads_and_not_its_downloads():
         keep=cfg.keep, clusters=3, encoding="dap", rank=2
     )
     assert "rank" not in cfg.downlink_config()
+    down = ExperimentConfig(codec="fedzip-dap+ef", rank=2, clusters=3, downlink="fedzip-dap", downlink_rank=8)
+    assert down.downlink_config()["rank"] == 8 and down.compressor_config()["rank"] == 2
     assert get_compressor(ExperimentConfig(codec="lowrank").compressor_config()).rank == 1
 
 

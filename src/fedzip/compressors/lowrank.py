@@ -70,9 +70,15 @@ def _reconstruct(
     values = centroids[columns * clusters + labels]
     left = values[: rank * rows].reshape(rank, rows).T
     right = values[rank * rows :].reshape(rank, -1).T
-    # a hostile body's huge centroids overflow here; the caller rejects what is not finite
+    # A sum of outer products in a fixed order, not a BLAS product: the sender and the
+    # receiver must get the same bits (a client's replica of the model is checksummed),
+    # and BLAS sums in an order that depends on its threads. A hostile body's huge
+    # centroids overflow here; the caller rejects what is not finite.
     with np.errstate(over="ignore", invalid="ignore"):
-        return (left @ right.T).reshape(-1)
+        product = np.multiply.outer(left[:, 0], right[:, 0])
+        for j in range(1, rank):
+            product += np.multiply.outer(left[:, j], right[:, j])
+    return product.reshape(-1)
 
 
 def factor_rank(shape: tuple[int, ...], rank: int) -> int:

@@ -86,6 +86,7 @@ class ExperimentConfig:
     downlink: str = ""  # compress downloads with this codec too (e.g. fedzip-dap, stc); "": float weights
     downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
     downlink_budget_ratio: float = 0.0  # fedzip downloads: budget as a compression ratio (0: off)
+    downlink_rank: int = 0  # fedzip downloads: matrices as rank-r factors in place of Top-z (0: off)
     downlink_shared_start: bool = False  # clients build the initial model; round 1 sends its checksum
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
@@ -173,6 +174,16 @@ class ExperimentConfig:
             f"downlink_budget_ratio needs a FedZip downlink codec; downlink is {self.downlink!r}",
         )
         need(
+            isinstance(self.downlink_rank, int)
+            and not isinstance(self.downlink_rank, bool)
+            and self.downlink_rank >= 0,
+            f"downlink_rank must be an integer >= 0, got {self.downlink_rank!r}",
+        )
+        need(
+            not self.downlink_rank or (self.downlink.startswith("fedzip") and not self.downlink_budget_ratio),
+            "downlink_rank needs a FedZip downlink codec and no downlink_budget_ratio",
+        )
+        need(
             not self.downlink_shared_start or bool(self.downlink),
             "downlink_shared_start needs a compressed downlink: set downlink too",
         )
@@ -219,7 +230,11 @@ class ExperimentConfig:
         if not self.downlink:
             return None
         return self._codec_config(
-            self.downlink, self.downlink_keep or self.keep, 0, self.downlink_budget_ratio, 0
+            self.downlink,
+            self.downlink_keep or self.keep,
+            0,
+            self.downlink_budget_ratio,
+            self.downlink_rank,
         )
 
     def compressor_config(self) -> dict[str, Any]:

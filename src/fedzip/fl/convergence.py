@@ -149,6 +149,8 @@ def _options(cfg) -> str:
         parts.append(cfg.server_optimizer + (f" lr {cfg.server_lr:g}" if cfg.server_lr else ""))
     if cfg.downlink_budget_ratio:
         parts.append(f"down {cfg.downlink} budget 1/{cfg.downlink_budget_ratio:g}")
+    elif cfg.downlink_rank:
+        parts.append(f"down {cfg.downlink} rank-{cfg.downlink_rank} factors")
     elif cfg.downlink:
         parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
     if cfg.downlink_shared_start:
