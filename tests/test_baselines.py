@@ -82,6 +82,7 @@ def test_nan_and_inf_are_rejected(codec, bad):
         {"id": "qsgd", "bucket": 0},
         {"id": "qsgd", "seed": -1},
         {"id": "lowrank", "rank": 0},
+        {"id": "lowrank", "rank": 65},
         {"id": "lowrank", "clusters": 1},
         {"id": "lowrank", "clusters": 257},
         {"id": "lowrank", "iterations": 0},
@@ -274,6 +275,7 @@ def lowrank_record(clusters, rank, labels, centroids, shape=(8,), alphabet=None)
         one_record(19, 0, [1.0], 41, bytes(6)),  # levels = 0
         lowrank_record(1, 0, [], []),  # one cluster
         lowrank_record(2, 1, [0, 1] * 4, [0.0, 1.0] * 2),  # rank 1 of a vector
+        lowrank_record(2, 65, [0] * 8, [0.0, 1.0] * 130, shape=(1000, 1000)),  # rank beyond 64
         lowrank_record(2, 0, [0, 1] * 4, [0.0, 1.0, 2.0]),  # 3 centroids for 2 clusters
         lowrank_record(2, 1, [0, 1] * 3, [0.0, 1.0] * 2, shape=(3, 2)),  # 6 labels, rank 1 of 3x2 has 5
         lowrank_record(3, 0, [3] * 8, [0.0, 1.0, 2.0], alphabet=4),  # label 3 of 3 clusters

@@ -169,6 +169,7 @@ def test_round_trip_property(arrays, keep, clusters, encoding, sparsify_1d):
         ({"encoding": "zip"}, "encoding"),
         ({"sparsify_1d": "yes"}, "sparsify_1d"),
         ({"rank": 0}, "rank"),
+        ({"rank": 65}, "rank"),
         ({"rank": 2.0}, "rank"),
         ({"rank": 2, "budget_ratio": 1000.0}, "not both"),
         ({"rank": 2, "clusters": "auto"}, "auto"),

@@ -98,8 +98,10 @@ class FedZip(Compressor):
         if budget_split not in BUDGET_SPLITS:
             raise ValueError(f"budget_split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
         if rank is not None:
-            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < 1 << 16:
-                raise ValueError(f"rank must be an int from 1 to 65535 or None, got {rank!r}")
+            from .compressors.lowrank import MAX_RANK
+
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
+                raise ValueError(f"rank must be an int from 1 to {MAX_RANK} or None, got {rank!r}")
             if budget_bytes is not None or budget_ratio is not None:
                 raise ValueError("rank sets the size of the factors; give it or a budget, not both")
             if clusters == "auto":

@@ -79,6 +79,13 @@ class TensorCompressor(Compressor):
         return self.encode_with_approximation(update)[1]
 
 
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int in ``[low, high]``; ValueError naming the option otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
 def packed_record(name: str, array: np.ndarray, encoding: int, packed: Packed) -> wire.Record:
     """The container record of ``array`` packed with body encoding ``encoding``."""
     params = np.asarray(packed.params, dtype=np.float32)

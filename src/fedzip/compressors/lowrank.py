@@ -38,16 +38,12 @@ from ..codec import register_body
 from ..errors import FormatError
 from ..quantize import MAX_CLUSTERS, quantize
 from ..registry import register
-from .base import Packed, TensorCompressor, close_body, from_writer, open_body
+from .base import Packed, TensorCompressor, check_int, close_body, from_writer, open_body
 
 ENCODING_ID = 22
-MAX_RANK = (1 << 16) - 1
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
+# Decoding costs rank passes over the tensor; the cap bounds what a hostile
+# payload can make a server spend (at most 64 passes over the model's size).
+MAX_RANK = 64
 
 
 def _quantise(columns: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +100,10 @@ class LowRank(TensorCompressor):
     encoding = ENCODING_ID
 
     def __init__(self, rank: int = 1, clusters: int = 8, iterations: int = 2, seed: int = 0) -> None:
-        self.rank = _check_int("rank", rank, 1, MAX_RANK)
-        self.clusters = _check_int("clusters", clusters, 2, MAX_CLUSTERS)
-        self.iterations = _check_int("iterations", iterations, 1, 100)
-        self.seed = _check_int("seed", seed, 0, (1 << 63) - 1)
+        self.rank = check_int("rank", rank, 1, MAX_RANK)
+        self.clusters = check_int("clusters", clusters, 2, MAX_CLUSTERS)
+        self.iterations = check_int("iterations", iterations, 1, 100)
+        self.seed = check_int("seed", seed, 0, (1 << 63) - 1)
 
     def pack_tensor(self, array: np.ndarray) -> Packed:
         rank = factor_rank(array.shape, self.rank)
@@ -145,6 +141,8 @@ def _lowrank_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     clusters, rank = reader.read(8) + 1, reader.read(16)
     if clusters < 2:
         raise FormatError(f"tensor {rec.name!r}: {clusters} cluster (at least 2)")
+    if rank > MAX_RANK:
+        raise FormatError(f"tensor {rec.name!r}: rank {rank} (at most {MAX_RANK})")
     rows = rec.shape[0] if rank else rec.size
     if rank and (rank != factor_rank(rec.shape, rank)):
         raise FormatError(f"tensor {rec.name!r}: rank {rank} for shape {rec.shape} (not worth factoring)")

@@ -21,16 +21,10 @@ from ..bitio import BitWriter
 from ..codec import register_body
 from ..errors import FormatError
 from ..registry import register
-from .base import Packed, TensorCompressor, close_body, from_writer, open_body, signed
+from .base import Packed, TensorCompressor, check_int, close_body, from_writer, open_body, signed
 
 ENCODING_ID = 19
 MAX_LEVELS = 255
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
 
 
 def _bucket_sizes(n: int, bucket: int) -> np.ndarray:
@@ -62,10 +56,10 @@ class QSGD(TensorCompressor):
     encoding = ENCODING_ID
 
     def __init__(self, levels: int = 16, bucket: int = 512, seed: int | None = None) -> None:
-        self.levels = _check_int("levels", levels, 1, MAX_LEVELS)
-        self.bucket = _check_int("bucket", bucket, 1, (1 << 32) - 1)
+        self.levels = check_int("levels", levels, 1, MAX_LEVELS)
+        self.bucket = check_int("bucket", bucket, 1, (1 << 32) - 1)
         if seed is not None:
-            _check_int("seed", seed, 0, (1 << 63) - 1)
+            check_int("seed", seed, 0, (1 << 63) - 1)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
