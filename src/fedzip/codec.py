@@ -175,7 +175,7 @@ class FedZip(Compressor):
         return out
 
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
-        return self.encode_with_approximation(update)[1]
+        return {name: _dense(item, update[name]) for name, item in self._compress_all(update).items()}
 
     def encode(self, update: Update) -> bytes:
         return self._encode(self._compress_all(update), update)
