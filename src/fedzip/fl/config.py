@@ -113,7 +113,7 @@ class ExperimentConfig:
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"{name} must be an integer >= 1, got {value!r}",
             )
-        for name in ("train_limit", "test_limit", "seed", "validation"):
+        for name in ("train_limit", "test_limit", "seed", "validation", "rank", "downlink_rank"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
         need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction!r}")
@@ -174,12 +174,6 @@ class ExperimentConfig:
             f"downlink_budget_ratio needs a FedZip downlink codec; downlink is {self.downlink!r}",
         )
         need(
-            isinstance(self.downlink_rank, int)
-            and not isinstance(self.downlink_rank, bool)
-            and self.downlink_rank >= 0,
-            f"downlink_rank must be an integer >= 0, got {self.downlink_rank!r}",
-        )
-        need(
             not self.downlink_rank or (self.downlink.startswith("fedzip") and not self.downlink_budget_ratio),
             "downlink_rank needs a FedZip downlink codec and no downlink_budget_ratio",
         )
@@ -193,11 +187,7 @@ class ExperimentConfig:
             isinstance(self.levels, int) and 1 <= self.levels <= 255,
             f"levels must be an integer from 1 to 255, got {self.levels!r}",
         )
-        need(
-            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0,
-            f"rank must be an integer >= 0, got {self.rank!r}",
-        )
-        factored = self.codec == "lowrank" or bool(self.rank)
+        factored = self.codec == "lowrank" or bool(self.rank or self.downlink_rank)
         need(
             not self.rank or self.codec == "lowrank" or self.codec.startswith("fedzip"),
             f"rank is an option of fedzip and lowrank; codec is {self.codec!r}",
