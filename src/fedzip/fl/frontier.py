@@ -260,6 +260,8 @@ def plot(root: str, all_points: Sequence[Point], reference: RunSeeds | None, pat
             marker="o",
             markersize=5,
             color=color,
+            # a family measured on fewer seeds only: its line joins screening runs, hollow too
+            markerfacecolor=color if any(p.confirmed for p in shown) else "white",
             label=name + (" (frontier on validation)" if name == "FedZip" else ""),
         )
         if screening:
