@@ -23,8 +23,7 @@ import time
 import numpy as np
 
 from fedzip.compressors import get_compressor
-from fedzip.feedback import ErrorFeedback
-from probe_setting import CLIENTS, Rows, Setting
+from probe_setting import Rows, Setting, error_feedback_rounds
 
 
 def main() -> None:
@@ -44,16 +43,7 @@ def main() -> None:
     rows = Rows(args.out, header, args.every)
     for (config, codec), lr in itertools.product(zip(args.configs, codecs, strict=True), args.lr):
         began = time.perf_counter()
-        senders = [ErrorFeedback(codec) for _ in range(CLIENTS)]
-        weights, sizes = dict(setting.start), []
-        for server_round in range(1, args.rounds + 1):
-            total = {k: np.zeros_like(v) for k, v in weights.items()}
-            for client, sender in enumerate(senders):
-                payload = sender.encode(setting.update(weights, server_round, client, lr))
-                sizes.append(len(payload))
-                for k, v in codec.decode(payload).items():
-                    total[k] += v
-            weights = {k: v + total[k] / CLIENTS for k, v in weights.items()}
+        for server_round, weights, _, sizes in error_feedback_rounds(setting, codec, args.rounds, lr):
             if rows.due(server_round):
                 mean = float(np.mean(sizes))
                 accuracy = round(setting.accuracy(weights), 4)

@@ -25,8 +25,7 @@ import time
 import numpy as np
 
 from fedzip import FedZip
-from fedzip.feedback import ErrorFeedback
-from probe_setting import CLIENTS, Rows, Setting
+from probe_setting import CLIENTS, Rows, Setting, error_feedback_rounds
 
 
 def main() -> None:
@@ -45,22 +44,14 @@ def main() -> None:
         rows.add(variant, server_round, round(accuracy(weights), 4), round(time.perf_counter() - began))
 
     began = time.perf_counter()
-    senders = [ErrorFeedback(FedZip(budget_ratio=args.ratio, budget_split="uniform")) for _ in range(CLIENTS)]
-    served = dict(start)
-    for server_round in range(1, args.rounds + 1):
-        total = {k: np.zeros_like(v) for k, v in served.items()}
-        for client, sender in enumerate(senders):
-            payload = sender.encode(update(served, server_round, client))
-            for k, v in sender.codec.decode(payload).items():
-                total[k] += v
-        served = {k: v + total[k] / CLIENTS for k, v in served.items()}
+    codec = FedZip(budget_ratio=args.ratio, budget_split="uniform")
+    for server_round, served, senders, _ in error_feedback_rounds(setting, codec, args.rounds):
         if rows.due(server_round):
             report("served", server_round, served, began)
             virtual = {k: v + sum(s.residual[k] for s in senders) / CLIENTS for k, v in served.items()}
             report("virtual", server_round, virtual, began)
 
     began = time.perf_counter()
-    codec = FedZip(budget_ratio=args.ratio, budget_split="uniform")
     estimates = [{k: np.zeros_like(v) for k, v in start.items()} for _ in range(CLIENTS)]
     step = {k: np.zeros_like(v) for k, v in start.items()}
     weights = dict(start)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedzip.abc import Compressor
+from fedzip.feedback import ErrorFeedback
 from fedzip.fl import data as datamod
 from fedzip.fl import models, training
 
@@ -52,6 +55,27 @@ class Setting:
             server_round * 1009 + client,
         )
         return {k: v.detach().numpy() - weights[k] for k, v in self.model.state_dict().items()}
+
+
+def error_feedback_rounds(
+    setting: Setting, codec: Compressor, rounds: int, lr: float = 0.05
+) -> Iterator[tuple[int, dict[str, np.ndarray], list[ErrorFeedback], list[int]]]:
+    """Classic error feedback (Seide et al. 2014) in process, round by round.
+
+    Yields the round, the model the server holds after it, the clients' senders (their residuals)
+    and every upload's size so far.
+    """
+    senders = [ErrorFeedback(codec) for _ in range(CLIENTS)]
+    weights, sizes = dict(setting.start), []
+    for server_round in range(1, rounds + 1):
+        total = {k: np.zeros_like(v) for k, v in weights.items()}
+        for client, sender in enumerate(senders):
+            payload = sender.encode(setting.update(weights, server_round, client, lr))
+            sizes.append(len(payload))
+            for k, v in codec.decode(payload).items():
+                total[k] += v
+        weights = {k: v + total[k] / CLIENTS for k, v in weights.items()}
+        yield server_round, weights, senders, sizes
 
 
 class Rows:

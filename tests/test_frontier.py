@@ -55,6 +55,11 @@ def fedavg_reference(cfg):
     return run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
 
 
+def targets(cfg, runs):
+    """The targets table of one plan "p" holding ``runs`` (name -> RunSeeds), FedAvg under "fedavg"."""
+    return target_lines("p", points([(Plan("p", cfg, ()), runs)]), runs["fedavg"])
+
+
 def target_row(lines, prefix):
     """The targets table's row that starts with ``prefix``."""
     return next(line for line in lines if line.startswith(prefix))
@@ -111,15 +116,13 @@ def test_targets_are_picked_on_validation_not_test():
         1000.0,
         [0.1, 0.5, 0.885, 0.89],
     )
-    plan = Plan("p", cfg, ())
-    pooled = [(plan, {"fedavg": fedavg, "high-val": high_val, "high-test": high_test, "stc": stc})]
-    lines = "\n".join(target_lines("p", points(pooled), fedavg))
-    paper_row = next(line for line in lines.splitlines() if line.startswith("| ≥1085x"))
+    lines = targets(cfg, {"fedavg": fedavg, "high-val": high_val, "high-test": high_test, "stc": stc})
+    paper_row = target_row(lines, "| ≥1085x")
     assert (
         "p/high-val" in paper_row and "1100x" in paper_row and "-1.50" in paper_row and "| no |" in paper_row
     )
-    assert "no FedZip run at ≥2000x" in lines
-    fewer = next(line for line in lines.splitlines() if line.startswith("| fewer bytes"))
+    assert "no FedZip run at ≥2000x" in "\n".join(lines)
+    fewer = target_row(lines, "| fewer bytes")
     # high-val reaches 0.89 (FedAvg's 0.90 - 1 pt) in round 1 (1,000 B), STC in round 3 (3,000 B)
     assert "p/high-val" in fewer and "0.001 (3/3)" in fewer and fewer.endswith("| yes |")
 
@@ -187,10 +190,8 @@ def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
     stc = run_seeds(
         "stc", cfg.replace(codec="stc", keep=0.0025), [(0.87, 0.87)] * 3, 1000.0, [0.1, 0.5, 0.8, 0.87]
     )
-    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "one": one_seed, "stc": stc})]
-    rows = [
-        line for line in target_lines("p", points(pooled), fedavg) if line.startswith(("| ≥1085x", "| fewer"))
-    ]
+    lines = targets(cfg, {"fedavg": fedavg, "one": one_seed, "stc": stc})
+    rows = [line for line in lines if line.startswith(("| ≥1085x", "| fewer"))]
     assert len(rows) == 2 and all(row.endswith("(fewer than 3 seeds: no claim) |") for row in rows)
 
 
@@ -204,13 +205,13 @@ def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
     both = run_seeds("both", down, [(0.895, 0.895)] * 3, 1100.0, downlink_bytes=50_000)
     # a better validation accuracy, but 100 kB down: 407x both ways
     loose = run_seeds("loose", down, [(0.90, 0.91)] * 3, 1100.0, downlink_bytes=100_000)
-    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "up-only": up_only, "both": both, "loose": loose})]
-    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥500x up"))
+    runs = {"fedavg": fedavg, "up-only": up_only, "both": both, "loose": loose}
+    row = target_row(targets(cfg, runs), "| ≥500x up")
     assert "p/both" in row and "806x both ways" in row and "-0.50" in row and row.endswith("| yes |")
     one = run_seeds("one", down, [(0.90, 0.90)], 1100.0, downlink_bytes=1_000)
-    pooled[0][1]["one"] = one
-    del pooled[0][1]["both"]  # a pick confirmed on 3 seeds would be preferred
-    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥500x up"))
+    runs["one"] = one
+    del runs["both"]  # a pick confirmed on 3 seeds would be preferred
+    row = target_row(targets(cfg, runs), "| ≥500x up")
     assert "p/one" in row and row.endswith("(fewer than 3 seeds: no claim) |")
 
 
@@ -219,14 +220,14 @@ def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
     fedavg = fedavg_reference(cfg)
     lucky = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.89, 0.93)], 1100.0)
     confirmed = run_seeds("confirmed", cfg.replace(budget_ratio=1100.0), [(0.895, 0.90)] * 3, 1100.0)
-    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "lucky": lucky, "confirmed": confirmed})]
-    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    runs = {"fedavg": fedavg, "lucky": lucky, "confirmed": confirmed}
+    row = target_row(targets(cfg, runs), "| ≥1085x")
     assert "p/confirmed" in row and "| 3 |" in row and row.endswith("| yes |")
-    del pooled[0][1]["confirmed"]
-    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    del runs["confirmed"]
+    row = target_row(targets(cfg, runs), "| ≥1085x")
     assert "p/lucky" in row and row.endswith("(fewer than 3 seeds: no claim) |")
-    pooled[0][1]["lucky"] = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.85, 0.85)], 1100.0)
-    row = next(line for line in target_lines("p", points(pooled), fedavg) if line.startswith("| ≥1085x"))
+    runs["lucky"] = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.85, 0.85)], 1100.0)
+    row = target_row(targets(cfg, runs), "| ≥1085x")
     assert "| – (0/1) |" in row  # it never reached FedAvg − 1 point: no bytes to show
 
 
@@ -236,8 +237,8 @@ def test_targets_say_whether_a_pick_was_still_rising():
     rising = [0.1] + [0.80 + 0.005 * r for r in range(20)]  # +0.5 points a round
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=flat)
     pick = run_seeds("pick", cfg.replace(budget_ratio=1100.0), [(0.89, 0.895)] * 3, 1100.0, rising)
-    lines = target_lines("p", points([(Plan("p", cfg, ()), {"fedavg": fedavg, "pick": pick})]), fedavg)
-    row = next(line for line in lines if line.startswith("| ≥1085x"))
+    lines = targets(cfg, {"fedavg": fedavg, "pick": pick})
+    row = target_row(lines, "| ≥1085x")
     # rounds 16-18 against 18-20: two rounds apart, +1.00 point; FedAvg +0.00
     assert row.split(" | ")[6] == "+1.00"
     assert any("FedAvg's: +0.00" in line for line in lines)
@@ -258,14 +259,14 @@ def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
         "fast", cfg.replace(budget_ratio=700.0), [(0.895, 0.895)] * 3, 700.0, [0.1, 0.89, 0.89, 0.895]
     )
     fast.metrics[2] = metrics([0.1, 0.8, 0.85, 0.88], 0.88)
-    pooled = [(Plan("p", cfg, ()), {"fedavg": fedavg, "stc": stc, "slow": slow, "fast": fast})]
-    lines = target_lines("p", points(pooled), fedavg)
+    runs = {"fedavg": fedavg, "stc": stc, "slow": slow, "fast": fast}
+    lines = targets(cfg, runs)
     assert "0.001 (1/3)" in target_row(lines, "| STC at its best p")
     fewer = target_row(lines, "| fewer bytes")
     assert "p/slow" in fewer and "0.003 (3/3)" in fewer and fewer.endswith("| yes |")
     # once STC reaches with every seed in fewer bytes, the same pick is not fewer
     stc.metrics[1] = stc.metrics[2] = stc.metrics[0]
-    fewer = target_row(target_lines("p", points(pooled), fedavg), "| fewer bytes")
+    fewer = target_row(targets(cfg, runs), "| fewer bytes")
     assert "p/slow" in fewer and fewer.endswith("| no |")
 
 
@@ -278,13 +279,7 @@ def test_runs_that_compress_downloads_are_not_uplink_picks():
     both = run_seeds("both", down, [(0.89, 0.89)] * 3, 1100.0, downlink_bytes=1_000)
     stc_down = run_seeds("stc-down", cfg.replace(codec="stc", downlink="stc"), [(0.90, 0.90)] * 3, 1000.0)
     stc = run_seeds("stc", cfg.replace(codec="stc"), [(0.87, 0.87)] * 3, 1000.0)
-    pooled = [
-        (
-            Plan("p", cfg, ()),
-            {"fedavg": fedavg, "plain": plain, "both": both, "stc-down": stc_down, "stc": stc},
-        )
-    ]
-    lines = target_lines("p", points(pooled), fedavg)
+    lines = targets(cfg, {"fedavg": fedavg, "plain": plain, "both": both, "stc-down": stc_down, "stc": stc})
     assert "p/plain" in target_row(lines, "| ≥1085x")
     assert "p/both" in target_row(lines, "| ≥500x up")
     assert "p/stc " in target_row(lines, "| STC at its best p")

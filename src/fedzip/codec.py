@@ -161,7 +161,7 @@ class FedZip(Compressor):
     def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
         """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored."""
         if self.rank is None:
-            return dict(self._quantize_all(update))
+            return self._quantize_all(update)
         from .compressors.lowrank import LowRank, factor_rank
 
         factors = LowRank(rank=self.rank, clusters=int(self.clusters))

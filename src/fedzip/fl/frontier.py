@@ -250,8 +250,10 @@ def plot(root: str, all_points: Sequence[Point], reference: RunSeeds | None, pat
     for index, name in enumerate(families):
         members = [p for p in all_points if p.family == name]
         line = frontier(members) if name == "FedZip" else sorted(members, key=lambda p: p.rate)
-        # the line joins runs measured on 3 seeds (when there are any); screening runs are hollow dots
-        screening = [p for p in line if not p.confirmed] if any(p.confirmed for p in line) else []
+        # the line joins runs measured on 3 seeds (when there are any); screening runs are hollow dots,
+        # and a family measured only on fewer seeds is a line of hollow markers
+        confirmed = any(p.confirmed for p in line)
+        screening = [p for p in line if not p.confirmed] if confirmed else []
         shown = [p for p in line if p not in screening]
         color = colors[index % len(colors)]
         axis.plot(
@@ -260,8 +262,7 @@ def plot(root: str, all_points: Sequence[Point], reference: RunSeeds | None, pat
             marker="o",
             markersize=5,
             color=color,
-            # a family measured on fewer seeds only: its line joins screening runs, hollow too
-            markerfacecolor=color if any(p.confirmed for p in shown) else "white",
+            markerfacecolor=color if confirmed else "white",
             label=name + (" (frontier on validation)" if name == "FedZip" else ""),
         )
         if screening:
