@@ -6,7 +6,7 @@ pytest.importorskip("matplotlib")
 
 from fedzip.fl.config import ExperimentConfig
 from fedzip.fl.convergence import RunSeeds, paired, write_document
-from fedzip.fl.frontier import Point, family, frontier, points, target_lines
+from fedzip.fl.frontier import Point, curve_lines, family, frontier, points, target_lines
 from fedzip.fl.reproduce import Plan, PlannedRun
 
 MODEL = 4_000_000
@@ -283,3 +283,38 @@ def test_runs_that_compress_downloads_are_not_uplink_picks():
     assert "p/plain" in target_row(lines, "| ≥1085x")
     assert "p/both" in target_row(lines, "| ≥500x up")
     assert "p/stc " in target_row(lines, "| STC at its best p")
+
+
+def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_complete():
+    cfg = ExperimentConfig(rounds=3)
+    fedavg = fedavg_reference(cfg)  # validation 0.90: within a point is >= 0.89
+    runs = {"fedavg": fedavg}
+    for ratio, val in ((30, 0.90), (100, 0.90), (300, 0.895), (1000, 0.885), (2000, 0.88), (10000, 0.80)):
+        runs[f"b{ratio}"] = run_seeds(
+            f"b{ratio}", cfg.replace(budget_ratio=float(ratio)), [(val, val)], float(ratio)
+        )
+    runs["stc"] = run_seeds("stc", cfg.replace(codec="stc", error_feedback=True), [(0.89, 0.89)] * 3, 400.0)
+    runs["down"] = run_seeds(
+        "down", cfg.replace(budget_ratio=50.0, downlink="fedzip-dap"), [(0.9, 0.9)], 50.0
+    )
+
+    def table(grouped):
+        return curve_lines(points([(Plan("p", cfg, ()), grouped)]), fedavg)
+
+    lines = table(runs)
+    fedzip = target_row(lines, "| FedZip")
+    # six FedZip runs, the downloads-compressing one left off; 10000x is beyond the range asked for
+    assert fedzip.startswith("| FedZip | 6 | 30x – 10000x | 0 | p/b300 (300x) | -0.50 |")
+    assert target_row(lines, "| STC").startswith("| STC | 1 | 400x | 1 | p/stc (400x) | -1.00 ± 0.00 |")
+    summary = next(line for line in lines if line.startswith("The curve"))
+    assert "FedZip has 5 runs in that range" in summary and "Top-k+EF, EF-signSGD, QSGD" in summary
+    assert "**not complete**" in summary
+
+    for name, codec, feedback in (("topk", "topk", True), ("sign", "signsgd", True), ("qsgd", "qsgd", False)):
+        runs[name] = run_seeds(name, cfg.replace(codec=codec, error_feedback=feedback), [(0.8, 0.8)], 32.0)
+    assert "**not complete**" in "\n".join(table(runs))  # still five FedZip runs from 30x to 3000x
+    runs["b3000"] = run_seeds("b3000", cfg.replace(budget_ratio=3000.0), [(0.8, 0.8)], 3003.0)
+    lines = table(runs)
+    assert "**complete**" in "\n".join(lines) and target_row(lines, "| QSGD").startswith(
+        "| QSGD | 1 | 32x | 0 | – |"
+    )
