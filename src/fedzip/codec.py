@@ -233,7 +233,7 @@ class TensorReport:
     dtype: str
     encoding: str
     kept: int
-    clusters: int
+    clusters: int  # centroids the record carries: k, or 2 × rank × k for low-rank factors
     header_bits: int
     centroid_bits: int
     position_bits: int
