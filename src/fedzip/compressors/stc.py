@@ -8,8 +8,9 @@ magnitude of the kept entries. Positions are Golomb coded as gaps with the
 paper's parameter ``b* = 1 + floor(log2(log(phi - 1) / log(1 - p)))`` (phi
 the golden ratio), followed by one sign bit per kept entry. STC accumulates
 what it does not send in a residual: ``fedzip run`` always runs it with error
-feedback, as the paper does. (The paper also compresses the download; here,
-as for every codec, only the upload is.)
+feedback, as the paper does. The paper compresses the download too: with
+``downlink="stc"`` (``FedZipStrategy(downlink=STC(...))``) the server sends
+its update the same way, with its own residual.
 
 Body: Golomb-Rice gap section (:mod:`fedzip.gaps`) | sign bits.
 """
