@@ -55,9 +55,14 @@ def fedavg_reference(cfg):
     return run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=[0.1, 0.5, 0.8, 0.9])
 
 
+def plan_points(cfg, runs):
+    """The points of one plan "p" holding ``runs`` (name -> RunSeeds)."""
+    return points([(Plan("p", cfg, ()), runs)])
+
+
 def targets(cfg, runs):
-    """The targets table of one plan "p" holding ``runs`` (name -> RunSeeds), FedAvg under "fedavg"."""
-    return target_lines("p", points([(Plan("p", cfg, ()), runs)]), runs["fedavg"])
+    """The targets table of one plan "p" holding ``runs``, FedAvg under "fedavg"."""
+    return target_lines("p", plan_points(cfg, runs), runs["fedavg"])
 
 
 def target_row(lines, prefix):
@@ -298,10 +303,7 @@ def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_comple
         "down", cfg.replace(budget_ratio=50.0, downlink="fedzip-dap"), [(0.9, 0.9)], 50.0
     )
 
-    def table(grouped):
-        return curve_lines(points([(Plan("p", cfg, ()), grouped)]), fedavg)
-
-    lines = table(runs)
+    lines = curve_lines(plan_points(cfg, runs), fedavg)
     fedzip = target_row(lines, "| FedZip")
     # six FedZip runs, the downloads-compressing one left off; 10000x is beyond the range asked for
     assert fedzip.startswith("| FedZip | 6 | 30x – 10000x | 0 | p/b300 (300x) | -0.50 |")
@@ -312,9 +314,11 @@ def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_comple
 
     for name, codec, feedback in (("topk", "topk", True), ("sign", "signsgd", True), ("qsgd", "qsgd", False)):
         runs[name] = run_seeds(name, cfg.replace(codec=codec, error_feedback=feedback), [(0.8, 0.8)], 32.0)
-    assert "**not complete**" in "\n".join(table(runs))  # still five FedZip runs from 30x to 3000x
+    assert "**not complete**" in "\n".join(
+        curve_lines(plan_points(cfg, runs), fedavg)
+    )  # still five FedZip runs from 30x to 3000x
     runs["b3000"] = run_seeds("b3000", cfg.replace(budget_ratio=3000.0), [(0.8, 0.8)], 3003.0)
-    lines = table(runs)
+    lines = curve_lines(plan_points(cfg, runs), fedavg)
     assert "**complete**" in "\n".join(lines) and target_row(lines, "| QSGD").startswith(
         "| QSGD | 1 | 32x | 0 | – |"
     )

@@ -97,6 +97,11 @@ def reach(metrics: list[dict[str, float]], target: float) -> tuple[int, float] |
     return reach_on(metrics, target, accuracy="val_accuracy", sent="payload_bytes", per_round=True)
 
 
+def reach_target(reference: RunSeeds) -> float:
+    """The *to reach* target: FedAvg's mean final validation accuracy minus TARGET_POINTS."""
+    return float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
+
+
 def plateau(reference: RunSeeds) -> tuple[float, int, int]:
     """FedAvg's mean validation gain (points) over the last PLATEAU_FRACTION of rounds, and those rounds."""
     curve = reference.curve("val_accuracy")
@@ -184,7 +189,7 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | No
     if reference is not None:
         gain, start, last = plateau(reference)
         held = gain < PLATEAU_POINTS
-        target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
+        target = reach_target(reference)
         if own is None:
             lines += [
                 f"FedAvg reference: the `fedavg` run of plan `{plan.reference}` (same data and seeds).",

@@ -30,6 +30,7 @@ from .convergence import (
     paired,
     plateau,
     reach,
+    reach_target,
 )
 from .reproduce import Plan
 
@@ -113,6 +114,11 @@ def points(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[Po
     return out
 
 
+def uplink_curve(all_points: Sequence[Point]) -> list[Point]:
+    """The points an uplink curve shows: a measured rate, downloads not compressed."""
+    return [p for p in all_points if math.isfinite(p.rate) and p.uploads_only]
+
+
 def frontier(candidates: Sequence[Point]) -> list[Point]:
     """The points no other point beats on both compression and validation accuracy, by compression.
 
@@ -162,7 +168,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
     """The extreme-compression targets for one setting, each chosen on validation."""
     if reference is None:
         return []
-    target = float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
+    target = reach_target(reference)
     lines = [
         f"Targets on `{root}` (FedAvg test {100 * np.mean(reference.final('accuracy')):.2f}, "
         f"{len(reference.runs)} seed{'s' if len(reference.runs) != 1 else ''}; *to reach* = FedAvg's final validation accuracy − {TARGET_POINTS:g} "
@@ -232,15 +238,11 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
 def curve_lines(all_points: Sequence[Point], reference: RunSeeds | None) -> list[str]:
     """What the figure holds per family: how many runs, over which compressions, how far each goes
     within a point of FedAvg on validation; and whether it is the curve asked for."""
-    shown = [p for p in all_points if math.isfinite(p.rate) and p.uploads_only]
+    shown = uplink_curve(all_points)
     if not shown:
         return []
     low, high = CURVE_RANGE[0] / CURVE_SLACK, CURVE_RANGE[1] * CURVE_SLACK
-    target = (
-        math.nan
-        if reference is None
-        else float(np.mean(reference.final("val_accuracy"))) - TARGET_POINTS / 100
-    )
+    target = math.nan if reference is None else reach_target(reference)
     lines = [
         "| family | runs | compression | on 3 seeds | furthest within 1 pt on validation | its test Δ (pts) |",
         "|---|---|---|---|---|---|",
@@ -250,20 +252,13 @@ def curve_lines(all_points: Sequence[Point], reference: RunSeeds | None) -> list
     for name in families:
         members = sorted((p for p in shown if p.family == name), key=lambda p: p.rate)
         within = [p for p in members if p.val >= target]
-        furthest = max(within, key=lambda p: p.rate) if within else None
-        delta = (
-            paired(furthest.group, reference)
-            if furthest is not None and reference is not None
-            else np.array([])
-        )
+        furthest = "– | –"
+        if within:  # never without a reference: the target is then NaN
+            best = max(within, key=lambda p: p.rate)
+            furthest = f"{best.plan}/{best.name} ({best.rate:.0f}x) | {_mean_std(paired(best.group, reference), 100)}"
         lines.append(
             f"| {name} | {len(members)} | {_span(members[0].rate, members[-1].rate)} | "
-            f"{sum(p.confirmed for p in members)} | "
-            + (
-                f"{furthest.plan}/{furthest.name} ({furthest.rate:.0f}x) | {_mean_std(delta, 100)} |"
-                if furthest
-                else "– | – |"
-            )
+            f"{sum(p.confirmed for p in members)} | {furthest} |"
         )
     fedzip = [p for p in shown if p.family == "FedZip" and low <= p.rate <= high]
     missing = [f for f in CURVE_FAMILIES if not any(p.family == f for p in shown)]
@@ -300,7 +295,7 @@ def plot(root: str, all_points: Sequence[Point], reference: RunSeeds | None, pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    all_points = [p for p in all_points if math.isfinite(p.rate) and p.uploads_only]
+    all_points = uplink_curve(all_points)
     if not all_points:
         return False
     fig, axis = plt.subplots(figsize=(7.5, 4.5))
