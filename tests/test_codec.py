@@ -216,6 +216,7 @@ def test_config_round_trip_and_registry():
         "budget_ratio": None,
         "budget_split": "error",
         "rank": None,
+        "iterations": 2,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec

@@ -293,6 +293,8 @@ _EXPERIMENT_OPTIONS = (
     ("--downlink-keep", float, "the downlink codec's keep (default: the same as --keep)"),
     ("--downlink-budget-ratio", float, "fedzip downloads: compress each download at least this much"),
     ("--downlink-rank", int, "fedzip downloads: weight matrices as rank-r factors (default 0: off)"),
+    ("--downlink-clusters", int, "the downlink codec's clusters (default: the same as --clusters)"),
+    ("--downlink-iterations", int, "with --downlink-rank: subspace iterations per matrix (default 2)"),
     ("--test-every", int, "evaluate the test split every this many rounds and after the last (default 1)"),
     ("--validation", int, "hold out this many training examples (seeded) as a validation set (default 0)"),
     ("--min-clients", int, "go on while at least this many nodes are connected (default 1)"),

@@ -87,6 +87,8 @@ class ExperimentConfig:
     downlink_keep: float = 0.0  # the downlink codec's keep (0: the same as keep)
     downlink_budget_ratio: float = 0.0  # fedzip downloads: budget as a compression ratio (0: off)
     downlink_rank: int = 0  # fedzip downloads: matrices as rank-r factors in place of Top-z (0: off)
+    downlink_clusters: int = 0  # the downlink codec's clusters (0: the same as clusters)
+    downlink_iterations: int = 0  # fedzip downloads with downlink_rank: subspace iterations (0: 2)
     downlink_shared_start: bool = False  # clients build the initial model; round 1 sends its checksum
     corrupt_clients: list[int] = field(default_factory=list)  # fault injection: partitions sending garbage
     min_clients: int = 1  # the run goes on while at least this many nodes are connected
@@ -113,7 +115,16 @@ class ExperimentConfig:
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"{name} must be an integer >= 1, got {value!r}",
             )
-        for name in ("train_limit", "test_limit", "seed", "validation", "rank", "downlink_rank"):
+        for name in (
+            "train_limit",
+            "test_limit",
+            "seed",
+            "validation",
+            "rank",
+            "downlink_rank",
+            "downlink_clusters",
+            "downlink_iterations",
+        ):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
         need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction!r}")
@@ -178,6 +189,22 @@ class ExperimentConfig:
             "downlink_rank needs a FedZip downlink codec and no downlink_budget_ratio",
         )
         need(
+            not self.downlink_clusters or bool(self.downlink),
+            "downlink_clusters needs a compressed downlink: set downlink too",
+        )
+        need(
+            not self.downlink_iterations or bool(self.downlink_rank),
+            "downlink_iterations is a setting of the download's factors: set downlink_rank too",
+        )
+        need(
+            self.downlink_iterations <= 100,
+            f"downlink_iterations must be at most 100, got {self.downlink_iterations}",
+        )
+        need(
+            self.downlink_clusters <= 256 and (self.downlink_clusters != 1 or not self.downlink_rank),
+            f"downlink_clusters must be 1..256 (2..256 for factors), got {self.downlink_clusters}",
+        )
+        need(
             not self.downlink_shared_start or bool(self.downlink),
             "downlink_shared_start needs a compressed downlink: set downlink too",
         )
@@ -219,19 +246,31 @@ class ExperimentConfig:
         """The downlink compressor's config, or None when downloads travel as float weights."""
         if not self.downlink:
             return None
-        return self._codec_config(
+        config = self._codec_config(
             self.downlink,
             self.downlink_keep or self.keep,
             0,
             self.downlink_budget_ratio,
             self.downlink_rank,
+            self.downlink_clusters or self.clusters,
         )
+        if self.downlink_iterations:
+            config["iterations"] = self.downlink_iterations
+        return config
 
     def compressor_config(self) -> dict[str, Any]:
-        return self._codec_config(self.codec, self.keep, self.budget_bytes, self.budget_ratio, self.rank)
+        return self._codec_config(
+            self.codec, self.keep, self.budget_bytes, self.budget_ratio, self.rank, self.clusters
+        )
 
     def _codec_config(
-        self, codec: str, keep: float, budget_bytes: int, budget_ratio: float, rank: int
+        self,
+        codec: str,
+        keep: float,
+        budget_bytes: int,
+        budget_ratio: float,
+        rank: int,
+        clusters: int | str,
     ) -> dict[str, Any]:
         if codec in ("none", "fp16", "signsgd"):
             return {"id": codec}
@@ -240,12 +279,12 @@ class ExperimentConfig:
         if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
         if codec == "lowrank":
-            return {"id": "lowrank", "rank": rank or 1, "clusters": self.clusters}
+            return {"id": "lowrank", "rank": rank or 1, "clusters": clusters}
         encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",
             "keep": keep,
-            "clusters": self.clusters,
+            "clusters": clusters,
             "encoding": encoding,
             "sparsify_1d": False,
         }

@@ -155,7 +155,11 @@ def _options(cfg) -> str:
     if cfg.downlink_budget_ratio:
         parts.append(f"down {cfg.downlink} budget 1/{cfg.downlink_budget_ratio:g}")
     elif cfg.downlink_rank:
-        parts.append(f"down {cfg.downlink} rank-{cfg.downlink_rank} factors")
+        parts.append(
+            f"down {cfg.downlink} rank-{cfg.downlink_rank} factors"
+            + (f", k={cfg.downlink_clusters}" if cfg.downlink_clusters else "")
+            + (f", {cfg.downlink_iterations} iterations" if cfg.downlink_iterations else "")
+        )
     elif cfg.downlink:
         parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
     if cfg.downlink_shared_start:
