@@ -277,3 +277,26 @@ def test_rank_factors_the_matrices_and_leaves_the_rest_to_top_z(rng, dtype):
     assert codec.encode_subtract(residual) == payload
     for name in update:
         np.testing.assert_allclose(residual[name], update[name] - sent[name], rtol=1e-6, atol=1e-7)
+
+
+def test_more_subspace_iterations_find_closer_factors(rng):
+    # a spectrum that decays slowly: two steps from a random start miss part of the top subspace
+    left, right = (
+        np.linalg.qr(rng.standard_normal((64, 64)))[0],
+        np.linalg.qr(rng.standard_normal((256, 64)))[0],
+    )
+    matrix = ((left * 0.85 ** np.arange(64)) @ right.T).astype(np.float32)
+    errors = []
+    for iterations in (1, 2, 4, 8):
+        codec = fedzip.FedZip(rank=4, clusters=16, iterations=iterations)
+        assert fedzip.get_compressor(codec.get_config()) == codec
+        sent = fedzip.decode(codec.encode({"w": matrix}))["w"]
+        errors.append(float(np.linalg.norm(matrix - sent) / np.linalg.norm(matrix)))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] - 0.02
+    best = np.linalg.norm(0.85 ** np.arange(4, 64)) / np.linalg.norm(0.85 ** np.arange(64))
+    assert best <= errors[-1] < best + 0.05  # near the best rank-4 error, 16 levels a column
+    for bad in (0, 101, True, 2.0):
+        with pytest.raises(ValueError, match="iterations must be"):
+            fedzip.FedZip(rank=4, iterations=bad)
+    with pytest.raises(ValueError, match="give rank too"):
+        fedzip.FedZip(iterations=4)

@@ -7,7 +7,7 @@ pytest.importorskip("torch")
 pytest.importorskip("flwr_datasets")
 
 from fedzip import FedZip, get_compressor
-from fedzip.fl import data, models
+from fedzip.fl import convergence, data, models
 from fedzip.fl.config import CODEC_NAMES, ExperimentConfig
 
 
@@ -98,6 +98,12 @@ def test_config_round_trips_through_toml(tmp_path):
         {"rank": -1},
         {"downlink": "stc", "downlink_rank": 4},
         {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_budget_ratio": 300.0},
+        {"downlink_clusters": 5},  # no downlink to set them for
+        {"downlink": "fedzip-dap", "downlink_iterations": 4},  # iterations are the factors'
+        {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_iterations": 101},
+        {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_clusters": 1},
+        {"downlink": "fedzip-dap", "downlink_clusters": 300},
+        {"downlink": "fedzip-dap", "downlink_clusters": -1},
         {"link": "5g"},
     ],
 )
@@ -126,6 +132,32 @@ def test_rank_factors_fedzip_uploads_and_not_its_downloads():
     down = ExperimentConfig(codec="fedzip-dap+ef", rank=2, clusters=3, downlink="fedzip-dap", downlink_rank=8)
     assert down.downlink_config()["rank"] == 8 and down.compressor_config()["rank"] == 2
     assert get_compressor(ExperimentConfig(codec="lowrank").compressor_config()).rank == 1
+
+
+def test_downloads_take_their_own_clusters_and_iterations():
+    cfg = ExperimentConfig(
+        codec="fedzip-dap+ef",
+        rank=2,
+        clusters=3,
+        downlink="fedzip-dap",
+        downlink_rank=5,
+        downlink_clusters=5,
+        downlink_iterations=4,
+    )
+    assert get_compressor(cfg.downlink_config()) == FedZip(
+        keep=cfg.keep, clusters=5, encoding="dap", rank=5, iterations=4
+    )
+    assert get_compressor(cfg.compressor_config()) == FedZip(
+        keep=cfg.keep, clusters=3, encoding="dap", rank=2
+    )
+    assert "k=5, 4 iterations" in convergence._options(cfg)
+    # unset, a download uses the uploads' clusters and the factors' default iterations
+    same = ExperimentConfig(codec="fedzip-dap+ef", clusters=4, downlink="stc")
+    assert same.downlink_config() == {"id": "stc", "keep": same.keep}
+    top_z = ExperimentConfig(codec="fedzip-dap+ef", clusters=4, downlink="fedzip-dap")
+    assert top_z.downlink_config()["clusters"] == 4 and "iterations" not in top_z.downlink_config()
+    lowrank = ExperimentConfig(codec="lowrank", rank=2, downlink="lowrank", downlink_clusters=6)
+    assert get_compressor(lowrank.downlink_config()).clusters == 6
 
 
 def test_stc_always_accumulates_its_residual():
