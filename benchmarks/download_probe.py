@@ -1,0 +1,76 @@
+"""What a compressed download leaves out, per downlink setting, on the same server update.
+
+    python benchmarks/download_probe.py [--rounds 10] [--at 5 10] [--out results/download-probe.csv] CONFIG...
+
+The converge-iid setting of ``probe_setting.py`` in process: clients upload
+rank-2 factors with error feedback (``--upload``) and train from the copy the
+downloads build; the server compresses ``global - copy`` (its update plus
+what earlier downloads left out) with ``--down`` each round, as
+:class:`fedzip.flower.downlink.Broadcaster` does. At the rounds of ``--at``
+every CONFIG (a compressor config as JSON, e.g.
+``'{"id": "fedzip", "rank": 5, "clusters": 5, "iterations": 4}'``) is applied
+to that round's download: its bytes, its compression against float32 and the
+share of the download's squared norm it leaves out (what waits in the server's
+residual for later rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from fedzip.compressors import get_compressor
+from fedzip.feedback import ErrorFeedback
+from probe_setting import CLIENTS, Rows, Setting
+
+RANK_2 = '{"id": "fedzip", "rank": 2, "clusters": 3, "sparsify_1d": false}'
+RANK_6 = '{"id": "fedzip", "rank": 6, "clusters": 3, "sparsify_1d": false}'
+
+
+def missed(download: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> float:
+    """||download - sent||^2 / ||download||^2."""
+    left = sum(float(np.sum((download[k].astype(np.float64) - sent[k]) ** 2)) for k in download)
+    return left / sum(float(np.sum(v.astype(np.float64) ** 2)) for v in download.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="+", help="downlink compressor configs as JSON")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--at", type=int, nargs="+", default=[5, 10], help="rounds whose download is measured"
+    )
+    parser.add_argument("--upload", default=RANK_2, help="the clients' compressor (with error feedback)")
+    parser.add_argument("--down", default=RANK_6, help="the downlink compressor the run advances with")
+    parser.add_argument("--out", default="results/download-probe.csv")
+    args = parser.parse_args()
+    candidates = [get_compressor(json.loads(text)) for text in args.configs]  # bad configs fail first
+    upload, down = get_compressor(json.loads(args.upload)), get_compressor(json.loads(args.down))
+    setting = Setting()
+    raw = sum(4 * v.size for v in setting.start.values())
+    rows = Rows(args.out, ["config", "round", "bytes", "ratio", "missed"], 1)
+
+    senders = [ErrorFeedback(upload) for _ in range(CLIENTS)]
+    exact, copy = dict(setting.start), dict(setting.start)  # the server's model, the clients'
+    for server_round in range(1, args.rounds + 1):
+        total = {k: np.zeros_like(v) for k, v in exact.items()}
+        for client, sender in enumerate(senders):
+            for k, v in upload.decode(sender.encode(setting.update(copy, server_round, client))).items():
+                total[k] += v
+        exact = {k: v + total[k] / CLIENTS for k, v in exact.items()}
+        download = {k: exact[k] - copy[k] for k in exact}
+        if server_round in args.at:
+            for text, codec in zip(args.configs, candidates, strict=True):
+                payload = codec.encode(download)
+                sent = codec.decode(payload)
+                share = round(missed(download, sent), 3)
+                rows.add(text, server_round, len(payload), round(raw / len(payload), 1), share)
+        brought = down.decode(down.encode(download))
+        copy = {k: v + brought[k] for k, v in copy.items()}
+    print(f"rows: {rows.path}")
+
+
+if __name__ == "__main__":
+    main()
