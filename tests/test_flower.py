@@ -469,23 +469,28 @@ def test_momentum_correction_keeps_a_velocity_in_the_node_state(rng):
         FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), error_feedback=True, momentum=1.5)
 
 
-def both_ways_strategy(**options):
+def both_ways_strategy(down=None, **options):
     return FedZipStrategy(
         FedAvg(min_available_nodes=1, min_train_nodes=1),
         compressor=fedzip.FedZip(keep=0.1),
         error_feedback=True,
-        downlink=fedzip.FedZip(keep=0.1, clusters=8),
+        downlink=down or fedzip.FedZip(keep=0.1, clusters=8),
         **options,
     )
 
 
-def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
+@pytest.mark.parametrize(
+    "down",
+    [fedzip.FedZip(keep=0.1, clusters=8), fedzip.FedZip(rank=3, clusters=4, iterations=4)],
+    ids=["top-z", "factors"],
+)
+def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down):
     """Downloads carry the change of the global model; a node that missed rounds catches up;
     a node whose copy diverged refuses to train and is resynchronised with the dense model."""
     from fedzip.flower import downlink
 
     model = global_model(rng)
-    strategy = both_ways_strategy(downlink_history=4)
+    strategy = both_ways_strategy(down, downlink_history=4)
     contexts = [context(0), context(1), context(2)]
     deltas = [
         {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()} for _ in range(3)
@@ -508,6 +513,9 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng):
             assert kinds == {0: "payloads", 1: "payloads", 2: "payloads"}
             missed = messages[[m.metadata.dst_node_id for m in messages].index(1)]
             assert len(missed.content.array_records[downlink.DOWN_PAYLOADS]) == 2  # rounds 2 and 3
+            first = protocol.array_bytes(missed.content.array_records[downlink.DOWN_PAYLOADS]["0"])
+            encodings = {t.name: t.encoding for t in fedzip.inspect(first).tensors}
+            assert encodings["w"] == ("lowrank" if down.rank else "dap") and encodings["b"] == "dap"
         replies = []
         for message in messages:
             node = message.metadata.dst_node_id
