@@ -1,6 +1,7 @@
-"""What a compressed download leaves out, per downlink setting, on the same server update.
+"""What a compressed download (or upload) leaves out, per setting, on the same update.
 
-    python benchmarks/download_probe.py [--rounds 10] [--at 5 10] [--out results/download-probe.csv] CONFIG...
+    python benchmarks/download_probe.py [--rounds 10] [--at 5 10] [--what download|upload]
+                                        [--out results/download-probe.csv] CONFIG...
 
 The converge-iid setting of ``probe_setting.py`` in process: clients upload
 rank-2 factors with error feedback (``--upload``) and train from the copy the
@@ -11,7 +12,8 @@ every CONFIG (a compressor config as JSON, e.g.
 ``'{"id": "fedzip", "rank": 5, "clusters": 5, "iterations": 4}'``) is applied
 to that round's download: its bytes, its compression against float32 and the
 share of the download's squared norm it leaves out (what waits in the server's
-residual for later rounds).
+residual for later rounds). ``--what upload``: the same for client 0's upload
+of that round, its update plus its residual.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     )
     parser.add_argument("--upload", default=RANK_2, help="the clients' compressor (with error feedback)")
     parser.add_argument("--down", default=RANK_6, help="the downlink compressor the run advances with")
+    parser.add_argument("--what", choices=("download", "upload"), default="download")
     parser.add_argument("--out", default="results/download-probe.csv")
     args = parser.parse_args()
     candidates = [get_compressor(json.loads(text)) for text in args.configs]  # bad configs fail first
@@ -56,16 +59,19 @@ def main() -> None:
     exact, copy = dict(setting.start), dict(setting.start)  # the server's model, the clients'
     for server_round in range(1, args.rounds + 1):
         total = {k: np.zeros_like(v) for k, v in exact.items()}
+        measured = None
         for client, sender in enumerate(senders):
-            for k, v in upload.decode(sender.encode(setting.update(copy, server_round, client))).items():
+            update = setting.update(copy, server_round, client)
+            if client == 0 and args.what == "upload":
+                measured = {k: v + sender.residual[k] if sender.residual else v for k, v in update.items()}
+            for k, v in upload.decode(sender.encode(update)).items():
                 total[k] += v
         exact = {k: v + total[k] / CLIENTS for k, v in exact.items()}
         download = {k: exact[k] - copy[k] for k in exact}
         if server_round in args.at:
             for text, codec in zip(args.configs, candidates, strict=True):
-                payload = codec.encode(download)
-                sent = codec.decode(payload)
-                share = round(missed(download, sent), 3)
+                payload = codec.encode(measured or download)
+                share = round(missed(measured or download, codec.decode(payload)), 3)
                 rows.add(text, server_round, len(payload), round(raw / len(payload), 1), share)
         brought = down.decode(down.encode(download))
         copy = {k: v + brought[k] for k, v in copy.items()}

@@ -104,6 +104,8 @@ def test_config_round_trips_through_toml(tmp_path):
         {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_clusters": 1},
         {"downlink": "fedzip-dap", "downlink_clusters": 300},
         {"downlink": "fedzip-dap", "downlink_clusters": -1},
+        {"codec": "fedzip-dap", "iterations": 4},  # no factors to iterate for
+        {"codec": "lowrank", "iterations": 101},
         {"link": "5g"},
     ],
 )
@@ -151,6 +153,12 @@ def test_downloads_take_their_own_clusters_and_iterations():
         keep=cfg.keep, clusters=3, encoding="dap", rank=2
     )
     assert "k=5, 4 iterations" in convergence._options(cfg)
+    uploads = ExperimentConfig(
+        codec="fedzip-dap+ef", rank=2, iterations=4, downlink="fedzip-dap", downlink_rank=5
+    )
+    assert uploads.compressor_config()["iterations"] == 4 and "iterations" not in uploads.downlink_config()
+    assert "rank-2 factors, k=3, 4 iterations" in convergence._options(uploads)
+    assert get_compressor(ExperimentConfig(codec="lowrank", iterations=3).compressor_config()).iterations == 3
     # unset, a download uses the uploads' clusters and the factors' default iterations
     same = ExperimentConfig(codec="fedzip-dap+ef", clusters=4, downlink="stc")
     assert same.downlink_config() == {"id": "stc", "keep": same.keep}

@@ -266,6 +266,7 @@ _EXPERIMENT_OPTIONS = (
         int,
         "weight matrices as rank-r factors: fedzip in place of Top-z (default 0: off); lowrank (default 1)",
     ),
+    ("--iterations", int, "with --rank (or lowrank): subspace iterations per matrix (default 2)"),
     ("--link", str, "radio link of the energy estimate: lte (default), wifi or 3g"),
     ("--energy-train-seconds", float, "client training time in the energy model (default: as measured)"),
     ("--seed", int, "seed for partitioning, initialisation and training (default 0)"),

@@ -61,6 +61,7 @@ class ExperimentConfig:
     clusters: int | str = 3
     levels: int = 16  # qsgd
     rank: int = 0  # weight matrices as rank-r factors: fedzip in place of Top-z (0: off); lowrank (0: 1)
+    iterations: int = 0  # the factors' subspace iterations per matrix (0: 2)
     link: str = "lte"  # radio link of the energy estimate: lte, wifi, 3g
     energy_train_seconds: float = 0.0  # client's training time in the energy model (0: as measured)
     error_feedback: bool = False
@@ -121,6 +122,7 @@ class ExperimentConfig:
             "seed",
             "validation",
             "rank",
+            "iterations",
             "downlink_rank",
             "downlink_clusters",
             "downlink_iterations",
@@ -197,6 +199,11 @@ class ExperimentConfig:
             "downlink_iterations is a setting of the download's factors: set downlink_rank too",
         )
         need(
+            not self.iterations or self.codec == "lowrank" or bool(self.rank),
+            "iterations is a setting of the factors: set rank too (or use the lowrank codec)",
+        )
+        need(self.iterations <= 100, f"iterations must be at most 100, got {self.iterations}")
+        need(
             self.downlink_iterations <= 100,
             f"downlink_iterations must be at most 100, got {self.downlink_iterations}",
         )
@@ -246,21 +253,25 @@ class ExperimentConfig:
         """The downlink compressor's config, or None when downloads travel as float weights."""
         if not self.downlink:
             return None
-        config = self._codec_config(
+        return self._codec_config(
             self.downlink,
             self.downlink_keep or self.keep,
             0,
             self.downlink_budget_ratio,
             self.downlink_rank,
             self.downlink_clusters or self.clusters,
+            self.downlink_iterations,
         )
-        if self.downlink_iterations:
-            config["iterations"] = self.downlink_iterations
-        return config
 
     def compressor_config(self) -> dict[str, Any]:
         return self._codec_config(
-            self.codec, self.keep, self.budget_bytes, self.budget_ratio, self.rank, self.clusters
+            self.codec,
+            self.keep,
+            self.budget_bytes,
+            self.budget_ratio,
+            self.rank,
+            self.clusters,
+            self.iterations,
         )
 
     def _codec_config(
@@ -271,6 +282,7 @@ class ExperimentConfig:
         budget_ratio: float,
         rank: int,
         clusters: int | str,
+        iterations: int,
     ) -> dict[str, Any]:
         if codec in ("none", "fp16", "signsgd"):
             return {"id": codec}
@@ -279,7 +291,8 @@ class ExperimentConfig:
         if codec == "qsgd":
             return {"id": "qsgd", "levels": self.levels}
         if codec == "lowrank":
-            return {"id": "lowrank", "rank": rank or 1, "clusters": clusters}
+            config = {"id": "lowrank", "rank": rank or 1, "clusters": clusters}
+            return config | ({"iterations": iterations} if iterations else {})
         encoding = codec.split("-", 1)[1]
         config = {
             "id": "fedzip",
@@ -296,6 +309,8 @@ class ExperimentConfig:
             config["budget_split"] = self.budget_split
         if rank:
             config["rank"] = rank
+        if iterations:
+            config["iterations"] = iterations
         return config
 
     def feedback_settings(self) -> dict[str, Any]:

@@ -137,7 +137,8 @@ def _options(cfg) -> str:
     elif cfg.budget_bytes:
         parts.append(f"budget {cfg.budget_bytes:,} B{split}")
     elif cfg.codec == "lowrank" or cfg.rank:
-        parts.append(f"rank-{cfg.rank or 1} factors, k={cfg.clusters}")
+        iterations = f", {cfg.iterations} iterations" if cfg.iterations else ""
+        parts.append(f"rank-{cfg.rank or 1} factors, k={cfg.clusters}{iterations}")
     elif cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
         parts.append(f"keep {cfg.keep:g}")
     if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes or cfg.rank):
