@@ -99,6 +99,7 @@ def test_config_round_trips_through_toml(tmp_path):
         {"downlink": "stc", "downlink_rank": 4},
         {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_budget_ratio": 300.0},
         {"downlink_clusters": 5},  # no downlink to set them for
+        {"downlink": "stc", "downlink_clusters": 5},  # STC has no clusters
         {"downlink": "fedzip-dap", "downlink_iterations": 4},  # iterations are the factors'
         {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_iterations": 101},
         {"downlink": "fedzip-dap", "downlink_rank": 4, "downlink_clusters": 1},

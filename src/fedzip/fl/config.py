@@ -191,8 +191,8 @@ class ExperimentConfig:
             "downlink_rank needs a FedZip downlink codec and no downlink_budget_ratio",
         )
         need(
-            not self.downlink_clusters or bool(self.downlink),
-            "downlink_clusters needs a compressed downlink: set downlink too",
+            not self.downlink_clusters or self.downlink.startswith("fedzip") or self.downlink == "lowrank",
+            f"downlink_clusters is an option of fedzip and lowrank downloads; downlink is {self.downlink!r}",
         )
         need(
             not self.downlink_iterations or bool(self.downlink_rank),
