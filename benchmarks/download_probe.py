@@ -39,7 +39,9 @@ def missed(download: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("configs", nargs="+", help="compressor configs (JSON) to apply to the measured update")
+    parser.add_argument(
+        "configs", nargs="+", help="compressor configs (JSON) to apply to the measured update"
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--at", type=int, nargs="+", default=[5, 10], help="rounds whose download is measured"
