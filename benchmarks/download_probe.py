@@ -23,18 +23,13 @@ import json
 
 import numpy as np
 
+from fedzip.bench import relative_error
 from fedzip.compressors import get_compressor
 from fedzip.feedback import ErrorFeedback
 from probe_setting import CLIENTS, Rows, Setting
 
 RANK_2 = '{"id": "fedzip", "rank": 2, "clusters": 3, "sparsify_1d": false}'
 RANK_6 = '{"id": "fedzip", "rank": 6, "clusters": 3, "sparsify_1d": false}'
-
-
-def missed(download: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> float:
-    """||download - sent||^2 / ||download||^2."""
-    left = sum(float(np.sum((download[k].astype(np.float64) - sent[k]) ** 2)) for k in download)
-    return left / sum(float(np.sum(v.astype(np.float64) ** 2)) for v in download.values())
 
 
 def main() -> None:
@@ -71,11 +66,12 @@ def main() -> None:
         exact = {k: v + total[k] / CLIENTS for k, v in exact.items()}
         download = {k: exact[k] - copy[k] for k in exact}
         if server_round in args.at:
+            target = download if measured is None else measured
             for text, codec in zip(args.configs, candidates, strict=True):
-                payload = codec.encode(measured or download)
-                share = round(missed(measured or download, codec.decode(payload)), 3)
+                payload, sent = codec.encode_with_approximation(target)
+                share = round(relative_error(target, sent), 3)
                 rows.add(text, server_round, len(payload), round(raw / len(payload), 1), share)
-        brought = down.decode(down.encode(download))
+        brought = down.approximate(download)
         copy = {k: v + brought[k] for k, v in copy.items()}
     print(f"rows: {rows.path}")
 

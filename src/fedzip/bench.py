@@ -80,6 +80,12 @@ def entropy_bound_bits(codec: FedZip, update: dict[str, np.ndarray]) -> float:
     return bits
 
 
+def relative_error(update: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> float:
+    """``||update - sent||² / ||update||²``: the share of the update's squared norm a payload leaves out."""
+    error = sum(float(np.sum((update[n].astype(np.float64) - sent[n]) ** 2)) for n in update)
+    return error / sum(float(np.sum(a.astype(np.float64) ** 2)) for a in update.values())
+
+
 def _best_time(fn: Callable[[], object], repeat: int) -> float:
     best = math.inf
     for _ in range(repeat):

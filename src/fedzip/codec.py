@@ -110,8 +110,8 @@ class FedZip(Compressor):
                 raise ValueError(f"rank must be an int from 1 to {MAX_RANK} or None, got {rank!r}")
             if budget_bytes is not None or budget_ratio is not None:
                 raise ValueError("rank sets the size of the factors; give it or a budget, not both")
-            if clusters == "auto":
-                raise ValueError("rank needs a number of clusters for the factors, not 'auto'")
+            if clusters == "auto" or clusters < 2:
+                raise ValueError(f"rank needs 2 to {MAX_CLUSTERS} clusters for the factors, got {clusters!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100:
             raise ValueError(f"iterations must be an int from 1 to 100, got {iterations!r}")
         if rank is None and iterations != 2:

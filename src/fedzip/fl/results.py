@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench import entropy_bound_bits
+from ..bench import entropy_bound_bits, relative_error
 from ..codec import FedZip, decode
 from ..energy import get_link, saved_percent
 from ..paper import authors_estimate
@@ -432,7 +432,6 @@ CLUSTER_CHOICES = (1, 2, 3, 4, 8, 16, "auto")
 
 def cluster_section(update: dict[str, np.ndarray], heading: str) -> list[str]:
     """Payload bytes and relative squared error of one real update, per keep and cluster count."""
-    energy = sum(float(np.sum(a.astype(np.float64) ** 2)) for a in update.values())
     lines = [
         heading,
         "",
@@ -451,15 +450,11 @@ def cluster_section(update: dict[str, np.ndarray], heading: str) -> list[str]:
         for k in CLUSTER_CHOICES:
             codec = FedZip(keep=keep, clusters=k)
             payload = codec.encode(update)
-            restored = decode(payload)
-            error = sum(float(np.sum((update[n].astype(np.float64) - restored[n]) ** 2)) for n in update)
-            cells.append(f"{len(payload):,} B, {error / energy:.3f}")
+            cells.append(f"{len(payload):,} B, {relative_error(update, decode(payload)):.3f}")
             if k == 3:
                 three = len(payload)
         budgeted = FedZip(budget_bytes=three).encode(update)
-        restored = decode(budgeted)
-        error = sum(float(np.sum((update[n].astype(np.float64) - restored[n]) ** 2)) for n in update)
-        cells.append(f"{len(budgeted):,} B, **{error / energy:.3f}**")
+        cells.append(f"{len(budgeted):,} B, **{relative_error(update, decode(budgeted)):.3f}**")
         lines.append(f"| {keep} | " + " | ".join(cells) + " |")
     lines += [
         "",
