@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from fedzip.compressors import get_compressor
+from fedzip.fl import training
 from probe_setting import Rows, Setting, error_feedback_rounds
 
 
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--every", type=int, default=5, help="evaluate every this many rounds (and round 1)")
     parser.add_argument("--lr", type=float, nargs="+", default=[0.05], help="clients' SGD learning rates")
+    parser.add_argument("--lr-schedule", default="constant", choices=training.LR_SCHEDULES)
+    parser.add_argument("--lr-final", type=float, default=0.0, help="cosine: the last round's learning rate")
     parser.add_argument("--out", default="results/codec-probe.csv")
     args = parser.parse_args()
     configs = [json.loads(text) for text in args.configs]
@@ -39,16 +42,27 @@ def main() -> None:
     setting = Setting()
     raw = sum(4 * v.size for v in setting.start.values())
 
-    header = ["config", "lr", "round", "val_accuracy", "upload_bytes", "ratio", "seconds"]
+    header = ["config", "lr", "schedule", "round", "val_accuracy", "upload_bytes", "ratio", "seconds"]
     rows = Rows(args.out, header, args.every)
     for (config, codec), lr in itertools.product(zip(args.configs, codecs, strict=True), args.lr):
         began = time.perf_counter()
-        for server_round, weights, _, sizes in error_feedback_rounds(setting, codec, args.rounds, lr):
+        for server_round, weights, _, sizes in error_feedback_rounds(
+            setting, codec, args.rounds, lr, args.lr_schedule, args.lr_final
+        ):
             if rows.due(server_round):
                 mean = float(np.mean(sizes))
                 accuracy = round(setting.accuracy(weights), 4)
                 seconds = round(time.perf_counter() - began)
-                rows.add(config, lr, server_round, accuracy, round(mean), round(raw / mean, 1), seconds)
+                rows.add(
+                    config,
+                    lr,
+                    args.lr_schedule,
+                    server_round,
+                    accuracy,
+                    round(mean),
+                    round(raw / mean, 1),
+                    seconds,
+                )
     print(f"rows: {rows.path}")
 
 

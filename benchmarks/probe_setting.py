@@ -58,10 +58,16 @@ class Setting:
 
 
 def error_feedback_rounds(
-    setting: Setting, codec: Compressor, rounds: int, lr: float = 0.05
+    setting: Setting,
+    codec: Compressor,
+    rounds: int,
+    lr: float = 0.05,
+    schedule: str = "constant",
+    lr_final: float = 0.0,
 ) -> Iterator[tuple[int, dict[str, np.ndarray], list[ErrorFeedback], list[int]]]:
     """Classic error feedback (Seide et al. 2014) in process, round by round.
 
+    The clients' learning rate follows ``schedule`` (``training.round_lr``) over ``rounds``.
     Yields the round, the model the server holds after it, the clients' senders (their residuals)
     and every upload's size so far.
     """
@@ -70,7 +76,8 @@ def error_feedback_rounds(
     for server_round in range(1, rounds + 1):
         total = {k: np.zeros_like(v) for k, v in weights.items()}
         for client, sender in enumerate(senders):
-            payload = sender.encode(setting.update(weights, server_round, client, lr))
+            round_lr = training.round_lr(lr, schedule, lr_final, server_round, rounds)
+            payload = sender.encode(setting.update(weights, server_round, client, round_lr))
             sizes.append(len(payload))
             for k, v in codec.decode(payload).items():
                 total[k] += v

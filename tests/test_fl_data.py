@@ -1,4 +1,6 @@
 import gzip
+import itertools
+import math
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ pytest.importorskip("torch")
 pytest.importorskip("flwr_datasets")
 
 from fedzip import FedZip, get_compressor
-from fedzip.fl import convergence, data, models
+from fedzip.fl import convergence, data, models, training
 from fedzip.fl.config import CODEC_NAMES, ExperimentConfig
 
 
@@ -108,6 +110,10 @@ def test_config_round_trips_through_toml(tmp_path):
         {"codec": "fedzip-dap", "iterations": 4},  # no factors to iterate for
         {"codec": "lowrank", "iterations": 101},
         {"link": "5g"},
+        {"lr_schedule": "step"},
+        {"lr_schedule": "cosine", "lr": 0.05, "lr_final": 0.1},  # ends above where it starts
+        {"lr_schedule": "cosine", "lr_final": -0.01},
+        {"lr_final": 0.01},  # a constant lr has no end to set
     ],
 )
 def test_invalid_configs(values):
@@ -197,3 +203,27 @@ def test_the_validation_set_is_held_out_of_training_and_seeded():
     assert everything.train_test.train_labels.size == 800
     with pytest.raises(ValueError, match="validation"):
         split(data, 1000, 0, 0, seed=0)
+
+
+def test_cosine_lr_runs_from_lr_in_round_one_to_its_final_value_in_the_last():
+    rounds = 81
+    lrs = [training.round_lr(0.05, "cosine", 0.005, r, rounds) for r in range(1, rounds + 1)]
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] == pytest.approx(0.005)
+    assert lrs[40] == pytest.approx((0.05 + 0.005) / 2)  # half way
+    assert lrs[20] == pytest.approx(0.005 + 0.045 * (1 + math.cos(math.pi / 4)) / 2)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert training.round_lr(0.05, "constant", 0.0, 40, rounds) == 0.05
+    assert training.round_lr(0.05, "cosine", 0.0, 1, 1) == 0.05  # a one-round run
+    with pytest.raises(ValueError, match="constant, cosine"):
+        training.round_lr(0.05, "linear", 0.0, 1, 10)
+
+
+def test_the_schedule_is_in_the_clients_settings_and_the_run_label():
+    from fedzip.fl.apps import client_settings
+    from fedzip.fl.convergence import _options
+
+    cfg = ExperimentConfig(rounds=80, lr_schedule="cosine", lr_final=0.005)
+    settings = client_settings(cfg)
+    assert (settings["lr-schedule"], settings["lr-final"], settings["rounds"]) == ("cosine", 0.005, 80)
+    assert "cosine lr 0.05 to 0.005" in _options(cfg)
+    assert "cosine" not in _options(ExperimentConfig())

@@ -289,6 +289,18 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
     assert summary["config"]["server_optimizer"] == "fedavgm"
 
 
+def test_the_clients_learning_rate_follows_the_schedule(tmp_path):
+    """Cosine to 0: the last round's clients train at lr 0, so the model stands still in that round."""
+    cfg = small_run(
+        tmp_path, model="mlp", clients=2, rounds=3, train_limit=2000, batch_size=20, codec="none",
+        error_feedback=False, lr=0.1, lr_schedule="cosine", lr_final=0.0,
+    )  # fmt: skip
+    run_experiment(cfg, show_progress=False)
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path)]
+    assert losses[1] < losses[0] - 0.3 and abs(losses[2] - losses[1]) > 1e-3  # rounds 1-2 train
+    assert losses[3] == pytest.approx(losses[2], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "codec, down, shared",
     [("fedzip-dap+ef", "fedzip-dap", False), ("stc", "stc", False), ("stc", "stc", True)],

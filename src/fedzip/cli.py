@@ -258,6 +258,8 @@ _EXPERIMENT_OPTIONS = (
     ("--batch-size", int, "local batch size (default 32)"),
     ("--optimizer", str, "sgd (default) or adam"),
     ("--lr", float, "learning rate (default 0.05)"),
+    ("--lr-schedule", str, "the clients' learning rate over the rounds: constant (default) or cosine"),
+    ("--lr-final", float, "with --lr-schedule cosine: the last round's learning rate (default 0)"),
     ("--keep", float, "fedzip, topk, stc: fraction of entries kept per tensor (default 0.01)"),
     ("--clusters", _clusters, "fedzip: 1..256 or auto; lowrank: 2..256 (default 3)"),
     ("--levels", int, "qsgd: quantisation levels, 1..255 (default 16)"),

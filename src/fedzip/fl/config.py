@@ -12,6 +12,7 @@ from ..codec import BUDGET_SPLITS
 from ..energy import get_link
 from .data import parse_partition
 from .models import MODELS
+from .training import LR_SCHEDULES
 
 CODEC_NAMES = (
     "none",
@@ -56,6 +57,8 @@ class ExperimentConfig:
     batch_size: int = 32
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"  # the clients' lr over the rounds: constant, or cosine from lr to lr_final
+    lr_final: float = 0.0  # cosine: the last round's learning rate
     codec: str = "fedzip-dap"
     keep: float = 0.01
     clusters: int | str = 3
@@ -207,6 +210,18 @@ class ExperimentConfig:
             "downlink_shared_start needs a compressed downlink: set downlink too",
         )
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(
+            self.lr_schedule in LR_SCHEDULES,
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+        )
+        need(
+            0 <= self.lr_final <= self.lr,
+            f"lr_final must be from 0 to lr={self.lr:g} (the cosine schedule's last value), got {self.lr_final!r}",
+        )
+        need(
+            not self.lr_final or self.lr_schedule != "constant",
+            'lr_final is the end of a schedule: set lr_schedule = "cosine" too',
+        )
         need(0 < self.keep <= 1, f"keep must be in (0, 1], got {self.keep!r}")
         need(
             isinstance(self.levels, int) and 1 <= self.levels <= 255,

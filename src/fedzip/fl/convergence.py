@@ -165,6 +165,8 @@ def _options(cfg) -> str:
         parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
     if cfg.downlink_shared_start:
         parts.append("shared start")
+    if cfg.lr_schedule != "constant":
+        parts.append(f"{cfg.lr_schedule} lr {cfg.lr:g} to {cfg.lr_final:g}")
     return ", ".join(parts)
 
 

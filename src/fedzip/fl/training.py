@@ -8,11 +8,28 @@ round several times cheaper than the straightforward loop.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 EVAL_BATCH = 50  # small batches stay in cache: 4.7x faster than 1000 for the paper CNN
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr(lr: float, schedule: str, final: float, server_round: int, rounds: int) -> float:
+    """The clients' learning rate in ``server_round`` (1..rounds) of a run of ``rounds``.
+
+    ``"constant"``: ``lr`` throughout. ``"cosine"``: half a cosine from ``lr`` in round 1
+    to ``final`` in the last round (Loshchilov & Hutter 2017, without restarts).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant" or rounds <= 1:
+        return lr
+    progress = min(max(server_round - 1, 0), rounds - 1) / (rounds - 1)
+    return final + (lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
