@@ -322,3 +322,48 @@ def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_comple
     assert "**complete**" in "\n".join(lines) and target_row(lines, "| QSGD").startswith(
         "| QSGD | 1 | 32x | 0 | – |"
     )
+
+
+def test_a_run_with_a_learning_rate_schedule_is_measured_against_fedavg_with_that_schedule():
+    cfg = ExperimentConfig(rounds=3)
+    cosine = {"lr_schedule": "cosine", "lr_final": 0.0}
+    fedavg = fedavg_reference(cfg)  # 0.90 on every seed, constant lr: the main reference
+    fedavg_cosine = run_seeds("fedavg-cos", cfg.replace(codec="none", **cosine), [(0.93, 0.93)] * 3)
+    down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap", **cosine)
+    both = run_seeds("both-cos", down, [(0.925, 0.93)] * 3, 1100.0, downlink_bytes=50_000)
+    runs = {"fedavg": fedavg, "fedavg-cos": fedavg_cosine, "both-cos": both}
+    row = target_row(targets(cfg, runs), "| ≥500x up")
+    # against FedAvg with the same schedule (0.93): half a point behind, not 2.5 ahead of constant FedAvg
+    assert "p/both-cos" in row and "-0.50 ± 0.00 (vs FedAvg, cosine lr 0.05 to 0)" in row
+    assert row.endswith("| yes |")
+    # without FedAvg trained alike there is nothing to compare with: no verdict of "yes"
+    del runs["fedavg-cos"]
+    row = target_row(targets(cfg, runs), "| ≥500x up")
+    assert "– (no FedAvg run trains alike)" in row and row.endswith("| no |")
+
+
+def test_plan_rows_pair_each_run_with_the_fedavg_run_that_trains_alike(tmp_path, monkeypatch):
+    cfg = ExperimentConfig(rounds=1)
+    fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.9)])
+    const = run_seeds("const", cfg.replace(codec="stc"), [(0.88, 0.9)], 1000.0)
+    cosine = {"lr_schedule": "cosine", "lr_final": 0.001}
+    fedavg_cosine = run_seeds("fedavg-cos", cfg.replace(codec="none", **cosine), [(0.95, 0.9)])
+    stc_cosine = run_seeds("stc-cos", cfg.replace(codec="stc", **cosine), [(0.94, 0.9)], 1000.0)
+    adam = run_seeds("stc-adam", cfg.replace(codec="stc", optimizer="adam"), [(0.91, 0.9)], 1000.0)
+    # the constant-lr FedAvg is in the plan the others name as reference, listed after its cosine twin
+    base, more = Plan("base", cfg, ()), Plan("more", cfg, (), reference="base")
+    base_groups = {"fedavg": fedavg, "const": const}
+    more_groups = {"fedavg-cos": fedavg_cosine, "stc-cos": stc_cosine, "stc-adam": adam}
+    results = {}
+    for name, groups in (("base", base_groups), ("more", more_groups)):
+        results[name] = [(r, s) for g in groups.values() for r, s in zip(g.runs, g.summaries, strict=True)]
+    by_id = {id(results["base"]): base_groups, id(results["more"]): more_groups}
+    monkeypatch.setattr("fedzip.fl.convergence.group", lambda r: by_id[id(r)])
+    text = write_document(tmp_path / "results.md", [(base, results["base"]), (more, results["more"])])
+    rows = {}
+    for line in text.read_text().splitlines():  # the plans' tables come first
+        rows.setdefault(line.split(" | ")[0][2:], line.split(" | "))
+    assert rows["const"][3] == "-2.00" and rows["stc-cos"][3] == "-1.00"  # 0.94 - 0.95, not + 4 points
+    assert rows["fedavg-cos"][3] == "0.00" and rows["stc-adam"][3] == "–"
+    assert "cosine lr 0.05 to 0.001" in rows["stc-cos"][1]
+    assert "FedAvg reference: the `fedavg` run of plan `base`" in text.read_text()

@@ -170,15 +170,46 @@ def _options(cfg) -> str:
     return ", ".join(parts)
 
 
-def find_reference(grouped: dict[str, RunSeeds]) -> RunSeeds | None:
-    return next((g for g in grouped.values() if g.config.codec == REFERENCE_CODEC), None)
+# How clients train: a run is compared with the FedAvg run that trains as it does
+TRAINING = ("optimizer", "lr", "lr_schedule", "lr_final", "local_epochs", "batch_size", "local_momentum")
 
 
-def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | None = None) -> list[str]:
-    """The Markdown section of one plan; ``reference``: FedAvg from another plan."""
+def same_training(a: Any, b: Any) -> bool:
+    """Whether two run configs train their clients alike (TRAINING)."""
+    return all(getattr(a, key) == getattr(b, key) for key in TRAINING)
+
+
+def find_reference(grouped: dict[str, RunSeeds], like: Any) -> RunSeeds | None:
+    """The FedAvg run among ``grouped`` whose clients train as in the config ``like``."""
+    return next(
+        (g for g in grouped.values() if g.config.codec == REFERENCE_CODEC and same_training(g.config, like)),
+        None,
+    )
+
+
+def reference_for(group: RunSeeds, fedavgs: Sequence[RunSeeds]) -> RunSeeds | None:
+    """The FedAvg run among ``fedavgs`` to measure ``group`` against: the one trained alike, if any."""
+    return next((f for f in fedavgs if same_training(f.config, group.config)), None)
+
+
+def fedavg_runs(*grouped: dict[str, RunSeeds]) -> list[RunSeeds]:
+    """Every FedAvg run of these plans, in order."""
+    return [g for plan in grouped for g in plan.values() if g.config.codec == REFERENCE_CODEC]
+
+
+def plan_rows(
+    plan: Plan, grouped: dict[str, RunSeeds], referenced: dict[str, RunSeeds] | None = None
+) -> list[str]:
+    """The Markdown section of one plan; ``referenced``: the runs of the plan it names as reference.
+
+    Each run's Δ is paired with the FedAvg run that trains its clients alike (same optimiser,
+    learning rate and schedule, ...), "–" when there is none; the plan's reference is the FedAvg
+    run trained as the plan's base.
+    """
     base = plan.base
-    own = find_reference(grouped)
-    reference = own or reference
+    own = find_reference(grouped, base)
+    reference = own or find_reference(referenced or {}, base)
+    fedavgs = fedavg_runs(grouped, referenced or {})
     wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
     seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
     lines = [
@@ -220,7 +251,8 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | No
     for name, g in grouped.items():
         test = g.final("accuracy")
         # paired by seed: same partition and initialisation
-        delta = _mean_std(paired(g, reference), 100) if reference is not None else "–"
+        alike = reference_for(g, fedavgs)
+        delta = _mean_std(paired(g, alike), 100) if alike is not None else "–"
         reached = [reach(m, target) for m in g.metrics] if target is not None else []
         hit = [r for r in reached if r is not None]
         rounds_to = (
@@ -238,7 +270,8 @@ def plan_rows(plan: Plan, grouped: dict[str, RunSeeds], reference: RunSeeds | No
     lines += [
         "",
         "Accuracies in percent, mean ± standard deviation over seeds; Δ is paired by seed (same partition and "
-        "initialisation). *Compression*: float32 size of every accepted update / payload bytes actually sent, "
+        "initialisation) with the FedAvg run whose clients train alike (a run with a learning-rate schedule "
+        "against FedAvg with the same schedule; – where there is none). *Compression*: float32 size of every accepted update / payload bytes actually sent, "
         "over the whole run. *To reach*: first round whose validation accuracy reaches the target, mean over "
         "the seeds that reach it (how many in brackets), and the payload bytes sent until then."
         + (
@@ -293,7 +326,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
     link = get_link(link_name)
     model_bytes = 4 * parameter_count(build("cnn"))
     plan, grouped = plans[0]
-    reference = find_reference(grouped)
+    reference = find_reference(grouped, plan.base)
     if reference is None:
         return []
     train = float(
@@ -418,8 +451,7 @@ def write_document(
     by_name = {plan.name: grouped for plan, grouped in grouped_plans}
     sections: list[str] = []
     for plan, grouped in grouped_plans:
-        reference = find_reference(by_name.get(plan.reference, {})) if plan.reference else None
-        sections += plan_rows(plan, grouped, reference)
+        sections += plan_rows(plan, grouped, by_name.get(plan.reference, {}) if plan.reference else None)
         plot_plan(plan, grouped, assets)
     (assets / "summary.json").write_text(json.dumps(machine_summary(grouped_plans), indent=1) + "\n")
     missing = [

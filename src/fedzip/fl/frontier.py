@@ -26,11 +26,14 @@ from .convergence import (
     TARGET_POINTS,
     RunSeeds,
     _mean_std,
+    _options,
+    fedavg_runs,
     find_reference,
     paired,
     plateau,
     reach,
     reach_target,
+    reference_for,
 )
 from .reproduce import Plan
 
@@ -76,6 +79,7 @@ class Point:
     test: float  # final test accuracy, mean over seeds
     val: float  # final validation accuracy, mean over seeds
     both: float = math.nan  # whole-run compression of uploads and downloads together, mean over seeds
+    reference: RunSeeds | None = None  # the FedAvg run whose clients train alike (None: not measured)
 
     @property
     def seeds(self) -> int:
@@ -91,9 +95,23 @@ class Point:
         are not points of an uplink curve or picks of an uplink target."""
         return not self.group.config.downlink
 
+    def delta(self) -> np.ndarray:
+        """Final test accuracy minus that of FedAvg trained alike, paired by seed (empty without one)."""
+        return np.array([]) if self.reference is None else paired(self.group, self.reference)
+
+    def delta_text(self, main: RunSeeds | None) -> str:
+        """:meth:`delta` as mean ± std in points, saying so when it is not against the main FedAvg."""
+        text = _mean_std(self.delta(), 100)
+        if self.reference is None:
+            return "– (no FedAvg run trains alike)"
+        if self.reference is not main:
+            return f"{text} (vs FedAvg, {_options(self.reference.config).split(', ', 1)[-1]})"
+        return text
+
 
 def points(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[Point]:
     out = []
+    fedavgs = fedavg_runs(*(grouped for _, grouped in grouped_plans))
     for plan, grouped in grouped_plans:
         for name, g in grouped.items():
             kind = family(g.config)
@@ -109,6 +127,7 @@ def points(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[Po
                     float(np.mean(g.final("accuracy"))),
                     float(np.mean(g.final("val_accuracy"))),
                     float(np.nanmean(g.both_ways_rate())),
+                    reference_for(g, fedavgs),
                 )
             )
     return out
@@ -197,12 +216,12 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             )
             continue
         best = max(_confirmed(eligible), key=lambda p: p.val)
-        delta = paired(best.group, reference)
+        delta = best.delta()
         spent, hit = _bytes_to_target(best.group, target)
         met = bool(delta.size) and 100 * delta.mean() >= -TARGET_POINTS
         rate = f"{best.both:.0f}x both ways" if both else f"{best.rate:.0f}x"
         lines.append(
-            f"| {label} | {best.plan}/{best.name} | {best.seeds} | {rate} | {_mean_std(delta, 100)} | "
+            f"| {label} | {best.plan}/{best.name} | {best.seeds} | {rate} | {best.delta_text(reference)} | "
             f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {_verdict(met, best.seeds)} |"
         )
     stc = [p for p in uplink if p.family == "STC"]
@@ -213,7 +232,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         reaching = [r for r in reaching if r[2] == r[0].seeds]  # reaches with every seed
         lines.append(
             f"| STC at its best p | {best_stc.plan}/{best_stc.name} (keep {best_stc.group.config.keep:g}) | "
-            f"{best_stc.seeds} | {best_stc.rate:.0f}x | {_mean_std(paired(best_stc.group, reference), 100)} | "
+            f"{best_stc.seeds} | {best_stc.rate:.0f}x | {best_stc.delta_text(reference)} | "
             f"{_reached(stc_bytes, stc_hit, best_stc.seeds)} | {_rising(best_stc.group)} | – |"
         )
         if reaching:
@@ -222,7 +241,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             fewer = hit == best.seeds and (stc_hit < best_stc.seeds or spent < stc_bytes)
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
-                f"{_mean_std(paired(best.group, reference), 100)} | {_reached(spent, hit, best.seeds)} | "
+                f"{best.delta_text(reference)} | {_reached(spent, hit, best.seeds)} | "
                 f"{_rising(best.group)} | {_verdict(fewer, best.seeds)} |"
             )
     lines += [
@@ -255,7 +274,7 @@ def curve_lines(all_points: Sequence[Point], reference: RunSeeds | None) -> list
         furthest = "– | –"
         if within:  # never without a reference: the target is then NaN
             best = max(within, key=lambda p: p.rate)
-            furthest = f"{best.plan}/{best.name} ({best.rate:.0f}x) | {_mean_std(paired(best.group, reference), 100)}"
+            furthest = f"{best.plan}/{best.name} ({best.rate:.0f}x) | {best.delta_text(reference)}"
         lines.append(
             f"| {name} | {len(members)} | {_span(members[0].rate, members[-1].rate)} | "
             f"{sum(p.confirmed for p in members)} | {furthest} |"
@@ -357,7 +376,7 @@ def frontier_lines(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], as
     lines: list[str] = []
     for root, pooled in settings(grouped_plans).items():
         all_points = points(pooled)
-        reference = next((r for _, g in pooled if (r := find_reference(g)) is not None), None)
+        reference = next((r for plan, g in pooled if (r := find_reference(g, plan.base)) is not None), None)
         if len(all_points) < 3 or not plot(root, all_points, reference, assets / f"{root}-frontier.png"):
             continue
         lines += [
