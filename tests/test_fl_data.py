@@ -225,5 +225,8 @@ def test_the_schedule_is_in_the_clients_settings_and_the_run_label():
     cfg = ExperimentConfig(rounds=80, lr_schedule="cosine", lr_final=0.005)
     settings = client_settings(cfg)
     assert (settings["lr-schedule"], settings["lr-final"], settings["rounds"]) == ("cosine", 0.005, 80)
-    assert "cosine lr 0.05 to 0.005" in _options(cfg)
-    assert "cosine" not in _options(ExperimentConfig())
+    base = ExperimentConfig()
+    assert _options(cfg, base).endswith(", cosine lr 0.05 to 0.005")
+    assert _options(ExperimentConfig(lr=0.1), base).endswith(", lr 0.1")
+    assert _options(ExperimentConfig(optimizer="adam", batch_size=10), base).endswith(", adam, batch 10")
+    assert _options(base, base) == _options(base) == "fedzip-dap, keep 0.01, k=3"  # trained as the plan

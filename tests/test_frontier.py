@@ -334,8 +334,14 @@ def test_a_run_with_a_learning_rate_schedule_is_measured_against_fedavg_with_tha
     runs = {"fedavg": fedavg, "fedavg-cos": fedavg_cosine, "both-cos": both}
     row = target_row(targets(cfg, runs), "| ≥500x up")
     # against FedAvg with the same schedule (0.93): half a point behind, not 2.5 ahead of constant FedAvg
-    assert "p/both-cos" in row and "-0.50 ± 0.00 (vs FedAvg, cosine lr 0.05 to 0)" in row
-    assert row.endswith("| yes |")
+    assert "p/both-cos" in row and row.endswith("| yes |")
+    assert "-0.50 ± 0.00 (vs FedAvg, cosine lr 0.05 to 0; 2.50 ± 0.00 vs the plan's FedAvg)" in row
+    # within a point of FedAvg trained alike but not of the plan's FedAvg: not credited
+    runs["fedavg-cos"] = run_seeds("fedavg-cos", fedavg_cosine.config, [(0.87, 0.93)] * 3)
+    runs["both-cos"] = run_seeds("both-cos", down, [(0.885, 0.93)] * 3, 1100.0, downlink_bytes=50_000)
+    row = target_row(targets(cfg, runs), "| ≥500x up")
+    assert "1.50 ± 0.00 (vs FedAvg" in row and "-1.50 ± 0.00 vs the plan's FedAvg" in row
+    assert row.endswith("| no |")
     # without FedAvg trained alike there is nothing to compare with: no verdict of "yes"
     del runs["fedavg-cos"]
     row = target_row(targets(cfg, runs), "| ≥500x up")
@@ -365,5 +371,5 @@ def test_plan_rows_pair_each_run_with_the_fedavg_run_that_trains_alike(tmp_path,
         rows.setdefault(line.split(" | ")[0][2:], line.split(" | "))
     assert rows["const"][3] == "-2.00" and rows["stc-cos"][3] == "-1.00"  # 0.94 - 0.95, not + 4 points
     assert rows["fedavg-cos"][3] == "0.00" and rows["stc-adam"][3] == "–"
-    assert "cosine lr 0.05 to 0.001" in rows["stc-cos"][1]
+    assert rows["stc-cos"][1].endswith(", cosine lr 0.05 to 0.001") and rows["stc-adam"][1].endswith(", adam")
     assert "FedAvg reference: the `fedavg` run of plan `base`" in text.read_text()

@@ -129,7 +129,29 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def _options(cfg) -> str:
+def training_difference(cfg: Any, base: Any) -> str:
+    """How ``cfg`` trains its clients otherwise than ``base`` (TRAINING), e.g. "lr 0.1"; "" if alike."""
+    parts = []
+    if cfg.optimizer != base.optimizer:
+        parts.append(cfg.optimizer)
+    if cfg.lr_schedule != base.lr_schedule or cfg.lr_final != base.lr_final:
+        parts.append(
+            f"{cfg.lr_schedule} lr {cfg.lr:g}"
+            + (f" to {cfg.lr_final:g}" if cfg.lr_schedule != "constant" else "")
+        )
+    elif cfg.lr != base.lr:
+        parts.append(f"lr {cfg.lr:g}")
+    if cfg.local_epochs != base.local_epochs:
+        parts.append(f"{cfg.local_epochs} local epochs")
+    if cfg.batch_size != base.batch_size:
+        parts.append(f"batch {cfg.batch_size}")
+    if cfg.local_momentum != base.local_momentum:
+        parts.append(f"local momentum {cfg.local_momentum:g}")
+    return ", ".join(parts)
+
+
+def _options(cfg, base=None) -> str:
+    """A run's codec and options; with ``base`` (the plan's), how its clients train otherwise."""
     parts = [cfg.label]
     split = f" ({cfg.budget_split} split, k={cfg.clusters})" if cfg.budget_split == "uniform" else ""
     if cfg.budget_ratio:
@@ -165,9 +187,8 @@ def _options(cfg) -> str:
         parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
     if cfg.downlink_shared_start:
         parts.append("shared start")
-    if cfg.lr_schedule != "constant":
-        parts.append(f"{cfg.lr_schedule} lr {cfg.lr:g} to {cfg.lr_final:g}")
-    return ", ".join(parts)
+    trained = training_difference(cfg, base) if base is not None else ""
+    return ", ".join(parts + ([trained] if trained else []))
 
 
 # How clients train: a run is compared with the FedAvg run that trains as it does
@@ -262,7 +283,7 @@ def plan_rows(
         )
         mb_to = _mean_std(np.array([r[1] for r in hit], dtype=float), 1e-6, 3) if hit else "–"
         lines.append(
-            f"| {name} | {_options(g.config)} | {_mean_std(test, 100)} | {delta} | "
+            f"| {name} | {_options(g.config, base)} | {_mean_std(test, 100)} | {delta} | "
             f"{_mean_std(g.final('val_accuracy'), 100)} | {_mean_std(g.payload_bytes(), 1e-6, 3)} | "
             f"{_mean_std(g.rate(), 1, 1)}x | {rounds_to} | {mb_to} |"
             + (f" {_mean_std(g.both_ways_rate(), 1, 1)}x |" if both else "")
