@@ -291,8 +291,9 @@ def plan_rows(
     lines += [
         "",
         "Accuracies in percent, mean ± standard deviation over seeds; Δ is paired by seed (same partition and "
-        "initialisation) with the FedAvg run whose clients train alike (a run with a learning-rate schedule "
-        "against FedAvg with the same schedule; – where there is none). *Compression*: float32 size of every accepted update / payload bytes actually sent, "
+        "initialisation) with the FedAvg run whose clients train alike (a run at another learning rate or "
+        "schedule against FedAvg trained the same way; – where there is none). *Compression*: float32 size "
+        "of every accepted update / payload bytes actually sent, "
         "over the whole run. *To reach*: first round whose validation accuracy reaches the target, mean over "
         "the seeds that reach it (how many in brackets), and the payload bytes sent until then."
         + (
