@@ -75,8 +75,8 @@ def error_feedback_rounds(
     weights, sizes = dict(setting.start), []
     for server_round in range(1, rounds + 1):
         total = {k: np.zeros_like(v) for k, v in weights.items()}
+        round_lr = training.round_lr(lr, schedule, lr_final, server_round, rounds)
         for client, sender in enumerate(senders):
-            round_lr = training.round_lr(lr, schedule, lr_final, server_round, rounds)
             payload = sender.encode(setting.update(weights, server_round, client, round_lr))
             sizes.append(len(payload))
             for k, v in codec.decode(payload).items():
