@@ -99,6 +99,11 @@ class Point:
         """Final test accuracy minus that of FedAvg trained alike, paired by seed (empty without one)."""
         return np.array([]) if self.reference is None else paired(self.group, self.reference)
 
+    @property
+    def compared_seeds(self) -> int:
+        """Seeds the verdict rests on: the run's, and no more than FedAvg trained alike has of them."""
+        return min(self.seeds, self.delta().size)
+
     def within(self, main: RunSeeds | None, points: float) -> bool:
         """Within ``points`` of FedAvg trained alike and, when that is not ``main``, of ``main`` too:
         a run trained otherwise than the plan's FedAvg is not credited with what its training gave."""
@@ -230,7 +235,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         rate = f"{best.both:.0f}x both ways" if both else f"{best.rate:.0f}x"
         lines.append(
             f"| {label} | {best.plan}/{best.name} | {best.seeds} | {rate} | {best.delta_text(reference)} | "
-            f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {_verdict(met, best.seeds)} |"
+            f"{_reached(spent, hit, best.seeds)} | {_rising(best.group)} | {_verdict(met, best.compared_seeds)} |"
         )
     stc = [p for p in uplink if p.family == "STC"]
     if stc and fedzip:
@@ -250,7 +255,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             lines.append(
                 f"| fewer bytes than STC to reach | {best.plan}/{best.name} | {best.seeds} | {best.rate:.0f}x | "
                 f"{best.delta_text(reference)} | {_reached(spent, hit, best.seeds)} | "
-                f"{_rising(best.group)} | {_verdict(fewer, best.seeds)} |"
+                f"{_rising(best.group)} | {_verdict(fewer, best.compared_seeds)} |"
             )
     lines += [
         "",
