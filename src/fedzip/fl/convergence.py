@@ -130,7 +130,8 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def training_difference(cfg: Any, base: Any) -> str:
-    """How ``cfg`` trains its clients otherwise than ``base`` (TRAINING), e.g. "lr 0.1"; "" if alike."""
+    """How ``cfg`` trains its clients otherwise than ``base`` (optimiser, lr and its schedule, local
+    epochs, batch, local momentum), e.g. "lr 0.1"; "" when alike: a run is compared with FedAvg trained alike."""
     parts = []
     if cfg.optimizer != base.optimizer:
         parts.append(cfg.optimizer)
@@ -191,26 +192,9 @@ def _options(cfg, base=None) -> str:
     return ", ".join(parts + ([trained] if trained else []))
 
 
-# How clients train: a run is compared with the FedAvg run that trains as it does
-TRAINING = ("optimizer", "lr", "lr_schedule", "lr_final", "local_epochs", "batch_size", "local_momentum")
-
-
-def same_training(a: Any, b: Any) -> bool:
-    """Whether two run configs train their clients alike (TRAINING)."""
-    return all(getattr(a, key) == getattr(b, key) for key in TRAINING)
-
-
-def find_reference(grouped: dict[str, RunSeeds], like: Any) -> RunSeeds | None:
-    """The FedAvg run among ``grouped`` whose clients train as in the config ``like``."""
-    return next(
-        (g for g in grouped.values() if g.config.codec == REFERENCE_CODEC and same_training(g.config, like)),
-        None,
-    )
-
-
-def reference_for(group: RunSeeds, fedavgs: Sequence[RunSeeds]) -> RunSeeds | None:
-    """The FedAvg run among ``fedavgs`` to measure ``group`` against: the one trained alike, if any."""
-    return next((f for f in fedavgs if same_training(f.config, group.config)), None)
+def trained_like(fedavgs: Sequence[RunSeeds], like: Any) -> RunSeeds | None:
+    """The first of ``fedavgs`` whose clients train as the config ``like`` does (no training_difference)."""
+    return next((f for f in fedavgs if not training_difference(f.config, like)), None)
 
 
 def fedavg_runs(*grouped: dict[str, RunSeeds]) -> list[RunSeeds]:
@@ -228,9 +212,9 @@ def plan_rows(
     run trained as the plan's base.
     """
     base = plan.base
-    own = find_reference(grouped, base)
-    reference = own or find_reference(referenced or {}, base)
-    fedavgs = fedavg_runs(grouped, referenced or {})
+    fedavgs = fedavg_runs(grouped, referenced or {})  # the plan's own first
+    reference = trained_like(fedavgs, base)
+    own = any(reference is g for g in grouped.values())
     wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
     seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
     lines = [
@@ -249,7 +233,7 @@ def plan_rows(
         gain, start, last = plateau(reference)
         held = gain < PLATEAU_POINTS
         target = reach_target(reference)
-        if own is None:
+        if not own:
             lines += [
                 f"FedAvg reference: the `fedavg` run of plan `{plan.reference}` (same data and seeds).",
                 "",
@@ -272,7 +256,7 @@ def plan_rows(
     for name, g in grouped.items():
         test = g.final("accuracy")
         # paired by seed: same partition and initialisation
-        alike = reference_for(g, fedavgs)
+        alike = trained_like(fedavgs, g.config)
         delta = _mean_std(paired(g, alike), 100) if alike is not None else "–"
         reached = [reach(m, target) for m in g.metrics] if target is not None else []
         hit = [r for r in reached if r is not None]
@@ -348,7 +332,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
     link = get_link(link_name)
     model_bytes = 4 * parameter_count(build("cnn"))
     plan, grouped = plans[0]
-    reference = find_reference(grouped, plan.base)
+    reference = trained_like(fedavg_runs(grouped), plan.base)
     if reference is None:
         return []
     train = float(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,12 +28,11 @@ from .convergence import (
     RunSeeds,
     _mean_std,
     fedavg_runs,
-    find_reference,
     paired,
     plateau,
     reach,
     reach_target,
-    reference_for,
+    trained_like,
     training_difference,
 )
 from .reproduce import Plan
@@ -95,6 +95,7 @@ class Point:
         are not points of an uplink curve or picks of an uplink target."""
         return not self.group.config.downlink
 
+    @cached_property
     def delta(self) -> np.ndarray:
         """Final test accuracy minus that of FedAvg trained alike, paired by seed (empty without one)."""
         return np.array([]) if self.reference is None else paired(self.group, self.reference)
@@ -102,24 +103,30 @@ class Point:
     @property
     def compared_seeds(self) -> int:
         """Seeds the verdict rests on: the run's, and no more than FedAvg trained alike has of them."""
-        return min(self.seeds, self.delta().size)
+        return min(self.seeds, self.delta.size)
+
+    def _against_main(self, main: RunSeeds | None) -> np.ndarray | None:
+        """Paired with ``main`` as well when the run trains otherwise (None when it does not)."""
+        if main is None or self.reference is None or self.reference is main:
+            return None
+        return paired(self.group, main)
 
     def within(self, main: RunSeeds | None, points: float) -> bool:
         """Within ``points`` of FedAvg trained alike and, when that is not ``main``, of ``main`` too:
         a run trained otherwise than the plan's FedAvg is not credited with what its training gave."""
-        deltas = [self.delta()]
-        if main is not None and self.reference is not main:
-            deltas.append(paired(self.group, main))
+        other = self._against_main(main)
+        deltas = [self.delta] + ([] if other is None else [other])
         return all(d.size and 100 * d.mean() >= -points for d in deltas)
 
     def delta_text(self, main: RunSeeds | None) -> str:
-        """:meth:`delta` as mean ± std in points; against ``main`` too when trained otherwise."""
-        text = _mean_std(self.delta(), 100)
+        """:attr:`delta` as mean ± std in points; against ``main`` too when trained otherwise."""
         if self.reference is None:
             return "– (no FedAvg run trains alike)"
-        if main is not None and self.reference is not main:
+        text = _mean_std(self.delta, 100)
+        other = self._against_main(main)
+        if other is not None:
             trained = training_difference(self.reference.config, main.config)
-            return f"{text} (vs FedAvg, {trained}; {_mean_std(paired(self.group, main), 100)} vs the plan's FedAvg)"
+            return f"{text} (vs FedAvg, {trained}; {_mean_std(other, 100)} vs the plan's FedAvg)"
         return text
 
 
@@ -141,7 +148,7 @@ def points(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> list[Po
                     float(np.mean(g.final("accuracy"))),
                     float(np.mean(g.final("val_accuracy"))),
                     float(np.nanmean(g.both_ways_rate())),
-                    reference_for(g, fedavgs),
+                    trained_like(fedavgs, g.config),
                 )
             )
     return out
@@ -389,7 +396,9 @@ def frontier_lines(grouped_plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], as
     lines: list[str] = []
     for root, pooled in settings(grouped_plans).items():
         all_points = points(pooled)
-        reference = next((r for plan, g in pooled if (r := find_reference(g, plan.base)) is not None), None)
+        reference = next(
+            (r for plan, g in pooled if (r := trained_like(fedavg_runs(g), plan.base)) is not None), None
+        )
         if len(all_points) < 3 or not plot(root, all_points, reference, assets / f"{root}-frontier.png"):
             continue
         lines += [
