@@ -300,3 +300,21 @@ def test_more_subspace_iterations_find_closer_factors(rng):
             fedzip.FedZip(rank=4, iterations=bad)
     with pytest.raises(ValueError, match="give rank too"):
         fedzip.FedZip(iterations=4)
+
+
+def test_an_encoding_id_or_name_is_registered_once():
+    from fedzip.payload import ENCODING_NAMES, register_encoding
+
+    def decoder(rec):
+        raise AssertionError("never called")
+
+    taken = next(iter(ENCODING_NAMES))
+    before = dict(ENCODING_NAMES)
+    with pytest.raises(ValueError, match="taken"):
+        register_encoding(taken, "another-name", decoder)
+    free = next(i for i in range(256) if i not in ENCODING_NAMES)
+    with pytest.raises(ValueError, match="taken"):
+        register_encoding(free, ENCODING_NAMES[taken], decoder)
+    with pytest.raises(ValueError, match="0 to 255"):
+        register_encoding(256, "too-large", decoder)
+    assert ENCODING_NAMES == before  # nothing was overwritten

@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .payload import decode
+from .sparsify import peak_magnitude
+
 Update = Mapping[str, np.ndarray]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -47,8 +50,6 @@ class Compressor(ABC):
         self, payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
     ) -> dict[str, np.ndarray]:
         """Inverse of :meth:`encode`; payloads describe themselves."""
-        from .codec import decode
-
         return decode(payload, max_elements=max_elements, max_tensors=max_tensors)
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -126,8 +127,6 @@ def check_update(update: Update) -> dict[str, np.ndarray]:
 
 def check_values(name: str, array: np.ndarray) -> float:
     """Largest magnitude of ``array``; ValueError for NaN/Inf or values float32 cannot hold."""
-    from .sparsify import peak_magnitude
-
     peak = peak_magnitude(array.reshape(-1)) if array.size else 0.0
     if not math.isfinite(peak):
         raise ValueError(f"tensor {name!r} contains NaN or Inf; fix the update before encoding it")

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .abc import Compressor
-from .codec import FedZip, decode
+from .codec import FedZip
+from .payload import decode
 from .registry import get_compressor
 
 PAPER_CNN_SHAPES = {

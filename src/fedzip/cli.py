@@ -236,7 +236,7 @@ LABELS = {"update", "codec", "method", "model"}
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .codec import inspect
+    from .payload import inspect
 
     path = Path(args.payload)
     if not path.is_file():

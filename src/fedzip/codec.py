@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from numbers import Real
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,12 +11,13 @@ from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
 from .encodings import Quantized
 from .errors import FormatError
+from .factors import ENCODING_ID as FACTORS_ID
+from .factors import MAX_RANK, factor_rank, pack_factors
+from .packing import Packed, packed_record
+from .payload import ENCODING_NAMES, register_encoding
 from .quantize import MAX_CLUSTERS, quantize
 from .registry import register
 from .sparsify import keep_count, top_entries
-
-if TYPE_CHECKING:
-    from .compressors.base import Packed
 
 ENCODINGS = ("huffman", "position", "dap", "auto")
 
@@ -54,7 +51,7 @@ class FedZip(Compressor):
             the budget (with error feedback on small models this trained
             better than ``"error"``, which can starve large layers).
         rank: in place of Top-z, send every weight matrix as rank-``rank``
-            factors (:class:`fedzip.compressors.LowRank`): each factor column
+            factors (:mod:`fedzip.factors`): each factor column
             k-means-quantised to ``clusters`` levels, labels Huffman-coded, no
             positions. Tensors too small to gain and vectors go as without it.
             None (the default) is the paper's method. Not with a budget.
@@ -104,8 +101,6 @@ class FedZip(Compressor):
         if budget_split not in BUDGET_SPLITS:
             raise ValueError(f"budget_split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
         if rank is not None:
-            from .compressors.lowrank import MAX_RANK
-
             if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
                 raise ValueError(f"rank must be an int from 1 to {MAX_RANK} or None, got {rank!r}")
             if budget_bytes is not None or budget_ratio is not None:
@@ -131,9 +126,7 @@ class FedZip(Compressor):
     def body_encodings(self) -> frozenset[int]:
         ids = set(encodings.NAMES) if self.encoding == "auto" else {encodings.IDS[self.encoding]}
         if self.rank is not None:
-            from .compressors.lowrank import ENCODING_ID
-
-            ids.add(ENCODING_ID)
+            ids.add(FACTORS_ID)
         return frozenset(ids)
 
     def _sparsified(self, array: np.ndarray) -> bool:
@@ -175,14 +168,11 @@ class FedZip(Compressor):
         """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored."""
         if self.rank is None:
             return self._quantize_all(update)
-        from .compressors.lowrank import LowRank, factor_rank
-
-        factors = LowRank(rank=self.rank, clusters=int(self.clusters), iterations=self.iterations)
         out: dict[str, Quantized | Packed] = {}
         for name, array in check_update(update).items():
             if factor_rank(array.shape, self.rank):
                 check_values(name, array)
-                out[name] = factors.pack_tensor(array)
+                out[name] = pack_factors(array, self.rank, int(self.clusters), self.iterations)
             else:
                 out[name] = self.quantize(name, array)
         return out
@@ -211,14 +201,11 @@ class FedZip(Compressor):
         return self._encode(compressed, update)
 
     def _encode(self, compressed: dict[str, Quantized | Packed], update: Update) -> bytes:
-        from .compressors.base import packed_record
-        from .compressors.lowrank import ENCODING_ID
-
         return wire.write(
             [
                 _record(name, item, self.encoding)
                 if isinstance(item, Quantized)
-                else packed_record(name, np.asarray(update[name]), ENCODING_ID, item)
+                else packed_record(name, np.asarray(update[name]), FACTORS_ID, item)
                 for name, item in compressed.items()
             ]
         )
@@ -235,81 +222,6 @@ def _record(name: str, q: Quantized, encoding_name: str) -> wire.Record:
     writer = BitWriter()
     encodings.write(writer, encoding, q, label_plan)
     return wire.Record(name, q.dtype, q.shape, encoding, q.kept, q.centroids, writer.nbits, writer.getvalue())
-
-
-@dataclass(frozen=True)
-class TensorReport:
-    """Where the bits of one tensor go."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    encoding: str
-    kept: int
-    clusters: int  # centroids the record carries: k, or 2 × rank × k for low-rank factors
-    header_bits: int
-    centroid_bits: int
-    position_bits: int
-    label_bits: int
-    padding_bits: int
-
-    @property
-    def total_bits(self) -> int:
-        return (
-            self.header_bits + self.centroid_bits + self.position_bits + self.label_bits + self.padding_bits
-        )
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """Per-tensor breakdown of a payload; ``total_bytes`` is ``len(payload)``."""
-
-    version: int
-    total_bytes: int
-    container_bytes: int  # magic, version, tensor count and checksum
-    tensors: list[TensorReport] = field(default_factory=list)
-
-    @property
-    def elements(self) -> int:
-        return sum(math.prod(t.shape) for t in self.tensors)
-
-    @property
-    def ratio(self) -> float:
-        """Compression ratio against float32 (4 bytes per element)."""
-        return 4 * self.elements / self.total_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "elements": self.elements, "ratio": self.ratio}
-
-    def __str__(self) -> str:
-        lines = [
-            f"fedzip payload v{self.version}: {self.total_bytes} bytes, {self.elements} elements, "
-            f"{self.ratio:.1f}x vs float32 (container {self.container_bytes} bytes)",
-            f"{'tensor':<24} {'shape':<16} {'enc':<8} {'kept':>9} {'k':>3} "
-            f"{'header':>7} {'centr.':>7} {'position':>10} {'label':>9} bits",
-        ]
-        for t in self.tensors:
-            lines.append(
-                f"{t.name[:24]:<24} {'x'.join(map(str, t.shape)) or '()':<16} {t.encoding:<8} "
-                f"{t.kept:>9} {t.clusters:>3} {t.header_bits:>7} {t.centroid_bits:>7} "
-                f"{t.position_bits:>10} {t.label_bits:>9}"
-            )
-        return "\n".join(lines)
-
-
-BodyDecoder = Callable[[wire.Record], tuple[np.ndarray, int]]
-"""Decodes a record's body: (flat values of the record's dtype, position bits)."""
-
-_BODY_DECODERS: dict[int, BodyDecoder] = {}
-
-
-ENCODING_NAMES: dict[int, str] = {}
-
-
-def register_body(encoding: int, decoder: BodyDecoder, name: str) -> None:
-    """Make ``decode`` understand tensor records of this encoding id."""
-    _BODY_DECODERS[encoding] = decoder
-    ENCODING_NAMES[encoding] = name
 
 
 def _read_quantized(rec: wire.Record) -> tuple[Quantized, int]:
@@ -354,76 +266,4 @@ def transcode(payload: bytes, encoding: str, max_elements: int | None = None) ->
 
 
 for _encoding, _name in encodings.NAMES.items():
-    register_body(_encoding, _fedzip_body, _name)
-
-
-def _decode_each(records: list[wire.Record]):
-    for rec in records:
-        decoder = _BODY_DECODERS.get(rec.encoding)
-        if decoder is None:
-            raise FormatError(f"tensor {rec.name!r}: unknown encoding id {rec.encoding}")
-        if rec.size == 0 and not (rec.kept or rec.body_bits or rec.centroids.size):
-            # an empty tensor carries nothing to decode; skipping the decoder keeps
-            # payloads of many empty tensors cheap
-            yield rec, np.zeros(rec.shape, rec.dtype), 0
-            continue
-        try:
-            values, position_bits = decoder(rec)
-            values = values.reshape(rec.shape)
-        except FormatError:
-            raise
-        except MemoryError as exc:
-            raise FormatError(
-                f"tensor {rec.name!r} declares {rec.size} elements: too many to allocate"
-            ) from exc
-        except (ValueError, IndexError, OverflowError) as exc:
-            # Every check should have caught a defect before numpy does; if
-            # one slips through it is still the payload's fault.
-            raise FormatError(f"tensor {rec.name!r}: malformed body ({exc})") from exc
-        yield rec, values, position_bits
-
-
-def decode_records(records: list[wire.Record]) -> dict[str, np.ndarray]:
-    """Decode the bodies of records parsed by :func:`fedzip.wire.read`.
-
-    Lets a receiver check the headers (names, shapes, dtypes, encodings)
-    before paying for the bodies.
-    """
-    return {rec.name: values for rec, values, _ in _decode_each(records)}
-
-
-def decode(
-    payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
-) -> dict[str, np.ndarray]:
-    """Decode any fedzip payload into name -> array (names, order, shapes, dtypes kept).
-
-    ``max_elements`` and ``max_tensors`` refuse payloads that declare more
-    elements in total or more tensors, before anything is allocated.
-    Malformed input raises :class:`FormatError`.
-    """
-    return decode_records(wire.read(payload, max_elements=max_elements, max_tensors=max_tensors))
-
-
-def inspect(payload: bytes) -> Inspection:
-    """Decode ``payload`` and report where its bytes go, tensor by tensor."""
-    tensors = []
-    used = 0
-    for rec, _, position_bits in _decode_each(wire.read(payload)):
-        body_bytes = len(rec.body)
-        used += rec.header_bytes + 4 * rec.centroids.size + body_bytes
-        tensors.append(
-            TensorReport(
-                name=rec.name,
-                shape=rec.shape,
-                dtype=str(rec.dtype),
-                encoding=ENCODING_NAMES.get(rec.encoding, str(rec.encoding)),
-                kept=rec.kept,
-                clusters=rec.centroids.size,
-                header_bits=8 * rec.header_bytes,
-                centroid_bits=32 * rec.centroids.size,
-                position_bits=position_bits,
-                label_bits=rec.body_bits - position_bits,
-                padding_bits=8 * body_bytes - rec.body_bits,
-            )
-        )
-    return Inspection(wire.VERSION, len(payload), len(payload) - used, tensors)
+    register_encoding(_encoding, _name, _fedzip_body)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import wire
-from ..codec import register_body
 from ..errors import FormatError
+from ..packing import NO_PARAMS, Packed
+from ..payload import register_encoding
 from ..registry import register
-from .base import NO_PARAMS, Packed, TensorCompressor
+from .base import TensorCompressor
 
 ENCODING_ID = 17
 HALF_MAX = float(np.finfo(np.float16).max)
@@ -46,4 +47,4 @@ def _fp16_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return half.astype(rec.dtype), 0
 
 
-register_body(ENCODING_ID, _fp16_body, "fp16")
+register_encoding(ENCODING_ID, "fp16", _fp16_body)

@@ -18,10 +18,11 @@ import numpy as np
 
 from .. import huffman, wire
 from ..bitio import BitWriter
-from ..codec import register_body
 from ..errors import FormatError
+from ..packing import Packed, check_int, close_body, from_writer, open_body, signed
+from ..payload import register_encoding
 from ..registry import register
-from .base import Packed, TensorCompressor, check_int, close_body, from_writer, open_body, signed
+from .base import TensorCompressor
 
 ENCODING_ID = 19
 MAX_LEVELS = 255
@@ -108,4 +109,4 @@ def _qsgd_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return close_body(rec, reader, values), 0
 
 
-register_body(ENCODING_ID, _qsgd_body, "qsgd")
+register_encoding(ENCODING_ID, "qsgd", _qsgd_body)

@@ -6,8 +6,8 @@ import numpy as np
 
 from .. import wire
 from ..abc import Compressor, Update, check_update, check_values
-from ..codec import register_body
 from ..errors import FormatError
+from ..payload import register_encoding
 from ..registry import register
 
 ENCODING_ID = 16
@@ -52,4 +52,4 @@ def _raw_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return values, 0
 
 
-register_body(ENCODING_ID, _raw_body, "raw")
+register_encoding(ENCODING_ID, "raw", _raw_body)

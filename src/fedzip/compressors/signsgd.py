@@ -17,10 +17,11 @@ import numpy as np
 
 from .. import wire
 from ..bitio import BitWriter
-from ..codec import register_body
 from ..errors import FormatError
+from ..packing import Packed, close_body, from_writer, open_body, signed
+from ..payload import register_encoding
 from ..registry import register
-from .base import Packed, TensorCompressor, close_body, from_writer, open_body, signed
+from .base import TensorCompressor
 
 
 def _reconstruct(scale: np.ndarray, negative: np.ndarray) -> np.ndarray:
@@ -58,4 +59,4 @@ def _sign_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return close_body(rec, reader, _reconstruct(rec.centroids, negative)), 0
 
 
-register_body(ENCODING_ID, _sign_body, "signsgd")
+register_encoding(ENCODING_ID, "signsgd", _sign_body)

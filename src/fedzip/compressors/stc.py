@@ -23,11 +23,12 @@ import numpy as np
 
 from .. import gaps, wire
 from ..bitio import BitWriter
-from ..codec import register_body
 from ..errors import FormatError
+from ..packing import Packed, close_body, from_writer, open_body, signed
+from ..payload import register_encoding
 from ..registry import register
 from ..sparsify import keep_count, top_entries
-from .base import Packed, TensorCompressor, close_body, from_writer, open_body, signed
+from .base import TensorCompressor
 from .topk import check_keep
 
 ENCODING_ID = 21
@@ -88,4 +89,4 @@ def _stc_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return close_body(rec, reader, values), position_bits
 
 
-register_body(ENCODING_ID, _stc_body, "stc")
+register_encoding(ENCODING_ID, "stc", _stc_body)

@@ -15,11 +15,12 @@ from numbers import Real
 import numpy as np
 
 from .. import wire
-from ..codec import register_body
 from ..errors import FormatError
+from ..packing import NO_PARAMS, Packed
+from ..payload import register_encoding
 from ..registry import register
 from ..sparsify import keep_count, top_entries
-from .base import NO_PARAMS, Packed, TensorCompressor
+from .base import TensorCompressor
 
 ENCODING_ID = 18
 
@@ -73,4 +74,4 @@ def _topk_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return out, 8 * index_bytes
 
 
-register_body(ENCODING_ID, _topk_body, "topk")
+register_encoding(ENCODING_ID, "topk", _topk_body)

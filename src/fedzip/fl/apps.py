@@ -7,11 +7,9 @@ their settings from the train message, the server from the run config.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
 from typing import ClassVar
@@ -30,8 +28,7 @@ from ..flower import FedZipStrategy, fedzip_mod, protocol, shared_start_mod
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
-
-TRANSCODED = ("huffman", "position", "dap")
+from .store import TRANSCODED, RoundRecord, write_results
 
 
 def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
@@ -161,40 +158,6 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 
-@dataclass
-class RoundRecord:
-    """One row of metrics.csv."""
-
-    round: int
-    accuracy: float  # on the test split (reported, never used to choose anything)
-    loss: float
-    val_accuracy: float = float("nan")  # on the validation examples held out of training
-    val_loss: float = float("nan")
-    clients: int = 0
-    accepted: int = 0
-    failures: int = 0
-    uplink_bytes: int = 0  # the replies as Flower carried them (payload, keys, metrics)
-    raw_bytes: int = 0  # the same replies with float32 weights
-    ratio: float = float("nan")
-    cumulative_uplink_bytes: int = 0
-    payload_bytes: int = 0  # len() of the compressed payloads alone
-    downlink_bytes: int = 0  # the train messages as Flower carried them to every sampled client
-    downlink_raw_bytes: int = 0  # the same messages with float32 weights
-    # FedZip runs: the same payloads transcoded to each encoding (lossless, so same accuracy)
-    huffman_bytes: int = 0
-    position_bytes: int = 0
-    dap_bytes: int = 0
-    seconds: float = 0.0  # the whole round, evaluation included
-    train_seconds: float = 0.0  # train messages out to the last reply in (clients' work and messaging)
-    aggregate_seconds: float = 0.0  # checking, decoding and averaging the replies
-    eval_seconds: float = 0.0  # central evaluation (validation and test)
-    client_train_seconds: float = float("nan")  # mean time of one client's local training
-    failure_reasons: str = ""  # why replies were rejected or failed ("node N: reason", " | " between)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def server_strategy(cfg: ExperimentConfig) -> FedAvg:
     """The inner strategy: FedAvg, or a server optimiser on the averaged update (FedAvgM, FedAdam)."""
     common = {
@@ -279,8 +242,6 @@ def serve(
     With ``out``, metrics.csv and summary.json are rewritten after every round,
     so a run that stops early keeps what it finished.
     """
-    from .runner import write_results
-
     started = time.perf_counter()
     patient = PatientGrid(grid, cfg.min_clients, cfg.node_wait)
     connected = patient.wait_for(cfg.clients)
@@ -375,8 +336,6 @@ server_app = ServerApp()
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
     """Deployment entry point: settings from the run config, results to ``out``."""
-    from .runner import write_results
-
     cfg = ExperimentConfig.from_dict(dict(context.run_config))
     started = time.perf_counter()
     records = serve(grid, cfg, out=Path(cfg.out))

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..bench import entropy_bound_bits, relative_error
-from ..codec import FedZip, decode
+from ..codec import FedZip
 from ..energy import get_link, saved_percent
 from ..paper import authors_estimate
+from ..payload import decode
 from .config import ExperimentConfig
 from .report import default_target, reach, read_metrics, write_report
 from .reproduce import Plan

@@ -48,7 +48,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from ..abc import Compressor
-from ..codec import decode
+from ..payload import decode
 from . import protocol
 
 DOWN_VERSION = "fedzip.down.version"

@@ -27,9 +27,10 @@ from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedCl
 
 from .. import wire
 from ..abc import Compressor
-from ..codec import FedZip, decode_records
+from ..codec import FedZip
 from ..errors import FormatError
 from ..feedback import ErrorFeedback
+from ..payload import decode_records
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
