@@ -20,8 +20,8 @@ data:
 	bash scripts/install-data.sh
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples research
+	$(BIN)/ruff format --check src tests benchmarks examples research
 
 test: install lint
 	$(BIN)/pytest
@@ -36,7 +36,7 @@ bench: install
 # on 2 cores), resumable per run and seed (runs are kept in docs/results/runs); rewrites
 # docs/results.md.
 reproduce: install
-	$(BIN)/fedzip reproduce
+	$(BIN)/python -m research
 
 clean:
 	rm -rf $(VENV) results runs .pytest_cache .ruff_cache .hypothesis

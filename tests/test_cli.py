@@ -112,21 +112,26 @@ def test_invalid_options_give_one_line(capsys):
 
 
 def test_reproduce_refuses_unknown_runs_and_missing_plans(tmp_path, capsys):
+    from research.__main__ import main as reproduce
+
     plan = tmp_path / "p.toml"
     plan.write_text('[experiment]\nmodel = "mlp"\n\n[[run]]\nname = "a"\ncodec = "none"\n')
-    assert main(["reproduce", str(plan), "--only", "b"]) == 2
+    assert reproduce([str(plan), "--only", "b"]) == 2
     assert "unknown runs: b" in capsys.readouterr().err
-    assert main(["reproduce", str(tmp_path / "missing.toml")]) == 2
+    assert reproduce([str(tmp_path / "missing.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
     plan.write_text('[experiment]\nmodel = "mlp"\n\n[[run]]\ncodec = "none"\n')
-    assert main(["reproduce", str(plan)]) == 2
+    assert reproduce([str(plan)]) == 2
     assert "unique name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # the installed command has no research verbs
+        main(["reproduce", str(plan)])
+    assert stopped.value.code == 2
 
 
 def test_a_run_is_reused_only_when_finished_with_the_same_configuration(tmp_path):
     pytest.importorskip("torch")
     from fedzip.fl.config import ExperimentConfig
-    from fedzip.fl.reproduce import _cached
+    from fedzip.fl.plan import _cached
 
     cfg = ExperimentConfig(rounds=5, out=str(tmp_path))
     summary = {"rounds": 5, "config": cfg.to_dict()}

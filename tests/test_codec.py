@@ -317,4 +317,4 @@ def test_an_encoding_id_or_name_is_registered_once():
         register_encoding(free, ENCODING_NAMES[taken], decoder)
     with pytest.raises(ValueError, match="0 to 255"):
         register_encoding(256, "too-large", decoder)
-    assert ENCODING_NAMES == before  # nothing was overwritten
+    assert before == ENCODING_NAMES  # nothing was overwritten

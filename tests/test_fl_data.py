@@ -8,8 +8,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("flwr_datasets")
 
+from research.render import options
+
 from fedzip import FedZip, get_compressor
-from fedzip.fl import convergence, data, models, training
+from fedzip.fl import data, models, training
 from fedzip.fl.config import CODEC_NAMES, ExperimentConfig
 
 
@@ -159,12 +161,12 @@ def test_downloads_take_their_own_clusters_and_iterations():
     assert get_compressor(cfg.compressor_config()) == FedZip(
         keep=cfg.keep, clusters=3, encoding="dap", rank=2
     )
-    assert "k=5, 4 iterations" in convergence._options(cfg)
+    assert "k=5, 4 iterations" in options(cfg)
     uploads = ExperimentConfig(
         codec="fedzip-dap+ef", rank=2, iterations=4, downlink="fedzip-dap", downlink_rank=5
     )
     assert uploads.compressor_config()["iterations"] == 4 and "iterations" not in uploads.downlink_config()
-    assert "rank-2 factors, k=3, 4 iterations" in convergence._options(uploads)
+    assert "rank-2 factors, k=3, 4 iterations" in options(uploads)
     assert get_compressor(ExperimentConfig(codec="lowrank", iterations=3).compressor_config()).iterations == 3
     # unset, a download uses the uploads' clusters and the factors' default iterations
     same = ExperimentConfig(codec="fedzip-dap+ef", clusters=4, downlink="stc")
@@ -220,13 +222,12 @@ def test_cosine_lr_runs_from_lr_in_round_one_to_its_final_value_in_the_last():
 
 def test_the_schedule_is_in_the_clients_settings_and_the_run_label():
     from fedzip.fl.apps import client_settings
-    from fedzip.fl.convergence import _options
 
     cfg = ExperimentConfig(rounds=80, lr_schedule="cosine", lr_final=0.005)
     settings = client_settings(cfg)
     assert (settings["lr-schedule"], settings["lr-final"], settings["rounds"]) == ("cosine", 0.005, 80)
     base = ExperimentConfig()
-    assert _options(cfg, base).endswith(", cosine lr 0.05 to 0.005")
-    assert _options(ExperimentConfig(lr=0.1), base).endswith(", lr 0.1")
-    assert _options(ExperimentConfig(optimizer="adam", batch_size=10), base).endswith(", adam, batch 10")
-    assert _options(base, base) == _options(base) == "fedzip-dap, keep 0.01, k=3"  # trained as the plan
+    assert options(cfg, base).endswith(", cosine lr 0.05 to 0.005")
+    assert options(ExperimentConfig(lr=0.1), base).endswith(", lr 0.1")
+    assert options(ExperimentConfig(optimizer="adam", batch_size=10), base).endswith(", adam, batch 10")
+    assert options(base, base) == options(base) == "fedzip-dap, keep 0.01, k=3"  # trained as the plan

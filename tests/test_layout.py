@@ -97,7 +97,9 @@ def test_the_checker_finds_a_cycle(tmp_path):
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     # the CLI imports its commands' modules lazily, inside functions
-    assert any(target.startswith("fedzip.fl") for target in graph["fedzip.cli"] | _children(graph, "fedzip.cli"))
+    assert any(
+        target.startswith("fedzip.fl") for target in graph["fedzip.cli"] | _children(graph, "fedzip.cli")
+    )
     assert "fedzip.payload" in graph["fedzip.abc"]
 
 

@@ -368,8 +368,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _compare_plan(args: argparse.Namespace, out: Path) -> None:
     """The runs of a plan (each with its own options) compared in one report; finished runs are reused."""
+    from .fl.plan import load_plan, run_plan
     from .fl.report import write_report
-    from .fl.reproduce import load_plan, run_plan
 
     flags = [flag for flag, _, _ in _EXPERIMENT_OPTIONS] + ["--corrupt-clients", "--config"]
     flags += ["--" + key.replace("_", "-") for key in _SWITCHES]
@@ -378,63 +378,12 @@ def _compare_plan(args: argparse.Namespace, out: Path) -> None:
         raise CliError(f"--plan sets every option; {', '.join(given)} cannot be given with it")
     plan = load_plan(args.plan, out)
     if plan.seeds:
-        raise CliError(f"plan {args.plan} repeats its runs over seeds: run it with fedzip reproduce")
+        raise CliError(
+            f"plan {args.plan} repeats its runs over seeds {list(plan.seeds)}; fedzip compare runs each once: "
+            "remove `seeds` from its [experiment] table (and set `seed` there)"
+        )
     finished = run_plan(plan)
     write_report(out, [{**summary, "name": run.name} for run, summary in finished], args.target)
-
-
-def _reproduce(args: argparse.Namespace) -> None:
-    import time
-
-    from rich.console import Console
-
-    from .fl import convergence
-    from .fl.reproduce import RUNS_OUT, load_plan, run_plan
-    from .fl.results import cluster_section, first_round_update, rate_rows, rate_section, write_document
-
-    console = Console(stderr=True)
-    plans = [load_plan(path, args.out) for path in args.plans or DEFAULT_PLANS]
-    seeded = [plan.seeds != () for plan in plans]
-    if any(seeded) and not all(seeded):
-        raise CliError("plans with seeds and plans without cannot make one document; reproduce them apart")
-    out = Path(args.out or RUNS_OUT)
-    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
-    if only:
-        known = {run.name for plan in plans for run in plan.runs}
-        if only - known:
-            raise CliError(
-                f"--only names unknown runs: {', '.join(sorted(only - known))}; known: {', '.join(sorted(known))}"
-            )
-    if args.no_runs:
-        only = set()  # read finished runs, run nothing
-    seeds = {int(k) for k in args.seeds.split(",") if k.strip()} if args.seeds else None
-    results = [(plan, run_plan(plan, only=only, force=args.force, seeds=seeds)) for plan in plans]
-    console.print("compression rates of a real paper-CNN update ...")
-    started = time.perf_counter()
-    update = first_round_update(plans[0].base)
-    rates = rate_rows(update)
-    seconds = time.perf_counter() - started
-    if all(seeded):
-        heading = "## Compression rate of each encoding on one real paper-CNN update"
-        extra = rate_section(rates, seconds, heading)
-        extra += cluster_section(update, "## Cluster count at low keep: bytes against error")
-        doc = convergence.write_document(Path(args.doc), results, extra)
-    else:
-        named = [(plan, {run.name: summary for run, summary in finished}) for plan, finished in results]
-        doc = write_document(Path(args.doc), named, rates, out, seconds)
-    print(f"results: {doc}")
-
-
-# Seeded plans run to convergence; `fedzip reproduce experiments/paper-*.toml --doc ...`
-# regenerates the earlier 10-round, one-seed document.
-DEFAULT_PLANS = (
-    "experiments/converge-iid.toml",
-    "experiments/converge-dirichlet.toml",
-    "experiments/extreme-iid.toml",
-    "experiments/extreme-dirichlet.toml",
-    "experiments/curve-iid.toml",
-    "experiments/curve-dirichlet.toml",
-)
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
@@ -484,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--fl-config",
-        default="experiments/converge-iid.toml",
-        help="plan or TOML file whose [experiment] sets the data and clients for --fl",
+        help="plan or TOML file whose [experiment] sets the data and clients for --fl "
+        "(default: fedzip run's defaults)",
     )
     bench.add_argument(
         "--fl-rounds", type=_positive_int, default=6, help="simulated rounds for --fl (default 6)"
@@ -535,26 +484,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     comp.set_defaults(func=_compare)
-
-    repro = commands.add_parser(
-        "reproduce", help="run the experiment plans (resumable) and regenerate docs/results.md"
-    )
-    repro.add_argument(
-        "plans",
-        nargs="*",
-        help="plan files (default: experiments/converge-*, extreme-* and curve-*.toml)",
-    )
-    repro.add_argument(
-        "--out", help="run directories (default docs/results/runs for seeded plans, else runs/paper)"
-    )
-    repro.add_argument("--doc", default="docs/results.md", help="document to write (default docs/results.md)")
-    repro.add_argument("--only", help="comma-separated run names that may run; the rest are read from disk")
-    repro.add_argument(
-        "--seeds", help="comma-separated seeds that may run (seeded plans); the rest are read from disk"
-    )
-    repro.add_argument("--force", action="store_true", help="re-run selected runs even when results exist")
-    repro.add_argument("--no-runs", action="store_true", help="only rewrite the document from finished runs")
-    repro.set_defaults(func=_reproduce)
 
     inspect = commands.add_parser("inspect", help="per-tensor breakdown of a payload file")
     inspect.add_argument("payload", help="a file holding one fedzip payload")

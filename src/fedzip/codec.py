@@ -57,7 +57,7 @@ class FedZip(Compressor):
             None (the default) is the paper's method. Not with a budget.
         iterations: with ``rank``, steps of subspace iteration per matrix;
             more find factors closer to the best rank-``rank`` ones, for more
-            encoding time and no bytes (``benchmarks/download_probe.py``: with
+            encoding time and no bytes (the project's download probe: with
             4 in place of 2, a rank-2 upload of the paper CNN leaves out 85%
             of the update and residual in place of 90%).
     """

@@ -40,7 +40,7 @@ def plot_run(records, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _plot_runs(
+def plot_runs(
     series: dict[str, list[tuple[float, float]]],
     path: Path,
     xlabel: str,
@@ -126,12 +126,12 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
     out.mkdir(parents=True, exist_ok=True)
     runs = {_label(s): read_metrics(Path(s["config"]["out"])) for s in summaries}
     rounds = {label: [(r["round"], r["accuracy"]) for r in rows] for label, rows in runs.items()}
-    _plot_runs(rounds, out / "accuracy_vs_round.png", "round", "accuracy per round")
+    plot_runs(rounds, out / "accuracy_vs_round.png", "round", "accuracy per round")
     uplink = {
         label: [(r["cumulative_uplink_bytes"] / 1e6, r["accuracy"]) for r in rows if r["round"] > 0]
         for label, rows in runs.items()
     }
-    _plot_runs(
+    plot_runs(
         uplink,
         out / "accuracy_vs_uplink.png",
         "cumulative uplink (MB, log scale)",

@@ -1,6 +1,6 @@
 """Error feedback at a byte budget, probed in process (no Flower): three ways to use the residual.
 
-    python benchmarks/feedback_probe.py [--rounds 20] [--ratio 1100] [--out results/feedback-probe.csv]
+    python research/probes/feedback_probe.py [--rounds 20] [--ratio 1100] [--out results/feedback-probe.csv]
 
 The converge-iid setting (paper CNN, 10 IID clients of 1,200 images, batch 10,
 SGD lr 0.05, seed 0, 5,000 validation images), every upload a FedZip payload
@@ -23,9 +23,9 @@ import argparse
 import time
 
 import numpy as np
+from probe_setting import CLIENTS, Rows, Setting, error_feedback_rounds
 
 from fedzip import FedZip
-from probe_setting import CLIENTS, Rows, Setting, error_feedback_rounds
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""docs/results.md: the paper's claims checked with real bytes, regenerated from runs."""
+"""docs/results-10-rounds.md: the paper's claims checked with real bytes, from one-seed plans."""
 
 from __future__ import annotations
 
@@ -7,81 +7,17 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bench import entropy_bound_bits, relative_error
-from ..codec import FedZip
-from ..energy import get_link, saved_percent
-from ..paper import authors_estimate
-from ..payload import decode
-from .config import ExperimentConfig
-from .report import default_target, reach, read_metrics, write_report
-from .reproduce import Plan
+from fedzip.energy import get_link, saved_percent
+from fedzip.fl.plan import Plan
+from fedzip.fl.report import default_target, reach, read_metrics, write_report
 
-KEEPS = (0.2, 0.1, 0.01, 0.003, 0.001)
-ENCODINGS = ("huffman", "position", "dap")
-PAPER_RATE = 1085.0
-
-
-def first_round_update(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
-    """A real update of the paper CNN: client 0's first local epoch from the initial model."""
-    import torch
-
-    from . import data as datamod
-    from . import models, training
-
-    dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, 0, cfg.seed)
-    own = datamod.partition_indices(dataset.train_labels.tobytes(), cfg.partition, cfg.clients, cfg.seed)[0]
-    model = models.build("cnn", dataset.classes, cfg.seed)
-    before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    torch.set_num_threads(1)
-    training.train(
-        model,
-        dataset.train_images[own],
-        dataset.train_labels[own],
-        1,
-        cfg.batch_size,
-        cfg.optimizer,
-        cfg.lr,
-        cfg.seed,
-    )
-    return {k: v.detach().numpy() - before[k] for k, v in model.state_dict().items()}
-
-
-@dataclass(frozen=True)
-class RateRow:
-    keep: float
-    encoding: str
-    payload_bytes: int
-    real_rate: float
-    estimated_rate: float
-    bound_rate: float
-
-
-def rate_rows(update: dict[str, np.ndarray], keeps: Sequence[float] = KEEPS) -> list[RateRow]:
-    """Real payload rates of each encoding next to the authors' estimate and the entropy bound."""
-    original = 4 * sum(a.size for a in update.values())
-    rows = []
-    for keep in keeps:
-        estimate = authors_estimate(update, keep)
-        bound = entropy_bound_bits(FedZip(keep=keep, clusters=3), update) / 8
-        for encoding in ENCODINGS:
-            size = len(FedZip(keep=keep, clusters=3, encoding=encoding).encode(update))
-            rows.append(
-                RateRow(
-                    keep,
-                    encoding,
-                    size,
-                    original / size,
-                    estimate["original"] / max(estimate[encoding], 1),
-                    original / bound,
-                )
-            )
-    return rows
+from .rates import ENCODINGS, RateRow, rate_section
+from .targets import PAPER_RATIO
 
 
 def _mb(value: float) -> str:
@@ -256,10 +192,10 @@ def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
         )
     else:
         best = max(within, key=lambda r: r["rate"])
-        verdict = "reaches" if best["rate"] >= PAPER_RATE else "does not reach"
+        verdict = "reaches" if best["rate"] >= PAPER_RATIO else "does not reach"
         lines.append(
             f"Highest real compression within 1 point of FedAvg: **{best['label']}**, keep {best['keep']}, "
-            f"{best['rate']:.0f}x ({_pts(best['delta'])} pts); this {verdict} the paper's {PAPER_RATE:.0f}x."
+            f"{best['rate']:.0f}x ({_pts(best['delta'])} pts); this {verdict} the paper's {PAPER_RATIO:.0f}x."
         )
     beyond = [r for r in fedzip if not within or r["rate"] > max(w["rate"] for w in within)]
     if beyond:
@@ -316,49 +252,6 @@ def _verdict(plan: Plan, facts: dict[str, Any]) -> list[str]:
     return lines
 
 
-def rate_section(rates: Sequence[RateRow], rate_seconds: float, heading: str) -> list[str]:
-    """Real payload rates of each encoding next to the authors' estimate, with why they differ."""
-    lines = [
-        heading,
-        "",
-        "The update is a real one: the paper CNN (1,199,882 parameters) after client 0's first local epoch on "
-        "its IID share of the training subset. k = 3 clusters; 1-D tensors (biases) are not sparsified, as in "
-        "the authors' code. *Authors' estimate* is their way of counting (`fedzip.paper`); *i.i.d. entropy* is "
-        "what an ideal code would need if the kept positions were independent (Bernoulli) and the labels "
-        f"independent, plus float32 centroids. ({rate_seconds:.0f} s to compute.)",
-        "",
-        "| keep | encoding | payload bytes | real rate | authors' estimate | estimate / real | i.i.d. entropy |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rates:
-        lines.append(
-            f"| {r.keep} | {r.encoding} | {r.payload_bytes:,} | **{r.real_rate:.1f}x** | {r.estimated_rate:.1f}x "
-            f"| {r.estimated_rate / r.real_rate:.2f} | {r.bound_rate:.1f}x |"
-        )
-    dap = [r for r in rates if r.encoding == "dap"]
-    lines += [
-        "",
-        "Why the estimate differs from real bytes:",
-        "- its *huffman* gives code lengths 2, 1, 1 to three symbols (Kraft sum 1.25): not a prefix code, so "
-        "it undercounts; real Huffman cannot go below one bit per entry (32x);",
-        "- its *dap* counts ⌊log2 g⌋+1 bits per gap with nothing that marks where a gap ends: not decodable. "
-        "Real DAP uses a self-delimiting gap code (Elias-gamma or Golomb-Rice, whichever is smaller) and pays "
-        f"for it: the estimate is {min(r.estimated_rate / r.real_rate for r in dap):.1f}-"
-        f"{max(r.estimated_rate / r.real_rate for r in dap):.1f}x too optimistic here;",
-        "- its *position* spends 27 bits per address whatever the layer size and nothing on labels; real "
-        "position spends ⌈log2 n⌉ bits per address plus Huffman-coded labels;",
-        "- its k-means runs over the whole tensor, zeros included, so small kept values fall into the zero "
-        "cluster and are neither counted nor sent; none of the three counts centroids, names, shapes or headers.",
-        "",
-        "Real DAP beats the i.i.d. entropy figure on this update because the kept positions of a real update "
-        "cluster (the weights of one neuron or one input tend to move together) and gap codes exploit that "
-        "locality; on "
-        "synthetic i.i.d. updates (`fedzip bench`) DAP lands within 1% of that figure.",
-        "",
-    ]
-    return lines
-
-
 def write_document(
     path: Path,
     plans: Sequence[tuple[Plan, dict[str, dict[str, Any]]]],
@@ -373,10 +266,10 @@ def write_document(
     lines = [
         "# Results: FedZip's claims, checked with real bytes",
         "",
-        "Generated by `fedzip reproduce` from the plans in `experiments/`; every size below is `len()` of a "
+        "Generated by `make reproduce` (`python -m research`) from the plans in `experiments/`; every size below is `len()` of a "
         "payload that decodes (headers, names, shapes, centroids and checksum included), except the column "
         "marked as the authors' estimate. Runs are resumable: a finished run is reused when its configuration is "
-        "unchanged, and `fedzip reproduce --only NAME --force` re-runs one.",
+        "unchanged, and `python -m research PLAN --only NAME --force` re-runs one.",
         "",
         f"Machine: {platform.machine()}, {_cpus()} CPU cores, Python {platform.python_version()}; "
         f"training runs took {total / 60:.1f} minutes in all (per-run wall times in the tables); "
@@ -404,7 +297,7 @@ def write_document(
     lines += [
         "## 4. The paper's targets",
         "",
-        f"Target: at least {PAPER_RATE:.0f}x real compression with final accuracy within 1 point of FedAvg, and "
+        f"Target: at least {PAPER_RATIO:.0f}x real compression with final accuracy within 1 point of FedAvg, and "
         "fewer uplink bytes than STC to reach FedAvg's accuracy minus 1 point. Nothing was tuned on the test data: "
         "the plans were fixed before the runs.",
         "",
@@ -425,44 +318,3 @@ def write_document(
 
 def _cpus() -> int:
     return os.cpu_count() or 1
-
-
-CLUSTER_KEEPS = (0.1, 0.01, 0.003, 0.001)
-CLUSTER_CHOICES = (1, 2, 3, 4, 8, 16, "auto")
-
-
-def cluster_section(update: dict[str, np.ndarray], heading: str) -> list[str]:
-    """Payload bytes and relative squared error of one real update, per keep and cluster count."""
-    lines = [
-        heading,
-        "",
-        "The same real paper-CNN update, DAP encoding: real payload bytes and the squared error of the "
-        "decoded update relative to the update's own energy (`||u - decode(encode(u))||² / ||u||²`), for each "
-        "kept fraction and cluster count. *auto* picks k per tensor by silhouette, as the paper did; the "
-        "byte-budget codec (`FedZip(budget_bytes=...)`) picks keep and k per tensor for the least error at a "
-        "given size, shown at the bytes of k = 3.",
-        "",
-        "| keep | " + " | ".join(f"k = {k}" for k in CLUSTER_CHOICES) + " | budget at k = 3's bytes |",
-        "|---|" + "---|" * (len(CLUSTER_CHOICES) + 1),
-    ]
-    for keep in CLUSTER_KEEPS:
-        cells = []
-        three = None
-        for k in CLUSTER_CHOICES:
-            codec = FedZip(keep=keep, clusters=k)
-            payload = codec.encode(update)
-            cells.append(f"{len(payload):,} B, {relative_error(update, decode(payload)):.3f}")
-            if k == 3:
-                three = len(payload)
-        budgeted = FedZip(budget_bytes=three).encode(update)
-        cells.append(f"{len(budgeted):,} B, **{relative_error(update, decode(budgeted)):.3f}**")
-        lines.append(f"| {keep} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "At low keep, more clusters buy little: most of the error is what is left out, not the quantisation of "
-        "what is sent, so going from 3 to 16 clusters adds a third to the bytes for a percent less error. Where "
-        "the bytes go across tensors matters far more: at the same size, the byte budget leaves 25-30% less "
-        "error than a uniform keep with 3 clusters.",
-        "",
-    ]
-    return lines

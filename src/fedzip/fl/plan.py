@@ -1,4 +1,4 @@
-"""Experiment plans: a base configuration and the codecs to run on it, resumable per run."""
+"""Experiment plans: a base configuration and the runs made from it, resumable run by run."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class Plan:
-    """``experiments/<name>.toml``: an ``[experiment]`` table and ``[[run]]`` entries.
+    """A plan file ``<name>.toml``: an ``[experiment]`` table and ``[[run]]`` entries.
 
     ``seeds = [0, 1, 2]`` in the ``[experiment]`` table repeats every run
     once per seed (data partition, initialisation, client sampling and local
@@ -43,13 +43,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "_", name.lower()).strip("_") or "run"
 
 
-# Where runs go by default: seeded plans keep theirs next to the document they make.
-RUNS_OUT = "runs/paper"
-SEEDED_OUT = "docs/results/runs"
+# Where a plan's runs go unless the caller says otherwise: runs/<plan>/<run>[/seed-<k>].
+RUNS_OUT = "runs"
 
 
 def load_plan(path: str | Path, out: str | Path | None = None) -> Plan:
-    """Read a plan; each run's results go to ``out/<plan>/<run>`` (default RUNS_OUT or SEEDED_OUT)."""
+    """Read a plan; each run's results go to ``out/<plan>/<run>`` (default :data:`RUNS_OUT`)."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text())
@@ -72,7 +71,7 @@ def load_plan(path: str | Path, out: str | Path | None = None) -> Plan:
     ):
         raise ValueError(f"plan {path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
     base = ExperimentConfig.from_dict(experiment)
-    out = out or (RUNS_OUT if seeds is None else SEEDED_OUT)
+    out = out or RUNS_OUT
     runs, names = [], set()
     for index, entry in enumerate(values["run"]):
         entry = dict(entry)
@@ -159,9 +158,6 @@ def run_plan(
             eta = f", about {_duration(per_round * left)} left for this plan"
         console.print(f"[{index}/{len(pending)}] {plan.name}/{run.label}: running {run.config.label}{eta}")
         summary = run_experiment(run.config, show_progress)
-        if run.seed is not None:
-            # seeded plans keep their runs next to the document: tables and csv only
-            Path(run.config.out, "accuracy.png").unlink(missing_ok=True)
         finished.append((run, summary))
         timed.append((summary["wall_seconds"], summary["rounds"]))
     order = {id(run): i for i, run in enumerate(plan.runs)}

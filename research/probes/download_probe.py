@@ -1,6 +1,6 @@
 """What a compressed download (or upload) leaves out, per setting, on the same update.
 
-    python benchmarks/download_probe.py [--rounds 10] [--at 5 10] [--what download|upload]
+    python research/probes/download_probe.py [--rounds 10] [--at 5 10] [--what download|upload]
                                         [--out results/download-probe.csv] CONFIG...
 
 The converge-iid setting of ``probe_setting.py`` in process: clients upload
@@ -22,11 +22,11 @@ import argparse
 import json
 
 import numpy as np
+from probe_setting import CLIENTS, Rows, Setting
 
 from fedzip.bench import relative_error
 from fedzip.compressors import get_compressor
 from fedzip.feedback import ErrorFeedback
-from probe_setting import CLIENTS, Rows, Setting
 
 RANK_2 = '{"id": "fedzip", "rank": 2, "clusters": 3, "sparsify_1d": false}'
 RANK_6 = '{"id": "fedzip", "rank": 6, "clusters": 3, "sparsify_1d": false}'

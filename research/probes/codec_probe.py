@@ -1,6 +1,6 @@
 """Any registered compressors with error feedback, probed in process (no Flower).
 
-    python benchmarks/codec_probe.py [--rounds 20] [--lr 0.05 ...] [--out results/codec-probe.csv] CONFIG...
+    python research/probes/codec_probe.py [--rounds 20] [--lr 0.05 ...] [--out results/codec-probe.csv] CONFIG...
 
 Each CONFIG is a compressor config as JSON, e.g.
 ``'{"id": "lowrank", "rank": 1, "bits": 3}'`` or
@@ -21,10 +21,10 @@ import json
 import time
 
 import numpy as np
+from probe_setting import Rows, Setting, error_feedback_rounds
 
 from fedzip.compressors import get_compressor
 from fedzip.fl import training
-from probe_setting import Rows, Setting, error_feedback_rounds
 
 
 def main() -> None:

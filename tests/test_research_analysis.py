@@ -6,7 +6,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fedzip.fl.convergence import PLATEAU_POINTS, RunSeeds, plateau, reach
+from research.analysis import plateau, reach
+from research.runs import RunSeeds
+from research.targets import PLATEAU_POINTS
 
 
 def rows(curve, payload=100.0):

@@ -1,6 +1,6 @@
 """A shared mask at a byte budget, probed in process (no Flower).
 
-    python benchmarks/mask_probe.py [--rounds 20] [--ratio 1100] [--mask 0.01] [--out results/mask-probe.csv]
+    python research/probes/mask_probe.py [--rounds 20] [--ratio 1100] [--mask 0.01] [--out results/mask-probe.csv]
 
 Time-correlated sparsification (Ozfatura et al., ISIT 2021): the server
 sends every client the positions of the largest entries of the last global
@@ -19,10 +19,10 @@ import argparse
 import time
 
 import numpy as np
+from probe_setting import CLIENTS, Rows, Setting
 
 from fedzip import FedZip
 from fedzip.sparsify import keep_count, top_entries
-from probe_setting import CLIENTS, Rows, Setting
 
 
 def main() -> None:

@@ -4,10 +4,14 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from research.analysis import Point, family, paired, points
+from research.document import write_document
+from research.render import curve_lines, target_lines
+from research.runs import RunSeeds
+from research.targets import frontier
+
 from fedzip.fl.config import ExperimentConfig
-from fedzip.fl.convergence import RunSeeds, paired, write_document
-from fedzip.fl.frontier import Point, curve_lines, family, frontier, points, target_lines
-from fedzip.fl.reproduce import Plan, PlannedRun
+from fedzip.fl.plan import Plan, PlannedRun
 
 MODEL = 4_000_000
 
@@ -144,7 +148,7 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
     )
     plan = Plan("p", cfg, ())
     results = [(r, s) for g in (fedavg, down) for r, s in zip(g.runs, g.summaries, strict=True)]
-    monkeypatch.setattr("fedzip.fl.convergence.group", lambda _: {"fedavg": fedavg, "down": down})
+    monkeypatch.setattr("research.document.group", lambda _: {"fedavg": fedavg, "down": down})
     text = write_document(tmp_path / "results.md", [(plan, results)]).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| down |"))
     # up: 1000x of 1,000 B = 1e6 float32 bytes; down: 10 clients x 4 MB float32 against 20 kB sent
@@ -171,7 +175,7 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
     base_results = [(r, s) for g in (fedavg, sparse) for r, s in zip(g.runs, g.summaries, strict=True)]
     other_results = [(r, s) for r, s in zip(down.runs, down.summaries, strict=True)]
     groups = {id(base_results): {"fedavg": fedavg, "sparse": sparse}, id(other_results): {"down": down}}
-    monkeypatch.setattr("fedzip.fl.convergence.group", lambda results: groups[id(results)])
+    monkeypatch.setattr("research.document.group", lambda results: groups[id(results)])
     text = write_document(tmp_path / "results.md", [(base, base_results), (other, other_results)]).read_text()
     energy = text.split("## Client radio energy per round")[1]
     rows = {line.split(" | ")[0][2:]: line for line in energy.splitlines() if line.startswith("| ")}
@@ -368,7 +372,7 @@ def test_plan_rows_pair_each_run_with_the_fedavg_run_that_trains_alike(tmp_path,
     for name, groups in (("base", base_groups), ("more", more_groups)):
         results[name] = [(r, s) for g in groups.values() for r, s in zip(g.runs, g.summaries, strict=True)]
     by_id = {id(results["base"]): base_groups, id(results["more"]): more_groups}
-    monkeypatch.setattr("fedzip.fl.convergence.group", lambda r: by_id[id(r)])
+    monkeypatch.setattr("research.document.group", lambda r: by_id[id(r)])
     text = write_document(tmp_path / "results.md", [(base, results["base"]), (more, results["more"])])
     rows = {}
     for line in text.read_text().splitlines():  # the plans' tables come first

@@ -1,0 +1,91 @@
+"""Runs on disk: a plan's finished runs grouped over their seeds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedzip.fl.plan import PlannedRun
+from fedzip.fl.report import read_metrics
+
+# Seeded plans keep their runs next to the document they make.
+SEEDED_OUT = "docs/results/runs"
+UNSEEDED_OUT = "runs/paper"
+# The seeded plans run to convergence; `python -m research experiments/paper-*.toml --doc ...`
+# regenerates the earlier 10-round, one-seed document.
+DEFAULT_PLANS = (
+    "experiments/converge-iid.toml",
+    "experiments/converge-dirichlet.toml",
+    "experiments/extreme-iid.toml",
+    "experiments/extreme-dirichlet.toml",
+    "experiments/curve-iid.toml",
+    "experiments/curve-dirichlet.toml",
+)
+REFERENCE_CODEC = "none"  # FedAvg
+
+
+@dataclass
+class RunSeeds:
+    """One run of a plan over its seeds."""
+
+    name: str
+    runs: list[PlannedRun] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[list[dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def config(self):
+        return self.runs[0].config
+
+    def final(self, key: str) -> np.ndarray:
+        return np.array([m[-1][key] for m in self.metrics])
+
+    def payload_bytes(self) -> np.ndarray:
+        return np.array([s["payload_bytes"] for s in self.summaries], dtype=float)
+
+    def rate(self) -> np.ndarray:
+        """Whole-run compression: float32 size of every accepted update / payload bytes sent."""
+        return np.array([s["payload_compression_rate"] or math.nan for s in self.summaries], dtype=float)
+
+    def downloads(self) -> np.ndarray:
+        """Per seed, how many train messages (model downloads) the run sent."""
+        return np.array([sum(row["clients"] for row in m[1:]) for m in self.metrics], dtype=float)
+
+    def both_ways_rate(self) -> np.ndarray:
+        """Float32 uploads and downloads of the run / payload bytes sent up + bytes sent down.
+
+        Downloads travel as float32 weights unless the run compresses them (``downlink``).
+        """
+        rates = []
+        for summary, downloads in zip(self.summaries, self.downloads(), strict=True):
+            model = summary["model_bytes"]
+            payload = summary["payload_bytes"]
+            uploads = (summary["payload_compression_rate"] or 0.0) * payload
+            down = summary.get("downlink_bytes", 0) if self.config.downlink else downloads * model
+            rates.append((uploads + downloads * model) / (payload + down) if payload + down else math.nan)
+        return np.array(rates, dtype=float)
+
+    def curve(self, key: str) -> np.ndarray:
+        """Mean over seeds, per round (seeds cut to the shortest run)."""
+        length = min(len(m) for m in self.metrics)
+        return np.nanmean([[row[key] for row in m[:length]] for m in self.metrics], axis=0)
+
+
+def group(results: Sequence[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, RunSeeds]:
+    grouped: dict[str, RunSeeds] = {}
+    for run, summary in results:
+        entry = grouped.setdefault(run.name, RunSeeds(run.name))
+        entry.runs.append(run)
+        entry.summaries.append(summary)
+        entry.metrics.append(read_metrics(Path(run.config.out)))
+    return grouped
+
+
+def fedavg_runs(*grouped: dict[str, RunSeeds]) -> list[RunSeeds]:
+    """Every FedAvg run of these plans, in order."""
+    return [g for plan in grouped for g in plan.values() if g.config.codec == REFERENCE_CODEC]
