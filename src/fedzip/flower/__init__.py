@@ -7,7 +7,8 @@ server strategy wrapper that decodes them.
     strategy = FedZipStrategy(FedAvg(), compressor=FedZip(keep=0.01), error_feedback=True)
 """
 
+from .accounting import RoundStats
 from .mod import fedzip_mod, shared_start_mod
-from .strategy import ConfigurationError, FedZipStrategy, RoundStats
+from .strategy import ConfigurationError, FedZipStrategy
 
 __all__ = ["ConfigurationError", "FedZipStrategy", "RoundStats", "fedzip_mod", "shared_start_mod"]

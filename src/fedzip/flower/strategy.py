@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
@@ -25,16 +21,15 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
-from .. import wire
 from ..abc import Compressor
 from ..codec import FedZip
-from ..errors import FormatError
 from ..feedback import ErrorFeedback
-from ..payload import decode_records
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
+from .accounting import RoundStats, content_bytes
 from .downlink import DOWN_MODEL, Broadcaster
+from .replies import NormGuard, Rejected, check_metrics, consistent, inner_chain, restore, weighting_key
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
 _CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
@@ -46,62 +41,6 @@ class ConfigurationError(RuntimeError):
     Raised out of ``aggregate_train`` (so the run stops) with a message that
     says what to change; transient failures never raise it.
     """
-
-
-class Rejected(Exception):
-    """A reply that cannot be aggregated; ``configuration`` if a setting is the likely cause."""
-
-    def __init__(self, reason: str, configuration: bool = False) -> None:
-        super().__init__(reason)
-        self.configuration = configuration
-
-
-@dataclass
-class RoundStats:
-    """What one training round carried."""
-
-    round: int
-    replies: int = 0
-    accepted: int = 0
-    failures: list[str] = field(default_factory=list)
-    uplink_bytes: int = 0  # Flower's count_bytes() of every accepted reply, as carried
-    raw_bytes: int = 0  # count_bytes() of the same replies with the weights the clients trained
-    payload_bytes: int = 0  # len() of the accepted payloads alone
-    downlink_bytes: int = 0  # count_bytes() of every train message as sent (all nodes)
-    downlink_raw_bytes: int = 0  # the same messages with the global model's weights
-    dense_downloads: int = 0  # with compressed downloads: nodes sent the whole model (new or out of sync)
-    aggregated: bool = False  # False when too few replies were accepted to update the model
-
-    @property
-    def ratio(self) -> float:
-        return self.raw_bytes / self.uplink_bytes if self.uplink_bytes else float("nan")
-
-
-def _content_bytes(msg: Message) -> int:
-    return sum(_record_bytes(record) for record in msg.content.values())
-
-
-def _record_bytes(record: Any) -> int:
-    """Flower's ``count_bytes()``; for ConfigRecords with an empty string (which it refuses), the same count."""
-    try:
-        return record.count_bytes()
-    except ValueError:
-        if not isinstance(record, ConfigRecord):
-            raise
-    total = 0
-    for key, value in record.items():
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            total += 1 if isinstance(item, bool) else len(item) if isinstance(item, str | bytes) else 8
-        total += len(key)
-    return total
-
-
-def _inner_chain(strategy: Strategy) -> list[Strategy]:
-    chain = [strategy]
-    while isinstance(getattr(chain[-1], "strategy", None), Strategy) and len(chain) < 64:
-        chain.append(chain[-1].strategy)
-    return chain
 
 
 class FedZipStrategy(Strategy):
@@ -179,7 +118,7 @@ class FedZipStrategy(Strategy):
             raise ValueError(
                 f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(inner).__name__}"
             )
-        if any(isinstance(s, FedZipStrategy) for s in _inner_chain(inner)):
+        if any(isinstance(s, FedZipStrategy) for s in inner_chain(inner)):
             raise ValueError("FedZipStrategy cannot wrap another FedZipStrategy")
         if compressor is None:
             compressor = FedZip()
@@ -192,7 +131,7 @@ class FedZipStrategy(Strategy):
                 isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
             ):
                 raise ValueError(f"{option} must be a positive number or None, got {value!r}")
-        client_dp = next((s for s in _inner_chain(inner) if isinstance(s, _CLIENT_SIDE_DP)), None)
+        client_dp = next((s for s in inner_chain(inner) if isinstance(s, _CLIENT_SIDE_DP)), None)
         if client_dp is not None and feedback:
             raise ValueError(
                 f"error feedback adds earlier residuals to the clipped update, so uploads would exceed the "
@@ -231,10 +170,8 @@ class FedZipStrategy(Strategy):
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
-        self.norm_bound = norm_bound
-        self.max_update_norm = max_update_norm
+        self._norms = NormGuard(norm_bound, max_update_norm)
         self.on_payload = on_payload
-        self._norm_reference: float | None = None  # median update norm of the last round that had one
         self.history: list[RoundStats] = []
         self._current: ArrayRecord | None = None
         self._weights_key: str | None = None
@@ -256,6 +193,24 @@ class FedZipStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"FedZipStrategy({self.strategy!r}, {self.compressor!r}, error_feedback={self.error_feedback})"
+
+    @property
+    def norm_bound(self) -> float | None:
+        """Replies whose update norm exceeds this many times the round's median are rejected."""
+        return self._norms.bound
+
+    @norm_bound.setter
+    def norm_bound(self, value: float | None) -> None:
+        self._norms.bound = value
+
+    @property
+    def max_update_norm(self) -> float | None:
+        """An absolute bound on every reply's update norm."""
+        return self._norms.limit
+
+    @max_update_norm.setter
+    def max_update_norm(self, value: float | None) -> None:
+        self._norms.limit = value
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedzip: %r, error feedback %s", self.compressor, self.error_feedback)
@@ -298,13 +253,13 @@ class FedZipStrategy(Strategy):
             self._weights_key = keys[0]
             protocol.add_settings(content, codec, self.error_feedback, self.feedback_options)
         self._sent = {}
-        raw = sum(_content_bytes(m) for m in messages)
+        raw = sum(content_bytes(m) for m in messages)
         if self.broadcaster is not None and messages:
             self.broadcaster.advance(protocol.from_record(arrays))
             for message in messages:
                 self._download(message)
         dense = sum(DOWN_MODEL in m.content.array_records for m in messages)  # 0 without a broadcaster
-        self._down = (sum(_content_bytes(m) for m in messages), raw, dense)
+        self._down = (sum(content_bytes(m) for m in messages), raw, dense)
         return messages
 
     def _download(self, message: Message) -> None:
@@ -356,16 +311,16 @@ class FedZipStrategy(Strategy):
                     configuration.append(reply.error.reason)
                 forwarded[index] = reply
                 continue
-            carried = _content_bytes(reply)
+            carried = content_bytes(reply)
             try:
-                self._check_metrics(reply)
-                payload, norm = self._restore(reply, reference)
+                check_metrics(reply, weighting_key(self.strategy))
+                payload, norm = restore(reply, reference, self._weights_key, self.compressor)
             except Rejected as exc:
                 reject(index, reply, str(exc), exc.configuration)
                 continue
             candidates.append((index, reply, payload, norm, carried))
 
-        bound = self._norm_limit([norm for *_, norm, _ in candidates])
+        bound = self._norms.largest([norm for *_, norm, _ in candidates])
         kept = []
         for index, reply, payload, norm, carried in candidates:
             if norm > bound:
@@ -373,11 +328,11 @@ class FedZipStrategy(Strategy):
             else:
                 kept.append((index, reply, payload, carried))
         order: dict[int, bytes] = {}
-        for index, reply, payload, carried in self._consistent(kept, reject):
+        for index, reply, payload, carried in consistent(kept, weighting_key(self.strategy), reject):
             order[index] = payload
             stats.accepted += 1
             stats.uplink_bytes += carried
-            stats.raw_bytes += _content_bytes(reply)
+            stats.raw_bytes += content_bytes(reply)
             stats.payload_bytes += len(payload)
             if self.on_payload is not None:
                 try:
@@ -421,148 +376,6 @@ class FedZipStrategy(Strategy):
             return None, None
         stats.aggregated = True
         return result
-
-    def _norm_limit(self, norms: list[float]) -> float:
-        """The largest update norm accepted this round."""
-        limit = self.max_update_norm if self.max_update_norm is not None else float("inf")
-        if self.norm_bound is None:
-            return limit
-        if len(norms) >= 3:  # a median that one reply cannot move
-            self._norm_reference = float(np.median(norms))
-        if self._norm_reference is not None and self._norm_reference > 0:
-            limit = min(limit, self.norm_bound * self._norm_reference)
-        return limit
-
-    def _weights_key_of_metrics(self) -> str | None:
-        """The metric the inner strategy weights replies by (``num-examples`` for FedAvg and kin)."""
-        for strategy in _inner_chain(self.strategy):
-            key = strategy.__dict__.get("weighted_by_key")
-            if isinstance(key, str):
-                return key
-        return None
-
-    def _check_metrics(self, reply: Message) -> None:
-        key = self._weights_key_of_metrics()
-        if key is None:
-            return
-        records = list(reply.content.metric_records.values())
-        if len(records) != 1:
-            raise Rejected(f"expected one MetricRecord in the reply, found {len(records)}")
-        weight = records[0].get(key)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (0 < weight < float("inf")):
-            raise Rejected(f"the reply's {key!r} must be a positive finite number, got {weight!r}")
-
-    def _consistent(self, kept: list, reject: Callable[..., None]) -> list:
-        """Replies whose metrics have the layout most replies have; Flower's FedAvg refuses mixed layouts."""
-        if self._weights_key_of_metrics() is None or not kept:
-            return kept
-
-        def layout(reply: Message) -> tuple:
-            ((name, record),) = reply.content.metric_records.items()
-            return name, tuple(sorted(record))
-
-        layouts = [layout(reply) for _, reply, _, _ in kept]
-        majority = max(layouts, key=layouts.count)  # ties: the first seen
-        out = []
-        for item, shape in zip(kept, layouts, strict=True):
-            if shape == majority:
-                out.append(item)
-            else:
-                reject(item[0], item[1], f"its metrics {shape} differ from the other replies' {majority}")
-        return out
-
-    def _restore(self, reply: Message, reference: dict[str, np.ndarray]) -> tuple[bytes, float]:
-        """Replace the payload in ``reply`` by the client's trained weights.
-
-        Returns the payload and the norm of the client's update.
-        """
-        content = reply.content
-        if protocol.PAYLOAD not in content.array_records:
-            if content.array_records:
-                raise Rejected(
-                    "the reply carries weights, not a fedzip payload: add fedzip_mod to the ClientApp, "
-                    "first in its mods (ClientApp(mods=[fedzip_mod, ...]))",
-                    configuration=True,
-                )
-            raise Rejected("the reply carries no fedzip payload", configuration=True)
-        extra = set(content.array_records) - {protocol.PAYLOAD, protocol.PASSTHROUGH}
-        if self._weights_key in content:
-            extra.add(self._weights_key)
-        if extra:
-            raise Rejected(f"unexpected records in the reply: {sorted(extra)}")
-        try:
-            payload = protocol.payload_bytes(content.array_records[protocol.PAYLOAD])
-            passthrough = {}
-            if protocol.PASSTHROUGH in content.array_records:
-                passthrough = protocol.from_record(content.array_records[protocol.PASSTHROUGH])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise Rejected(f"unreadable record: {exc}") from exc
-        max_elements = sum(a.size for a in reference.values())
-        try:
-            records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference))
-        except FormatError as exc:
-            raise Rejected(f"malformed payload: {exc}") from exc
-        self._check_header(records, passthrough, reference)
-        try:
-            update = decode_records(records)
-        except FormatError as exc:
-            raise Rejected(f"malformed payload: {exc}") from exc
-        trained = {}
-        squares = 0.0
-        for name, base in reference.items():
-            if name in passthrough:
-                value = passthrough[name]
-                delta = value.astype(np.float64) - base
-            else:
-                delta = update[name]
-                with np.errstate(over="ignore", invalid="ignore"):
-                    # what the client trained, in the dtype it trained in
-                    value = (base + delta).astype(delta.dtype, copy=False)
-                if not np.isfinite(value).all():
-                    raise Rejected(f"tensor {name!r} is not finite once the update is applied")
-            squares += float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
-            trained[name] = value
-        del content[protocol.PAYLOAD]
-        content.pop(protocol.PASSTHROUGH, None)
-        content[self._weights_key] = protocol.to_record(trained)
-        return payload, math.sqrt(squares)
-
-    def _check_header(
-        self, records: list[wire.Record], passthrough: dict[str, np.ndarray], reference: dict[str, np.ndarray]
-    ) -> None:
-        names = [rec.name for rec in records]
-        if set(names) | set(passthrough) != set(reference) or set(names) & set(passthrough):
-            missing = sorted(set(reference) - set(names) - set(passthrough))
-            unknown = sorted((set(names) | set(passthrough)) - set(reference))
-            raise Rejected(
-                f"the payload's tensors do not match the global model (missing {missing[:5]}, "
-                f"unknown {unknown[:5]}): the client trains another model",
-                configuration=True,
-            )
-        expected = self.compressor.body_encodings()
-        for rec in records:
-            if rec.encoding not in expected:
-                raise Rejected(
-                    f"tensor {rec.name!r} was encoded by another codec than the configured "
-                    f"{json.dumps(self.compressor.get_config())}: do clients and server run the same fedzip?",
-                    configuration=True,
-                )
-            base = reference[rec.name]
-            if rec.shape != base.shape:
-                raise Rejected(
-                    f"tensor {rec.name!r} has shape {rec.shape}, the model has {base.shape}",
-                    configuration=True,
-                )
-            if not protocol.is_compressible(base):
-                raise Rejected(f"tensor {rec.name!r} is {base.dtype} in the model; it must pass through")
-        for name, value in passthrough.items():
-            base = reference[name]
-            # The global copy of an integer buffer may be float: Flower's FedAvg averages it in float64.
-            if value.dtype.kind not in "iub" or value.shape != base.shape:
-                raise Rejected(
-                    f"passthrough tensor {name!r} is {value.dtype}{list(value.shape)} (the model has "
-                    f"{base.dtype}{list(base.shape)}); only integer and bool tensors pass through uncompressed"
-                )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

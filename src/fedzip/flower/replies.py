@@ -1,0 +1,203 @@
+"""Client replies, treated as hostile: record layout, payload, tensors, values, metrics and norms checked
+before anything reaches the inner strategy."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp.strategy import Strategy
+
+from .. import wire
+from ..abc import Compressor
+from ..errors import FormatError
+from ..payload import decode_records
+from . import protocol
+
+
+class Rejected(Exception):
+    """A reply that cannot be aggregated; ``configuration`` if a setting is the likely cause."""
+
+    def __init__(self, reason: str, configuration: bool = False) -> None:
+        super().__init__(reason)
+        self.configuration = configuration
+
+
+def restore(
+    reply: Message, reference: dict[str, np.ndarray], weights_key: str | None, compressor: Compressor
+) -> tuple[bytes, float]:
+    """Replace the payload in ``reply`` by the client's trained weights (under ``weights_key``).
+
+    Checks the record layout, the container, the tensors against ``reference``
+    (the global model the client was sent) and ``compressor``'s encodings, and
+    the values once applied. Returns the payload and the norm of the update;
+    raises :class:`Rejected` saying why a reply cannot be used.
+    """
+    content = reply.content
+    if protocol.PAYLOAD not in content.array_records:
+        if content.array_records:
+            raise Rejected(
+                "the reply carries weights, not a fedzip payload: add fedzip_mod to the ClientApp, "
+                "first in its mods (ClientApp(mods=[fedzip_mod, ...]))",
+                configuration=True,
+            )
+        raise Rejected("the reply carries no fedzip payload", configuration=True)
+    extra = set(content.array_records) - {protocol.PAYLOAD, protocol.PASSTHROUGH}
+    if weights_key in content:
+        extra.add(weights_key)
+    if extra:
+        raise Rejected(f"unexpected records in the reply: {sorted(extra)}")
+    try:
+        payload = protocol.payload_bytes(content.array_records[protocol.PAYLOAD])
+        passthrough = {}
+        if protocol.PASSTHROUGH in content.array_records:
+            passthrough = protocol.from_record(content.array_records[protocol.PASSTHROUGH])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise Rejected(f"unreadable record: {exc}") from exc
+    max_elements = sum(a.size for a in reference.values())
+    try:
+        records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference))
+    except FormatError as exc:
+        raise Rejected(f"malformed payload: {exc}") from exc
+    check_header(records, passthrough, reference, compressor)
+    try:
+        update = decode_records(records)
+    except FormatError as exc:
+        raise Rejected(f"malformed payload: {exc}") from exc
+    trained = {}
+    squares = 0.0
+    for name, base in reference.items():
+        if name in passthrough:
+            value = passthrough[name]
+            delta = value.astype(np.float64) - base
+        else:
+            delta = update[name]
+            with np.errstate(over="ignore", invalid="ignore"):
+                # what the client trained, in the dtype it trained in
+                value = (base + delta).astype(delta.dtype, copy=False)
+            if not np.isfinite(value).all():
+                raise Rejected(f"tensor {name!r} is not finite once the update is applied")
+        squares += float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
+        trained[name] = value
+    del content[protocol.PAYLOAD]
+    content.pop(protocol.PASSTHROUGH, None)
+    content[weights_key] = protocol.to_record(trained)
+    return payload, math.sqrt(squares)
+
+
+def check_header(
+    records: list[wire.Record],
+    passthrough: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    compressor: Compressor,
+) -> None:
+    """The payload's tensors are the model's, encoded as ``compressor`` encodes, with the model's shapes."""
+    names = [rec.name for rec in records]
+    if set(names) | set(passthrough) != set(reference) or set(names) & set(passthrough):
+        missing = sorted(set(reference) - set(names) - set(passthrough))
+        unknown = sorted((set(names) | set(passthrough)) - set(reference))
+        raise Rejected(
+            f"the payload's tensors do not match the global model (missing {missing[:5]}, "
+            f"unknown {unknown[:5]}): the client trains another model",
+            configuration=True,
+        )
+    expected = compressor.body_encodings()
+    for rec in records:
+        if rec.encoding not in expected:
+            raise Rejected(
+                f"tensor {rec.name!r} was encoded by another codec than the configured "
+                f"{json.dumps(compressor.get_config())}: do clients and server run the same fedzip?",
+                configuration=True,
+            )
+        base = reference[rec.name]
+        if rec.shape != base.shape:
+            raise Rejected(
+                f"tensor {rec.name!r} has shape {rec.shape}, the model has {base.shape}",
+                configuration=True,
+            )
+        if not protocol.is_compressible(base):
+            raise Rejected(f"tensor {rec.name!r} is {base.dtype} in the model; it must pass through")
+    for name, value in passthrough.items():
+        base = reference[name]
+        # The global copy of an integer buffer may be float: Flower's FedAvg averages it in float64.
+        if value.dtype.kind not in "iub" or value.shape != base.shape:
+            raise Rejected(
+                f"passthrough tensor {name!r} is {value.dtype}{list(value.shape)} (the model has "
+                f"{base.dtype}{list(base.shape)}); only integer and bool tensors pass through uncompressed"
+            )
+
+
+def inner_chain(strategy: Strategy) -> list[Strategy]:
+    """``strategy`` and the strategies it wraps, outermost first."""
+    chain = [strategy]
+    while isinstance(getattr(chain[-1], "strategy", None), Strategy) and len(chain) < 64:
+        chain.append(chain[-1].strategy)
+    return chain
+
+
+def weighting_key(strategy: Strategy) -> str | None:
+    """The metric the inner strategy weights replies by (``num-examples`` for FedAvg and kin)."""
+    for inner in inner_chain(strategy):
+        key = inner.__dict__.get("weighted_by_key")
+        if isinstance(key, str):
+            return key
+    return None
+
+
+def check_metrics(reply: Message, key: str | None) -> None:
+    """One MetricRecord whose weighting metric ``key`` is a positive finite number (None: no check)."""
+    if key is None:
+        return
+    records = list(reply.content.metric_records.values())
+    if len(records) != 1:
+        raise Rejected(f"expected one MetricRecord in the reply, found {len(records)}")
+    weight = records[0].get(key)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (0 < weight < float("inf")):
+        raise Rejected(f"the reply's {key!r} must be a positive finite number, got {weight!r}")
+
+
+def consistent(kept: list, key: str | None, reject: Callable[..., None]) -> list:
+    """Replies whose metrics have the layout most replies have; Flower's FedAvg refuses mixed layouts."""
+    if key is None or not kept:
+        return kept
+
+    def layout(reply: Message) -> tuple:
+        ((name, record),) = reply.content.metric_records.items()
+        return name, tuple(sorted(record))
+
+    layouts = [layout(reply) for _, reply, _, _ in kept]
+    majority = max(layouts, key=layouts.count)  # ties: the first seen
+    out = []
+    for item, shape in zip(kept, layouts, strict=True):
+        if shape == majority:
+            out.append(item)
+        else:
+            reject(item[0], item[1], f"its metrics {shape} differ from the other replies' {majority}")
+    return out
+
+
+class NormGuard:
+    """Rejects updates whose norm is far above the round's median (``bound`` times it) or above ``limit``.
+
+    The median is taken over at least three replies, so that one reply cannot
+    move it; with fewer, the last round's median stands.
+    """
+
+    def __init__(self, bound: float | None = None, limit: float | None = None) -> None:
+        self.bound = bound
+        self.limit = limit
+        self.reference: float | None = None  # the last median of at least three norms
+
+    def largest(self, norms: list[float]) -> float:
+        """The largest update norm accepted this round."""
+        limit = self.limit if self.limit is not None else float("inf")
+        if self.bound is None:
+            return limit
+        if len(norms) >= 3:  # a median that one reply cannot move
+            self.reference = float(np.median(norms))
+        if self.reference is not None and self.reference > 0:
+            limit = min(limit, self.bound * self.reference)
+        return limit
