@@ -50,22 +50,23 @@ def paired(group: RunSeeds, reference: RunSeeds, key: str = "accuracy") -> np.nd
 def training_difference(cfg: Any, base: Any) -> str:
     """How ``cfg`` trains its clients otherwise than ``base`` (optimiser, lr and its schedule, local
     epochs, batch, local momentum), e.g. "lr 0.1"; "" when alike: a run is compared with FedAvg trained alike."""
+    mine, theirs = cfg.training, base.training
     parts = []
-    if cfg.optimizer != base.optimizer:
-        parts.append(cfg.optimizer)
-    if cfg.lr_schedule != base.lr_schedule or cfg.lr_final != base.lr_final:
+    if mine.optimizer != theirs.optimizer:
+        parts.append(mine.optimizer)
+    if mine.lr_schedule != theirs.lr_schedule or mine.lr_final != theirs.lr_final:
         parts.append(
-            f"{cfg.lr_schedule} lr {cfg.lr:g}"
-            + (f" to {cfg.lr_final:g}" if cfg.lr_schedule != "constant" else "")
+            f"{mine.lr_schedule} lr {mine.lr:g}"
+            + (f" to {mine.lr_final:g}" if mine.lr_schedule != "constant" else "")
         )
-    elif cfg.lr != base.lr:
-        parts.append(f"lr {cfg.lr:g}")
-    if cfg.local_epochs != base.local_epochs:
-        parts.append(f"{cfg.local_epochs} local epochs")
-    if cfg.batch_size != base.batch_size:
-        parts.append(f"batch {cfg.batch_size}")
-    if cfg.local_momentum != base.local_momentum:
-        parts.append(f"local momentum {cfg.local_momentum:g}")
+    elif mine.lr != theirs.lr:
+        parts.append(f"lr {mine.lr:g}")
+    if mine.local_epochs != theirs.local_epochs:
+        parts.append(f"{mine.local_epochs} local epochs")
+    if mine.batch_size != theirs.batch_size:
+        parts.append(f"batch {mine.batch_size}")
+    if mine.momentum != theirs.momentum:
+        parts.append(f"local momentum {mine.momentum:g}")
     return ", ".join(parts)
 
 
@@ -76,10 +77,10 @@ def trained_like(fedavgs: Sequence[RunSeeds], like: Any) -> RunSeeds | None:
 
 def family(cfg) -> str | None:
     """The series a run belongs to on the figure; None for FedAvg."""
-    base = cfg.codec
+    base = cfg.upload["id"]
     if base == "none":
         return None
-    if base.startswith("fedzip"):
+    if base == "fedzip":
         return "FedZip"
     names = {
         "stc": "STC",
@@ -90,7 +91,7 @@ def family(cfg) -> str | None:
         "lowrank": "Low-rank",
     }
     name = names.get(base, base)
-    if cfg.error_feedback and base in ("topk", "signsgd", "lowrank"):
+    if cfg.error_feedback.enabled and base in ("topk", "signsgd", "lowrank"):
         name = f"EF-{name}" if base == "signsgd" else f"{name}+EF"
     return name
 
@@ -131,7 +132,7 @@ class Point:
     def uploads_only(self) -> bool:
         """Whether only uploads are compressed: compressed downloads change accuracy too, so such runs
         are not points of an uplink curve or picks of an uplink target."""
-        return not self.group.config.downlink
+        return self.group.config.download is None
 
     @cached_property
     def delta(self) -> np.ndarray:

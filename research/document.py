@@ -38,7 +38,9 @@ def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[s
                 seeds[str(run.seed)] = {
                     "codec": cfg.label,
                     "options": {
-                        k: getattr(cfg, k) for k in ("keep", "clusters", "levels", "error_feedback", "lr")
+                        **cfg.upload,
+                        "error_feedback": cfg.error_feedback.enabled,
+                        "lr": cfg.training.lr,
                     },
                     "rounds": summary["rounds"],
                     "final_test_accuracy": metrics[-1]["accuracy"],
@@ -46,8 +48,8 @@ def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[s
                     "uplink_payload_bytes": summary["payload_bytes"],
                     "uplink_bytes_as_carried": summary["uplink_bytes"],
                     "compression_ratio": summary["payload_compression_rate"],
-                    "train_images": cfg.train_limit,
-                    "validation_images": cfg.validation,
+                    "train_images": cfg.data.train_limit,
+                    "validation_images": cfg.data.validation,
                     "wall_seconds": summary["wall_seconds"],
                 }
             runs[name] = seeds

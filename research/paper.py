@@ -62,11 +62,12 @@ def _plan_section(
     cfg = plan.base
     raw_per_reply = next(iter(summaries.values()))["model_bytes"]
     lines = [
-        f"## {plan.name}: {cfg.partition} partition",
+        f"## {plan.name}: {cfg.data.partition} partition",
         "",
-        f"`experiments/{plan.name}.toml`: model `{cfg.model}`, {cfg.clients} clients (fraction {cfg.fraction}), "
-        f"{cfg.rounds} rounds, {cfg.local_epochs} local epoch, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, "
-        f"{cfg.train_limit or 'all'} training images, {cfg.test_limit or 'all 10,000'} test images, seed {cfg.seed}. "
+        f"`experiments/{plan.name}.toml`: model `{cfg.model}`, {cfg.server.clients} clients (fraction {cfg.server.fraction}), "
+        f"{cfg.server.rounds} rounds, {cfg.training.local_epochs} local epoch, batch {cfg.training.batch_size}, "
+        f"{cfg.training.optimizer} lr {cfg.training.lr}, {cfg.data.train_limit or 'all'} training images, "
+        f"{cfg.data.test_limit or 'all 10,000'} test images, seed {cfg.seed}. "
         f"A float32 update is {raw_per_reply / 1e6:.3f} MB.",
         "",
         "| run | codec | keep | final acc. | vs FedAvg (pts) | uplink MB | payload rate | bandwidth saved "

@@ -25,8 +25,11 @@ def first_round_update(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     from fedzip.fl import data as datamod
     from fedzip.fl import models, training
 
-    dataset = datamod.subset(datamod.load(cfg.data_dir or None), cfg.train_limit, 0, cfg.seed)
-    own = datamod.partition_indices(dataset.train_labels.tobytes(), cfg.partition, cfg.clients, cfg.seed)[0]
+    data, local = cfg.data, cfg.training
+    dataset = datamod.subset(datamod.load(data.data_dir or None), data.train_limit, 0, cfg.seed)
+    own = datamod.partition_indices(
+        dataset.train_labels.tobytes(), data.partition, cfg.server.clients, cfg.seed
+    )[0]
     model = models.build("cnn", dataset.classes, cfg.seed)
     before = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     torch.set_num_threads(1)
@@ -35,9 +38,9 @@ def first_round_update(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
         dataset.train_images[own],
         dataset.train_labels[own],
         1,
-        cfg.batch_size,
-        cfg.optimizer,
-        cfg.lr,
+        local.batch_size,
+        local.optimizer,
+        local.lr,
         cfg.seed,
     )
     return {k: v.detach().numpy() - before[k] for k, v in model.state_dict().items()}

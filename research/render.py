@@ -51,40 +51,50 @@ def mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
 
 def options(cfg, base=None) -> str:
     """A run's codec and options; with ``base`` (the plan's), how its clients train otherwise."""
+    up = cfg.compressor().get_config()
     parts = [cfg.label]
-    split = f" ({cfg.budget_split} split, k={cfg.clusters})" if cfg.budget_split == "uniform" else ""
-    if cfg.budget_ratio:
-        parts.append(f"budget 1/{cfg.budget_ratio:g} of float32{split}")
-    elif cfg.budget_bytes:
-        parts.append(f"budget {cfg.budget_bytes:,} B{split}")
-    elif cfg.codec == "lowrank" or cfg.rank:
-        iterations = f", {cfg.iterations} iterations" if cfg.iterations else ""
-        parts.append(f"rank-{cfg.rank or 1} factors, k={cfg.clusters}{iterations}")
-    elif cfg.codec in ("topk", "stc") or cfg.codec.startswith("fedzip"):
-        parts.append(f"keep {cfg.keep:g}")
-    if cfg.codec.startswith("fedzip") and not (cfg.budget_ratio or cfg.budget_bytes or cfg.rank):
-        parts.append(f"k={cfg.clusters}")
-    if cfg.codec == "qsgd":
-        parts.append(f"{cfg.levels} levels")
-    if cfg.warmup_rounds:
-        parts.append(f"warm-up {cfg.warmup_rounds} rounds from {cfg.warmup_start:g}")
-    if cfg.ef_momentum:
-        parts.append(f"momentum correction {cfg.ef_momentum:g}" + ("" if cfg.masking else " (no masking)"))
-    if cfg.clip_norm:
-        parts.append(f"clip {cfg.clip_norm:g}")
-    if cfg.server_optimizer != "fedavg":
-        parts.append(cfg.server_optimizer + (f" lr {cfg.server_lr:g}" if cfg.server_lr else ""))
-    if cfg.downlink_budget_ratio:
-        parts.append(f"down {cfg.downlink} budget 1/{cfg.downlink_budget_ratio:g}")
-    elif cfg.downlink_rank:
+    budget = up.get("budget_ratio") or up.get("budget_bytes")
+    split = (
+        f" ({up['budget_split']} split, k={up['clusters']})" if up.get("budget_split") == "uniform" else ""
+    )
+    if up.get("budget_ratio"):
+        parts.append(f"budget 1/{up['budget_ratio']:g} of float32{split}")
+    elif up.get("budget_bytes"):
+        parts.append(f"budget {up['budget_bytes']:,} B{split}")
+    elif up.get("rank"):
+        iterations = f", {up['iterations']} iterations" if up["iterations"] != 2 else ""
+        parts.append(f"rank-{up['rank']} factors, k={up['clusters']}{iterations}")
+    elif "keep" in up:
+        parts.append(f"keep {up['keep']:g}")
+    if up["id"] == "fedzip" and not (budget or up.get("rank")):
+        parts.append(f"k={up['clusters']}")
+    if up["id"] == "qsgd":
+        parts.append(f"{up['levels']} levels")
+    if cfg.warmup.rounds:
+        parts.append(f"warm-up {cfg.warmup.rounds} rounds from {cfg.warmup.start:g}")
+    feedback = cfg.error_feedback
+    if feedback.momentum:
         parts.append(
-            f"down {cfg.downlink} rank-{cfg.downlink_rank} factors"
-            + (f", k={cfg.downlink_clusters}" if cfg.downlink_clusters else "")
-            + (f", {cfg.downlink_iterations} iterations" if cfg.downlink_iterations else "")
+            f"momentum correction {feedback.momentum:g}" + ("" if feedback.masking else " (no masking)")
         )
-    elif cfg.downlink:
-        parts.append(f"down {cfg.downlink} keep {cfg.downlink_keep or cfg.keep:g}")
-    if cfg.downlink_shared_start:
+    if feedback.clip_norm:
+        parts.append(f"clip {feedback.clip_norm:g}")
+    if cfg.server.optimizer != "fedavg":
+        parts.append(cfg.server.optimizer + (f" lr {cfg.server.lr:g}" if cfg.server.lr else ""))
+    down = cfg.download_compressor()
+    down = None if down is None else down.get_config()
+    if down is not None and down.get("budget_ratio"):
+        parts.append(f"down {cfg.downlink} budget 1/{down['budget_ratio']:g}")
+    elif down is not None and down.get("rank"):
+        # the download's levels and iterations where they are not the upload's and the default
+        parts.append(
+            f"down {cfg.downlink} rank-{down['rank']} factors"
+            + (f", k={down['clusters']}" if down["clusters"] != up.get("clusters") else "")
+            + (f", {down['iterations']} iterations" if down["iterations"] != 2 else "")
+        )
+    elif down is not None:
+        parts.append(f"down {cfg.downlink} keep {down['keep']:g}")
+    if cfg.server.shared_start:
         parts.append("shared start")
     trained = training_difference(cfg, base) if base is not None else ""
     return ", ".join(parts + ([trained] if trained else []))
@@ -112,18 +122,19 @@ def plan_rows(
     run trained as the plan's base.
     """
     base = plan.base
+    data, local = base.data, base.training
     fedavgs = fedavg_runs(grouped, referenced or {})  # the plan's own first
     reference = trained_like(fedavgs, base)
     own = any(reference is g for g in grouped.values())
     wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
     seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
     lines = [
-        f"## Plan `{plan.name}`: {base.partition} partition",
+        f"## Plan `{plan.name}`: {base.data.partition} partition",
         "",
-        f"Paper CNN, {base.clients} clients (all every round), batch {base.batch_size}, "
-        f"{base.optimizer.upper()} lr {base.lr:g}, {base.local_epochs} local epoch(s); "
-        f"**{f'{base.train_limit:,}' if base.train_limit else 'all'} training images** held by the clients, {base.validation:,} validation "
-        f"images held out of training, the full test split (10,000 images). {base.rounds} rounds, seeds "
+        f"Paper CNN, {base.server.clients} clients (all every round), batch {local.batch_size}, "
+        f"{local.optimizer.upper()} lr {local.lr:g}, {local.local_epochs} local epoch(s); "
+        f"**{f'{data.train_limit:,}' if data.train_limit else 'all'} training images** held by the clients, {data.validation:,} validation "
+        f"images held out of training, the full test split (10,000 images). {base.server.rounds} rounds, seeds "
         f"{', '.join(map(str, seeds))}; {sum(len(g.summaries) for g in grouped.values())} runs, "
         f"{wall / 60:.0f} minutes of wall time.",
         "",
@@ -146,7 +157,7 @@ def plan_rows(
             f"point = {target:.4f}.",
             "",
         ]
-    both = any(g.config.downlink for g in grouped.values())
+    both = any(g.config.download is not None for g in grouped.values())
     lines += [
         "| run | codec | test accuracy | Δ vs FedAvg (pts) | validation accuracy | uplink payload MB | "
         "compression | rounds to target | payload MB to target |"
@@ -210,7 +221,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
 
     def per_reply(g: RunSeeds) -> float:
         return float(
-            np.mean([s["uplink_bytes"] / max(1, s["rounds"] * g.config.clients) for s in g.summaries])
+            np.mean([s["uplink_bytes"] / max(1, s["rounds"] * g.config.server.clients) for s in g.summaries])
         )
 
     def per_download(g: RunSeeds) -> float:
@@ -254,7 +265,7 @@ def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: s
             continue
         for name, g in runs.items():
             up = per_reply(g)
-            if g.config.downlink:
+            if g.config.download is not None:
                 down, measured = per_download(g), True
             elif other is not plan:
                 continue
@@ -333,7 +344,7 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
             )
         elif row.kind == "stc":
             lines.append(
-                f"| STC at its best p | {best.plan}/{best.name} (keep {best.group.config.keep:g}) | "
+                f"| STC at its best p | {best.plan}/{best.name} (keep {best.group.config.compressor().keep:g}) | "
                 f"{best.seeds} | {best.rate:.0f}x | {delta} | {reached} | {_rising(best.group)} | – |"
             )
         else:

@@ -26,7 +26,7 @@ DEFAULT_PLANS = (
     "experiments/curve-iid.toml",
     "experiments/curve-dirichlet.toml",
 )
-REFERENCE_CODEC = "none"  # FedAvg
+REFERENCE_CODEC = "none"  # FedAvg: uploads as they are
 
 
 @dataclass
@@ -66,7 +66,7 @@ class RunSeeds:
             model = summary["model_bytes"]
             payload = summary["payload_bytes"]
             uploads = (summary["payload_compression_rate"] or 0.0) * payload
-            down = summary.get("downlink_bytes", 0) if self.config.downlink else downloads * model
+            down = summary.get("downlink_bytes", 0) if self.config.download is not None else downloads * model
             rates.append((uploads + downloads * model) / (payload + down) if payload + down else math.nan)
         return np.array(rates, dtype=float)
 
@@ -88,4 +88,4 @@ def group(results: Sequence[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Run
 
 def fedavg_runs(*grouped: dict[str, RunSeeds]) -> list[RunSeeds]:
     """Every FedAvg run of these plans, in order."""
-    return [g for plan in grouped for g in plan.values() if g.config.codec == REFERENCE_CODEC]
+    return [g for plan in grouped for g in plan.values() if g.config.upload["id"] == REFERENCE_CODEC]

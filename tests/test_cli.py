@@ -133,14 +133,17 @@ def test_a_run_is_reused_only_when_finished_with_the_same_configuration(tmp_path
     from fedzip.fl.config import ExperimentConfig
     from fedzip.fl.plan import _cached
 
-    cfg = ExperimentConfig(rounds=5, out=str(tmp_path))
+    cfg = ExperimentConfig(server={"rounds": 5}, out=str(tmp_path))
     summary = {"rounds": 5, "config": cfg.to_dict()}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert _cached(cfg) == summary
-    assert _cached(cfg.replace(keep=0.5)) is None  # another configuration
+    assert _cached(cfg.replace(upload={"id": "fedzip", "keep": 0.5})) is None  # another configuration
     (tmp_path / "summary.json").write_text(json.dumps({**summary, "rounds": 3}))
     assert _cached(cfg) is None  # stopped after round 3 of 5
-    older = {k: v for k, v in cfg.to_dict().items() if k != "test_every"}
+    older = cfg.to_dict()
+    del older["server"]["test_every"]
     (tmp_path / "summary.json").write_text(json.dumps({"rounds": 5, "config": older}))
     assert _cached(cfg) is not None  # an option added later, at its default, changes nothing
-    assert _cached(cfg.replace(test_every=2)) is None
+    assert _cached(cfg.replace(server={"test_every": 2})) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"rounds": 5, "config": {**older, "colour": 1}}))
+    assert _cached(cfg) is None  # written by a version with settings this one does not know

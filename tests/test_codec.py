@@ -214,9 +214,9 @@ def test_config_round_trip_and_registry():
         "sparsify_1d": True,
         "budget_bytes": None,
         "budget_ratio": None,
-        "budget_split": "error",
+        "budget_split": None,
         "rank": None,
-        "iterations": 2,
+        "iterations": None,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec
@@ -318,3 +318,29 @@ def test_an_encoding_id_or_name_is_registered_once():
     with pytest.raises(ValueError, match="0 to 255"):
         register_encoding(256, "too-large", decoder)
     assert before == ENCODING_NAMES  # nothing was overwritten
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"keep": 0.1, "budget_ratio": 100}, "keep is not used with a budget"),
+        ({"keep": 0.2, "budget_bytes": 5000}, "keep is not used with a budget"),  # even the default
+        ({"clusters": 4, "budget_ratio": 100}, "chooses each tensor's clusters"),
+        ({"budget_split": "uniform"}, "give budget_bytes or budget_ratio"),
+        ({"budget_split": "error"}, "give budget_bytes or budget_ratio"),
+        ({"iterations": 2}, "give rank too"),
+    ],
+)
+def test_options_the_mode_ignores_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        fedzip.FedZip(**options)
+
+
+def test_equal_configs_mean_equal_behaviour():
+    # what the mode does not use is not part of the config, so two codecs that encode alike are equal
+    assert fedzip.FedZip(budget_ratio=100) == fedzip.FedZip(budget_ratio=100, budget_split="error")
+    assert fedzip.FedZip(budget_ratio=100).get_config()["keep"] is None
+    assert fedzip.FedZip() == fedzip.FedZip(keep=0.2, clusters=3)
+    assert fedzip.FedZip(rank=2) == fedzip.FedZip(rank=2, iterations=2)
+    uniform = fedzip.FedZip(budget_ratio=100, budget_split="uniform")
+    assert uniform.clusters == 3 and uniform == fedzip.FedZip.from_config(uniform.get_config())

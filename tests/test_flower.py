@@ -715,17 +715,19 @@ def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_round
     assert behind < 0.012 * moved
 
 
-def test_downlink_budget_is_a_fedzip_option():
+def test_download_options_are_the_download_codecs():
     from fedzip.fl.config import ExperimentConfig
 
-    cfg = ExperimentConfig(codec="fedzip-dap", downlink="fedzip-dap", downlink_budget_ratio=500.0)
-    assert cfg.downlink_config()["budget_ratio"] == 500.0 and "budget_ratio" not in cfg.compressor_config()
-    with pytest.raises(ValueError, match="downlink_budget_ratio needs a FedZip downlink codec"):
-        ExperimentConfig(downlink="stc", downlink_budget_ratio=500.0)
-    with pytest.raises(ValueError, match="downlink_budget_ratio must be >= 0"):
-        ExperimentConfig(downlink="fedzip-dap", downlink_budget_ratio=-1.0)
-    with pytest.raises(ValueError, match="downlink_shared_start needs a compressed downlink"):
-        ExperimentConfig(downlink_shared_start=True)
+    cfg = ExperimentConfig(download={"id": "fedzip", "budget_ratio": 500.0})
+    assert (
+        cfg.download_compressor() == fedzip.FedZip(budget_ratio=500.0) and cfg.compressor() == fedzip.FedZip()
+    )
+    with pytest.raises(ValueError, match="download codec 'stc': unknown option"):
+        ExperimentConfig(download={"id": "stc", "budget_ratio": 500.0})
+    with pytest.raises(ValueError, match="budget_ratio must be a number >= 1"):
+        ExperimentConfig(download={"id": "fedzip", "budget_ratio": -1.0})
+    with pytest.raises(ValueError, match="shared start needs a compressed download"):
+        ExperimentConfig(server={"shared_start": True})
 
 
 def test_the_average_does_not_depend_on_the_order_replies_arrive_in(rng):

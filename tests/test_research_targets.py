@@ -16,6 +16,13 @@ from fedzip.fl.plan import Plan, PlannedRun
 MODEL = 4_000_000
 
 
+class Settings(dict):
+    """Flat settings as the plan files write them; ``replace`` builds a run's config from them."""
+
+    def replace(self, **changes):
+        return ExperimentConfig.from_dict({**self, **changes})
+
+
 def metrics(values, test):
     """One seed's rows: validation accuracy per round (round 0 first), 1,000 payload bytes a round."""
     return [
@@ -61,7 +68,7 @@ def fedavg_reference(cfg):
 
 def plan_points(cfg, runs):
     """The points of one plan "p" holding ``runs`` (name -> RunSeeds)."""
-    return points([(Plan("p", cfg, ()), runs)])
+    return points([(Plan("p", cfg.replace(), ()), runs)])
 
 
 def targets(cfg, runs):
@@ -75,7 +82,7 @@ def target_row(lines, prefix):
 
 
 def test_families_name_codecs_as_papers_do():
-    base = ExperimentConfig()
+    base = Settings()
     assert family(base.replace(codec="none")) is None
     assert family(base.replace(codec="fedzip-dap", error_feedback=True)) == "FedZip"
     assert family(base.replace(codec="stc", error_feedback=True)) == "STC"
@@ -103,7 +110,7 @@ def test_frontier_keeps_only_runs_nobody_beats_on_both_axes():
 
 
 def test_deltas_pair_seeds_that_both_runs_have():
-    cfg = ExperimentConfig()
+    cfg = Settings()
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.9), (0.80, 0.8), (0.70, 0.7)])
     one = run_seeds("x", cfg, [(0.85, 0.85)], seeds=[1])
     assert paired(one, fedavg).tolist() == pytest.approx([0.05])
@@ -111,7 +118,7 @@ def test_deltas_pair_seeds_that_both_runs_have():
 
 
 def test_targets_are_picked_on_validation_not_test():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     # Both compress >= 1085x; "high-val" wins on validation even though "high-test" has the better test score.
     high_val = run_seeds(
@@ -137,7 +144,7 @@ def test_targets_are_picked_on_validation_not_test():
 
 
 def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_path, monkeypatch):
-    cfg = ExperimentConfig(rounds=1)
+    cfg = Settings(rounds=1)
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.9, 0.9)], rate=1.0)
     down = run_seeds(
         "down",
@@ -146,7 +153,7 @@ def test_document_shows_both_ways_compression_when_downloads_are_compressed(tmp_
         1000.0,
         downlink_bytes=20_000,
     )
-    plan = Plan("p", cfg, ())
+    plan = Plan("p", cfg.replace(), ())
     results = [(r, s) for g in (fedavg, down) for r, s in zip(g.runs, g.summaries, strict=True)]
     monkeypatch.setattr("research.document.group", lambda _: {"fedavg": fedavg, "down": down})
     text = write_document(tmp_path / "results.md", [(plan, results)]).read_text()
@@ -165,13 +172,13 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
     from fedzip.energy import get_link
     from fedzip.fl.models import build, parameter_count
 
-    cfg = ExperimentConfig(rounds=1, model="cnn")
+    cfg = Settings(rounds=1, model="cnn")
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.9, 0.9)], rate=1.0)
     sparse = run_seeds("sparse", cfg.replace(codec="stc"), [(0.9, 0.9)], rate=1000.0)
     down = run_seeds(
         "down", cfg.replace(codec="stc", downlink="stc"), [(0.9, 0.9)], 1000.0, downlink_bytes=50_000
     )
-    base, other = Plan("base", cfg, ()), Plan("more", cfg, (), reference="base")
+    base, other = Plan("base", cfg.replace(), ()), Plan("more", cfg.replace(), (), reference="base")
     base_results = [(r, s) for g in (fedavg, sparse) for r, s in zip(g.runs, g.summaries, strict=True)]
     other_results = [(r, s) for r, s in zip(down.runs, down.summaries, strict=True)]
     groups = {id(base_results): {"fedavg": fedavg, "sparse": sparse}, id(other_results): {"down": down}}
@@ -193,7 +200,7 @@ def test_energy_rows_use_the_downloads_a_run_actually_carried(tmp_path, monkeypa
 
 
 def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     one_seed = run_seeds("one", cfg.replace(budget_ratio=1100.0), [(0.9, 0.9)], 1100.0, [0.1, 0.89, 0.9, 0.9])
     stc = run_seeds(
@@ -205,7 +212,7 @@ def test_a_pick_with_fewer_than_three_seeds_makes_no_claim():
 
 
 def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     # uploads only: 1100x up, but every client downloads the float32 model
     up_only = run_seeds("up-only", cfg.replace(budget_ratio=1100.0), [(0.90, 0.92)] * 3, 1100.0)
@@ -225,7 +232,7 @@ def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
 
 
 def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     lucky = run_seeds("lucky", cfg.replace(budget_ratio=1100.0), [(0.89, 0.93)], 1100.0)
     confirmed = run_seeds("confirmed", cfg.replace(budget_ratio=1100.0), [(0.895, 0.90)] * 3, 1100.0)
@@ -241,7 +248,7 @@ def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
 
 
 def test_targets_say_whether_a_pick_was_still_rising():
-    cfg = ExperimentConfig(rounds=20)
+    cfg = Settings(rounds=20)
     flat = [0.1] + [0.90] * 20
     rising = [0.1] + [0.80 + 0.005 * r for r in range(20)]  # +0.5 points a round
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.90)] * 3, curve=flat)
@@ -254,7 +261,7 @@ def test_targets_say_whether_a_pick_was_still_rising():
 
 
 def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     stc_cfg = cfg.replace(codec="stc", error_feedback=True, keep=0.005)
     # STC reaches 0.89 in round 1 (1,000 B) with one seed, never with the other two
@@ -281,7 +288,7 @@ def test_fewer_bytes_counts_a_seed_that_never_reaches_as_unbounded():
 
 def test_runs_that_compress_downloads_are_not_uplink_picks():
     """Their accuracy depends on the downloads: they compete in the both-ways row only."""
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)
     plain = run_seeds("plain", cfg.replace(budget_ratio=1100.0), [(0.88, 0.88)] * 3, 1100.0)
     down = cfg.replace(budget_ratio=1100.0, downlink="fedzip-dap")
@@ -295,7 +302,7 @@ def test_runs_that_compress_downloads_are_not_uplink_picks():
 
 
 def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_complete():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)  # validation 0.90: within a point is >= 0.89
     runs = {"fedavg": fedavg}
     for ratio, val in ((30, 0.90), (100, 0.90), (300, 0.895), (1000, 0.885), (2000, 0.88), (10000, 0.80)):
@@ -329,7 +336,7 @@ def test_the_curve_table_counts_each_family_and_says_whether_the_curve_is_comple
 
 
 def test_a_run_with_a_learning_rate_schedule_is_measured_against_fedavg_with_that_schedule():
-    cfg = ExperimentConfig(rounds=3)
+    cfg = Settings(rounds=3)
     cosine = {"lr_schedule": "cosine", "lr_final": 0.0}
     fedavg = fedavg_reference(cfg)  # 0.90 on every seed, constant lr: the main reference
     fedavg_cosine = run_seeds("fedavg-cos", cfg.replace(codec="none", **cosine), [(0.93, 0.93)] * 3)
@@ -357,7 +364,7 @@ def test_a_run_with_a_learning_rate_schedule_is_measured_against_fedavg_with_tha
 
 
 def test_plan_rows_pair_each_run_with_the_fedavg_run_that_trains_alike(tmp_path, monkeypatch):
-    cfg = ExperimentConfig(rounds=1)
+    cfg = Settings(rounds=1)
     fedavg = run_seeds("fedavg", cfg.replace(codec="none"), [(0.90, 0.9)])
     const = run_seeds("const", cfg.replace(codec="stc"), [(0.88, 0.9)], 1000.0)
     cosine = {"lr_schedule": "cosine", "lr_final": 0.001}
@@ -365,7 +372,7 @@ def test_plan_rows_pair_each_run_with_the_fedavg_run_that_trains_alike(tmp_path,
     stc_cosine = run_seeds("stc-cos", cfg.replace(codec="stc", **cosine), [(0.94, 0.9)], 1000.0)
     adam = run_seeds("stc-adam", cfg.replace(codec="stc", optimizer="adam"), [(0.91, 0.9)], 1000.0)
     # the constant-lr FedAvg is in the plan the others name as reference, listed after its cosine twin
-    base, more = Plan("base", cfg, ()), Plan("more", cfg, (), reference="base")
+    base, more = Plan("base", cfg.replace(), ()), Plan("more", cfg.replace(), (), reference="base")
     base_groups = {"fedavg": fedavg, "const": const}
     more_groups = {"fedavg-cos": fedavg_cosine, "stc-cos": stc_cosine, "stc-adam": adam}
     results = {}

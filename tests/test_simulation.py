@@ -20,9 +20,16 @@ except DataError:
 
 
 def small_run(tmp_path, **changes):
-    """Three rounds of FedZip (dap, error feedback) on a slice of Fashion-MNIST."""
-    settings = dict(rounds=3, test_limit=1000, codec="fedzip-dap", error_feedback=True, out=str(tmp_path))
-    return ExperimentConfig(**{**settings, **changes})
+    """Three rounds of FedZip (dap, keep 1%, error feedback) on a slice of Fashion-MNIST; ``changes``
+    as ExperimentConfig.replace takes them (a section's settings merge with these)."""
+    cfg = ExperimentConfig(
+        server={"rounds": 3},
+        data={"test_limit": 1000},
+        upload={"id": "fedzip", "keep": 0.01},
+        error_feedback={"enabled": True},
+        out=str(tmp_path),
+    )
+    return cfg.replace(**changes)
 
 
 def read_metrics(out):
@@ -31,7 +38,14 @@ def read_metrics(out):
 
 
 def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
-    cfg = small_run(tmp_path, model="mlp", clients=3, train_limit=3000, keep=0.05, corrupt_clients=[1])
+    cfg = small_run(
+        tmp_path,
+        model="mlp",
+        server={"clients": 3},
+        data={"train_limit": 3000},
+        upload={"id": "fedzip", "keep": 0.05},
+        corrupt_clients=[1],
+    )
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
@@ -50,7 +64,17 @@ def test_a_client_sending_corrupted_payloads_every_round(tmp_path):
 
 
 def test_compare_writes_a_report(tmp_path, capsys):
-    args = ["compare", "--codecs", "none,stc,fedzip-dap+ef", "--model", "mlp", "--clients", "2"]
+    args = [
+        "compare",
+        "--codecs",
+        "none,stc,fedzip-dap+ef",
+        "--model",
+        "mlp",
+        "--clients",
+        "2",
+        "--keep",
+        "0.01",
+    ]
     args += [
         "--rounds",
         "2",
@@ -73,7 +97,7 @@ def test_compare_writes_a_report(tmp_path, capsys):
     dap = json.loads((tmp_path / "fedzip-dap_ef" / "summary.json").read_text())
     assert 0.9 < none["compression_ratio"] < 1.1
     assert dap["uplink_bytes"] * 100 < none["uplink_bytes"]
-    assert stc["config"]["error_feedback"] and stc["payload_compression_rate"] > 100
+    assert stc["config"]["error_feedback"]["enabled"] and stc["payload_compression_rate"] > 100
     sizes = dap["encoding_payload_bytes"]
     assert sizes["dap"] == dap["payload_bytes"] < sizes["position"] < sizes["huffman"]
     assert dap["upload_energy_saved_percent"] > 99 > dap["radio_energy_saved_percent"]
@@ -82,7 +106,13 @@ def test_compare_writes_a_report(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_paper_cnn_learns_with_fedzip(tmp_path):
-    cfg = small_run(tmp_path, model="cnn", clients=2, train_limit=2000, batch_size=10, lr=0.02, keep=0.01)
+    cfg = small_run(
+        tmp_path,
+        model="cnn",
+        server={"clients": 2},
+        data={"train_limit": 2000},
+        training={"batch_size": 10, "lr": 0.02},
+    )
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     accuracies = [float(r["accuracy"]) for r in rows]
@@ -111,7 +141,7 @@ def test_run_command_with_a_baseline(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "signsgd+ef: final accuracy" in out and "J per client per round on wifi" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["config"]["error_feedback"] and summary["failures"] == 0
+    assert summary["config"]["error_feedback"]["enabled"] and summary["failures"] == 0
     assert 25 < summary["payload_compression_rate"] < 32  # one bit per weight, plus headers
     assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.2
 
@@ -145,17 +175,12 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
     cfg = small_run(
         tmp_path,
         model="mlp",
-        clients=2,
-        rounds=4,
-        train_limit=2000,
-        batch_size=20,
-        budget_ratio=200.0,
-        warmup_rounds=2,
-        ef_momentum=0.9,
-        clip_norm=5.0,
-        local_momentum=0.5,
-        server_optimizer="fedavgm",
-        server_lr=1.0,
+        server={"clients": 2, "rounds": 4, "optimizer": "fedavgm", "lr": 1.0},
+        data={"train_limit": 2000},
+        training={"batch_size": 20, "momentum": 0.5},
+        upload={"id": "fedzip", "budget_ratio": 200.0},
+        warmup={"rounds": 2},
+        error_feedback={"momentum": 0.9, "clip_norm": 5.0},
     )
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
@@ -165,15 +190,20 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
     assert per_payload[0] > 4 * budget  # warm-up: 16x the budget in round 1
     assert all(p <= budget for p in per_payload[2:])  # never over it after the warm-up
     assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
-    assert summary["config"]["server_optimizer"] == "fedavgm"
+    assert summary["config"]["server"]["optimizer"] == "fedavgm"
 
 
 def test_the_clients_learning_rate_follows_the_schedule(tmp_path):
     """Cosine to 0: the last round's clients train at lr 0, so the model stands still in that round."""
     cfg = small_run(
-        tmp_path, model="mlp", clients=2, rounds=3, train_limit=2000, batch_size=20, codec="none",
-        error_feedback=False, lr=0.1, lr_schedule="cosine", lr_final=0.0,
-    )  # fmt: skip
+        tmp_path,
+        model="mlp",
+        server={"clients": 2, "rounds": 3},
+        data={"train_limit": 2000},
+        training={"batch_size": 20, "lr": 0.1, "lr_schedule": "cosine", "lr_final": 0.0},
+        upload={"id": "none"},
+        error_feedback={"enabled": False},
+    )
     run_experiment(cfg, show_progress=False)
     losses = [float(r["loss"]) for r in read_metrics(tmp_path)]
     assert losses[1] < losses[0] - 0.3 and abs(losses[2] - losses[1]) > 1e-3  # rounds 1-2 train
@@ -182,13 +212,17 @@ def test_the_clients_learning_rate_follows_the_schedule(tmp_path):
 
 @pytest.mark.parametrize(
     "codec, down, shared",
-    [("fedzip-dap+ef", "fedzip-dap", False), ("stc", "stc", False), ("stc", "stc", True)],
+    [("fedzip-dap+ef", "fedzip", False), ("stc", "stc", False), ("stc", "stc", True)],
 )
 def test_compressed_downloads_on_the_simulation_engine(tmp_path, codec, down, shared):
-    cfg = small_run(
-        tmp_path, model="mlp", clients=3, rounds=4, train_limit=3000, batch_size=20, codec=codec,
-        keep=0.05, downlink=down, downlink_keep=0.1, downlink_shared_start=shared,
-    )  # fmt: skip
+    base = small_run(tmp_path, model="mlp")
+    cfg = base.replace(
+        **base.codec_changes(codec, {"keep": 0.05}),
+        server={"clients": 3, "rounds": 4, "shared_start": shared},
+        data={"train_limit": 3000},
+        training={"batch_size": 20},
+        download={"id": down, **({"encoding": "dap"} if down == "fedzip" else {}), "keep": 0.1},
+    )
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)
     assert all(int(r["accepted"]) == 3 and int(r["failures"]) == 0 for r in rows[1:])
@@ -214,7 +248,9 @@ def test_compare_runs_a_plan_each_run_with_its_own_options(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| fedavg |" in report and "| fedzip-500x |" in report
     budgeted = json.loads((out / "mini" / "fedzip-500x" / "summary.json").read_text())
-    assert budgeted["config"]["budget_ratio"] == 500.0 and budgeted["payload_compression_rate"] >= 500
+    assert (
+        budgeted["config"]["upload"]["budget_ratio"] == 500.0 and budgeted["payload_compression_rate"] >= 500
+    )
     # options belong to the plan: a command-line option next to --plan is refused
     assert main(["compare", "--plan", str(plan), "--rounds", "3", "--out", str(out)]) == 2
     assert "--rounds cannot be given with it" in capsys.readouterr().err

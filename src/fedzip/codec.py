@@ -30,9 +30,11 @@ class FedZip(Compressor):
     """The FedZip codec.
 
     Args:
-        keep: fraction of entries kept per tensor (the paper's z), in (0, 1].
+        keep: fraction of entries kept per tensor (the paper's z), in (0, 1];
+            0.2 when not given. Not with a budget.
         clusters: k-means clusters per tensor, 1 to 256, or ``"auto"`` to pick
-            k per tensor by silhouette score as the paper did.
+            k per tensor by silhouette score as the paper did; 3 when not
+            given. Not with an ``"error"`` budget, which picks them.
         encoding: ``"huffman"``, ``"position"``, ``"dap"``, or ``"auto"`` for
             the smallest per tensor.
         sparsify_1d: also sparsify tensors with fewer than two dimensions
@@ -41,10 +43,10 @@ class FedZip(Compressor):
             fraction: each tensor's kept count and clusters (1, 2, 3, 4, 8 or
             16) are chosen to minimise the squared error of the whole update
             within the budget (:mod:`fedzip.budget`); ``keep`` and
-            ``clusters`` are then not used.
+            ``clusters`` are then refused (they would not be used).
         budget_ratio: the same, with the budget set per update as its size in
             its own dtypes divided by this ratio (e.g. 1000 for 1000x).
-        budget_split: how a budget is spent. ``"error"`` (the default): per
+        budget_split: how a budget is spent (only with one). ``"error"`` (the default): per
             tensor, for the least squared error of the whole update, as above.
             ``"uniform"``: the paper's rule, one kept fraction for every
             sparsified tensor with ``clusters`` clusters, the largest that fits
@@ -55,7 +57,7 @@ class FedZip(Compressor):
             k-means-quantised to ``clusters`` levels, labels Huffman-coded, no
             positions. Tensors too small to gain and vectors go as without it.
             None (the default) is the paper's method. Not with a budget.
-        iterations: with ``rank``, steps of subspace iteration per matrix;
+        iterations: with ``rank`` (only), steps of subspace iteration per matrix (2 when not given);
             more find factors closer to the best rank-``rank`` ones, for more
             encoding time and no bytes (the project's download probe: with
             4 in place of 2, a rank-2 upload of the paper CNN leaves out 85%
@@ -66,26 +68,16 @@ class FedZip(Compressor):
 
     def __init__(
         self,
-        keep: float = 0.2,
-        clusters: int | str = 3,
+        keep: float | None = None,
+        clusters: int | str | None = None,
         encoding: str = "dap",
         sparsify_1d: bool = False,
         budget_bytes: int | None = None,
         budget_ratio: float | None = None,
-        budget_split: str = "error",
+        budget_split: str | None = None,
         rank: int | None = None,
-        iterations: int = 2,
+        iterations: int | None = None,
     ) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, Real) or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1] (the fraction of entries kept), got {keep!r}")
-        if clusters != "auto" and (
-            isinstance(clusters, bool) or not isinstance(clusters, int) or not 1 <= clusters <= MAX_CLUSTERS
-        ):
-            raise ValueError(f"clusters must be an int from 1 to {MAX_CLUSTERS} or 'auto', got {clusters!r}")
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
-        if not isinstance(sparsify_1d, bool):
-            raise ValueError(f"sparsify_1d must be True or False, got {sparsify_1d!r}")
         if budget_bytes is not None and (
             isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
         ):
@@ -98,22 +90,61 @@ class FedZip(Compressor):
             )
         if budget_bytes is not None and budget_ratio is not None:
             raise ValueError("give budget_bytes or budget_ratio, not both")
-        if budget_split not in BUDGET_SPLITS:
-            raise ValueError(f"budget_split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}")
+        budget = budget_bytes is not None or budget_ratio is not None
+        # An option the mode does not use is refused, not kept: equal configs encode alike.
+        if budget:
+            if keep is not None:
+                raise ValueError(
+                    "keep is not used with a budget (the budget chooses each tensor's kept entries): drop keep"
+                )
+            budget_split = "error" if budget_split is None else budget_split
+            if budget_split not in BUDGET_SPLITS:
+                raise ValueError(
+                    f"budget_split must be one of {', '.join(BUDGET_SPLITS)}, got {budget_split!r}"
+                )
+            if budget_split == "error" and clusters is not None:
+                raise ValueError(
+                    "an 'error' budget chooses each tensor's clusters: drop clusters, or give "
+                    "budget_split='uniform' to use one cluster count for every tensor"
+                )
+            if budget_split == "uniform" and clusters is None:
+                clusters = 3
+        else:
+            if budget_split is not None:
+                raise ValueError(
+                    "budget_split is how a budget is spent: give budget_bytes or budget_ratio too, or drop it"
+                )
+            keep = 0.2 if keep is None else keep
+            clusters = 3 if clusters is None else clusters
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, Real) or not 0 < keep <= 1):
+            raise ValueError(f"keep must be a number in (0, 1] (the fraction of entries kept), got {keep!r}")
+        if (
+            clusters is not None
+            and clusters != "auto"
+            and (
+                isinstance(clusters, bool)
+                or not isinstance(clusters, int)
+                or not 1 <= clusters <= MAX_CLUSTERS
+            )
+        ):
+            raise ValueError(f"clusters must be an int from 1 to {MAX_CLUSTERS} or 'auto', got {clusters!r}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+        if not isinstance(sparsify_1d, bool):
+            raise ValueError(f"sparsify_1d must be True or False, got {sparsify_1d!r}")
         if rank is not None:
             if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
                 raise ValueError(f"rank must be an int from 1 to {MAX_RANK} or None, got {rank!r}")
-            if budget_bytes is not None or budget_ratio is not None:
+            if budget:
                 raise ValueError("rank sets the size of the factors; give it or a budget, not both")
             if clusters == "auto" or clusters < 2:
                 raise ValueError(f"rank needs 2 to {MAX_CLUSTERS} clusters for the factors, got {clusters!r}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100:
-            raise ValueError(f"iterations must be an int from 1 to 100, got {iterations!r}")
-        if rank is None and iterations != 2:
-            raise ValueError(
-                "iterations is a setting of the factors: give rank too, or leave iterations at 2"
-            )
-        self.keep = float(keep)
+            iterations = 2 if iterations is None else iterations
+            if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100:
+                raise ValueError(f"iterations must be an int from 1 to 100, got {iterations!r}")
+        elif iterations is not None:
+            raise ValueError("iterations is a setting of the factors: give rank too, or drop iterations")
+        self.keep = None if keep is None else float(keep)
         self.clusters = clusters
         self.encoding = encoding
         self.sparsify_1d = sparsify_1d

@@ -21,13 +21,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def compressor_class(codec_id: str) -> type[Compressor]:
+    """The class registered under ``codec_id``; ValueError naming the available ids otherwise."""
+    if codec_id not in _REGISTRY:
+        raise ValueError(f"unknown compressor {codec_id!r}; available: {', '.join(available())}")
+    return _REGISTRY[codec_id]
+
+
 def get_compressor(config: str | Mapping[str, Any]) -> Compressor:
     """Build a compressor from an id (default parameters) or a config dict."""
     if isinstance(config, str):
         config = {"id": config}
     if "id" not in config:
         raise ValueError("a compressor config needs an 'id'")
-    codec_id = config["id"]
-    if codec_id not in _REGISTRY:
-        raise ValueError(f"unknown compressor {codec_id!r}; available: {', '.join(available())}")
-    return _REGISTRY[codec_id].from_config(config)
+    return compressor_class(config["id"]).from_config(config)

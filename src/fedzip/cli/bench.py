@@ -12,6 +12,8 @@ from .common import CliError, clusters, keep_fraction, positive_int
 
 BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc", "lowrank")
 
+FL_UPLOAD = {"id": "fedzip", "keep": 0.01}
+
 # Columns aligned left; the others hold numbers.
 LABELS = {"update", "codec", "method", "model"}
 
@@ -144,10 +146,13 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
     from ..fl import speed
     from ..fl.config import ExperimentConfig
 
-    base = ExperimentConfig.from_toml(args.fl_config) if args.fl_config else ExperimentConfig()
+    # fedzip-dap with error feedback, at the config's keep (1% without a config file)
+    base = (
+        ExperimentConfig.from_toml(args.fl_config) if args.fl_config else ExperimentConfig(upload=FL_UPLOAD)
+    )
     rows = []
     for model in ("cnn", "mlp"):
-        cfg = base.replace(model=model, codec="fedzip-dap", error_feedback=True)
+        cfg = base.replace(model=model).with_codec("fedzip-dap+ef")
         console.print(
             f"measuring {model}: local training back to back, then {args.fl_rounds} simulated rounds"
         )

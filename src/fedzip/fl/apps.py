@@ -28,26 +28,27 @@ from ..flower import FedZipStrategy, fedzip_mod, protocol, shared_start_mod
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
+from .options import from_run_config
 from .store import TRANSCODED, RoundRecord, write_results
 
 
 def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
     """What every client needs to know, sent in the train message's ConfigRecord."""
     return {
-        "data-dir": cfg.data_dir,
-        "partition": cfg.partition,
+        "data-dir": cfg.data.data_dir,
+        "partition": cfg.data.partition,
         "model": cfg.model,
-        "local-epochs": cfg.local_epochs,
-        "batch-size": cfg.batch_size,
-        "optimizer": cfg.optimizer,
-        "local-momentum": cfg.local_momentum,
-        "lr": cfg.lr,
-        "lr-schedule": cfg.lr_schedule,
-        "lr-final": cfg.lr_final,
-        "rounds": cfg.rounds,
+        "local-epochs": cfg.training.local_epochs,
+        "batch-size": cfg.training.batch_size,
+        "optimizer": cfg.training.optimizer,
+        "local-momentum": cfg.training.momentum,
+        "lr": cfg.training.lr,
+        "lr-schedule": cfg.training.lr_schedule,
+        "lr-final": cfg.training.lr_final,
+        "rounds": cfg.server.rounds,
         "seed": cfg.seed,
-        "train-limit": cfg.train_limit,
-        "validation": cfg.validation,
+        "train-limit": cfg.data.train_limit,
+        "validation": cfg.data.validation,
         "corrupt-clients": ",".join(map(str, cfg.corrupt_clients)),
     }
 
@@ -161,16 +162,17 @@ def _train(msg: Message, context: Context) -> Message:
 def server_strategy(cfg: ExperimentConfig) -> FedAvg:
     """The inner strategy: FedAvg, or a server optimiser on the averaged update (FedAvgM, FedAdam)."""
     common = {
-        "fraction_train": cfg.fraction,
+        "fraction_train": cfg.server.fraction,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": cfg.min_clients,
-        "min_available_nodes": cfg.min_clients,
+        "min_train_nodes": cfg.server.min_clients,
+        "min_available_nodes": cfg.server.min_clients,
     }
-    if cfg.server_optimizer == "fedavgm":
-        lr = {"server_learning_rate": cfg.server_lr} if cfg.server_lr else {}
-        return FedAvgM(**common, server_momentum=cfg.server_momentum, **lr)
-    if cfg.server_optimizer == "fedadam":
-        return FedAdam(**common, **({"eta": cfg.server_lr} if cfg.server_lr else {}))
+    server = cfg.server
+    if server.optimizer == "fedavgm":
+        lr = {"server_learning_rate": server.lr} if server.lr else {}
+        return FedAvgM(**common, server_momentum=server.momentum, **lr)
+    if server.optimizer == "fedadam":
+        return FedAdam(**common, **({"eta": server.lr} if server.lr else {}))
     return FedAvg(**common)
 
 
@@ -243,11 +245,20 @@ def serve(
     so a run that stops early keeps what it finished.
     """
     started = time.perf_counter()
-    patient = PatientGrid(grid, cfg.min_clients, cfg.node_wait)
-    connected = patient.wait_for(cfg.clients)
-    if connected < cfg.clients:
-        log(WARNING, "%d of %d nodes connected after %.0f s; going on", connected, cfg.clients, cfg.node_wait)
-    split = datamod.split_for(cfg.data_dir or None, cfg.validation, cfg.train_limit, cfg.test_limit, cfg.seed)
+    patient = PatientGrid(grid, cfg.server.min_clients, cfg.server.node_wait)
+    connected = patient.wait_for(cfg.server.clients)
+    if connected < cfg.server.clients:
+        log(
+            WARNING,
+            "%d of %d nodes connected after %.0f s; going on",
+            connected,
+            cfg.server.clients,
+            cfg.server.node_wait,
+        )
+    data = cfg.data
+    split = datamod.split_for(
+        data.data_dir or None, data.validation, data.train_limit, data.test_limit, cfg.seed
+    )
     test_x, test_y = (
         training.to_tensor(split.train_test.test_images),
         torch.from_numpy(split.train_test.test_labels),
@@ -262,12 +273,13 @@ def serve(
 
     strategy = _TimedStrategy(
         server_strategy(cfg),
-        compressor=cfg.compressor_config(),
-        error_feedback=cfg.error_feedback,
-        on_payload=measure_encodings if cfg.transcode and cfg.codec.startswith("fedzip") else None,
-        downlink=cfg.downlink_config(),
-        downlink_shared_start=cfg.downlink_shared_start,
-        **cfg.feedback_settings(),
+        compressor=cfg.upload,
+        error_feedback=cfg.error_feedback.enabled,
+        on_payload=measure_encodings if cfg.transcode and cfg.upload["id"] == "fedzip" else None,
+        downlink=cfg.download,
+        downlink_shared_start=cfg.server.shared_start,
+        warmup=cfg.warmup.schedule(),
+        **cfg.error_feedback.strategy_options(),
     )
     records: list[RoundRecord] = []
     clock = [time.perf_counter()]
@@ -276,7 +288,7 @@ def serve(
         evaluating = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         # The test split is only reported: every test_every rounds and at the end.
-        if server_round % cfg.test_every == 0 or server_round == cfg.rounds:
+        if server_round % cfg.server.test_every == 0 or server_round == cfg.server.rounds:
             accuracy, loss = training.evaluate(model, test_x, test_y)
         else:
             accuracy = loss = float("nan")
@@ -321,9 +333,9 @@ def serve(
 
     strategy.start(
         grid=patient,
-        timeout=cfg.round_timeout,
+        timeout=cfg.server.round_timeout,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.rounds,
+        num_rounds=cfg.server.rounds,
         train_config=ConfigRecord(client_settings(cfg)),
         evaluate_fn=evaluate,
     )
@@ -336,7 +348,7 @@ server_app = ServerApp()
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
     """Deployment entry point: settings from the run config, results to ``out``."""
-    cfg = ExperimentConfig.from_dict(dict(context.run_config))
+    cfg = from_run_config(context.run_config)
     started = time.perf_counter()
     records = serve(grid, cfg, out=Path(cfg.out))
     write_results(Path(cfg.out), cfg, records, time.perf_counter() - started)

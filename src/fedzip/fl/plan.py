@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig
+from . import legacy
+from .config import SECTIONS, ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def load_plan(path: str | Path, out: str | Path | None = None) -> Plan:
     ):
         raise ValueError(f"plan {path}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
     base = ExperimentConfig.from_dict(experiment)
+    flat = legacy.is_flat(experiment) or any(legacy.is_flat(entry) for entry in values["run"])
     out = out or RUNS_OUT
     runs, names = [], set()
     for index, entry in enumerate(values["run"]):
@@ -79,20 +81,41 @@ def load_plan(path: str | Path, out: str | Path | None = None) -> Plan:
         if not name or slug(name) in names:
             raise ValueError(f"plan {path}: run {index + 1} needs a unique name, got {name!r}")
         names.add(slug(name))
-        settings = {**base.to_dict(), "error_feedback": False, **entry}
+        settings = _flat_merged(experiment, entry) if flat else _merged(experiment, entry)
         folder = Path(out) / path.stem / slug(name)
-        if seeds is None:
-            settings["out"] = str(folder)
-            runs.append(PlannedRun(name, ExperimentConfig.from_dict(settings)))
-            continue
-        for seed in seeds:
-            config = ExperimentConfig.from_dict(
-                {**settings, "seed": seed, "out": str(folder / f"seed-{seed}")}
-            )
-            runs.append(PlannedRun(name, config, seed))
+        try:
+            if seeds is None:
+                settings["out"] = str(folder)
+                runs.append(PlannedRun(name, ExperimentConfig.from_dict(settings)))
+                continue
+            for seed in seeds:
+                config = ExperimentConfig.from_dict(
+                    {**settings, "seed": seed, "out": str(folder / f"seed-{seed}")}
+                )
+                runs.append(PlannedRun(name, config, seed))
+        except ValueError as exc:
+            raise ValueError(f"plan {path}, run {name!r}: {exc}") from None
     # seed by seed: a plan stopped part way has every run at the seeds it finished
     runs.sort(key=lambda run: -1 if run.seed is None else run.seed)
     return Plan(path.stem, base, tuple(runs), tuple(seeds or ()), str(values.get("reference", "")))
+
+
+def _merged(base: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings: its sections' keys over the plan's; a codec table replaces the plan's whole."""
+    merged = dict(base)
+    for key, value in entry.items():
+        if key in SECTIONS and isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = {**base[key], **value}
+        merged[key] = value
+    return merged
+
+
+def _flat_merged(base: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A run of a flat (fedzip 0.1) plan: without error feedback unless the run asks for it."""
+    base = {**base, "error_feedback": False}
+    if "codec" in base:
+        base["codec"] = str(base["codec"]).partition("+")[0]
+    return {**base, **entry}
 
 
 def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
@@ -107,13 +130,15 @@ def _cached(cfg: ExperimentConfig) -> dict[str, Any] | None:
     stored = summary.get("config")
     if not isinstance(stored, dict):
         return None
-    # Options added to fedzip after the run count as equal when they hold their defaults.
-    defaults = ExperimentConfig().to_dict()
-    current = cfg.to_dict()
-    same = all(stored.get(key, defaults[key]) == value for key, value in current.items())
+    # Options added to fedzip after the run count as equal when they hold their defaults;
+    # a run of an earlier version stored a flat config, which migrates.
+    try:
+        same = ExperimentConfig.from_dict(stored) == cfg
+    except ValueError:
+        return None
     # summary.json is rewritten after every round: a run stopped part way is not finished
-    complete = summary.get("rounds") == cfg.rounds
-    return summary if same and complete and set(stored) <= set(current) else None
+    complete = summary.get("rounds") == cfg.server.rounds
+    return summary if same and complete else None
 
 
 def run_plan(
@@ -151,7 +176,7 @@ def run_plan(
         f"{plan.name}: {len(finished)} of {len(plan.runs)} runs done earlier, {len(pending)} to run"
     )
     for index, run in enumerate(pending, 1):
-        left = sum(r.config.rounds for r in pending[index - 1 :])
+        left = sum(r.config.server.rounds for r in pending[index - 1 :])
         eta = ""
         if timed:
             per_round = sum(t for t, _ in timed) / sum(n for _, n in timed)

@@ -32,7 +32,7 @@ def run_experiment(
     from .apps import client_app
     from .polling import fast_polling, shorten_grid_polling
 
-    find_data_dir(cfg.data_dir or None)  # fail early, with the install hint
+    find_data_dir(cfg.data.data_dir or None)  # fail early, with the install hint
     records: list[RoundRecord] = []
     errors: list[BaseException] = []
     progress = Progress(
@@ -43,7 +43,7 @@ def run_experiment(
         TimeElapsedColumn(),
         disable=not show_progress,
     )
-    task = progress.add_task("run", total=cfg.rounds, label=cfg.label, status="starting")
+    task = progress.add_task("run", total=cfg.server.rounds, label=cfg.label, status="starting")
 
     def on_round(record: RoundRecord) -> None:
         status = f"acc {record.accuracy:.4f}"
@@ -76,7 +76,7 @@ def run_experiment(
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=cfg.clients,
+                num_supernodes=cfg.server.clients,
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                     "init_args": {"log_to_driver": False, "include_dashboard": False},
@@ -86,8 +86,10 @@ def run_experiment(
         flwr_logger.setLevel(level)
     if errors:
         raise RuntimeError(f"the server app failed: {errors[0]}") from errors[0]
-    if len(records) != cfg.rounds + 1:
-        raise RuntimeError(f"the simulation stopped after {max(len(records) - 1, 0)} of {cfg.rounds} rounds")
+    if len(records) != cfg.server.rounds + 1:
+        raise RuntimeError(
+            f"the simulation stopped after {max(len(records) - 1, 0)} of {cfg.server.rounds} rounds"
+        )
     return write_results(Path(cfg.out), cfg, records, time.perf_counter() - started)
 
 
@@ -97,15 +99,19 @@ def compare(
     out: Path,
     show_progress: bool = True,
     target: float | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run each codec on the same data, partition and seed; write report.md and plots."""
-    from .config import parse_codec
+    """Run each codec (``stc``, ``fedzip-dap+ef``, ...; see :meth:`ExperimentConfig.with_codec`) on the
+    same data, partition and seed; write report.md and plots. ``options`` (keep, clusters, ...) apply
+    to the codecs that take them."""
+    from .config import compressor_options, parse_codec
     from .report import write_report
 
     summaries = []
     for name in codecs:
-        codec, feedback = parse_codec(name)
-        run_cfg = cfg.replace(codec=codec, error_feedback=feedback, out=str(out / name.replace("+", "_")))
+        taken = compressor_options(parse_codec(name)[0]["id"])
+        chosen = {k: v for k, v in (options or {}).items() if k in taken}
+        run_cfg = cfg.with_codec(name, chosen).replace(out=str(out / name.replace("+", "_")))
         summaries.append(run_experiment(run_cfg, show_progress))
     write_report(out, summaries, target)
     return summaries

@@ -63,11 +63,12 @@ def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
     """Every client's local training of one round, back to back in this process."""
     from .apps import client_examples
 
+    data, local = cfg.data, cfg.training
     clients = [
         client_examples(
-            cfg.data_dir, cfg.validation, cfg.train_limit, cfg.seed, cfg.partition, cfg.clients, i
+            data.data_dir, data.validation, data.train_limit, cfg.seed, data.partition, cfg.server.clients, i
         )
-        for i in range(cfg.clients)
+        for i in range(cfg.server.clients)
     ]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -78,7 +79,9 @@ def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
         def one_round() -> None:
             for index, (x, y, _) in enumerate(clients):
                 model.load_state_dict(start_state)
-                training.train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.optimizer, cfg.lr, index)
+                training.train(
+                    model, x, y, local.local_epochs, local.batch_size, local.optimizer, local.lr, index
+                )
 
         one_round()  # warm-up, as the simulation's first round
         started = time.perf_counter()
@@ -98,7 +101,7 @@ def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False)
 
     def simulated(fast_poll: bool, run_cfg: ExperimentConfig = cfg) -> list[dict[str, float]]:
         with tempfile.TemporaryDirectory() as folder:
-            run_experiment(run_cfg.replace(rounds=rounds, out=folder), show_progress, fast_poll)
+            run_experiment(run_cfg.replace(server={"rounds": rounds}, out=folder), show_progress, fast_poll)
             return [r for r in read_metrics(Path(folder)) if r["round"] >= 2]  # round 1 warms up the workers
 
     def round_seconds(rows: list[dict[str, float]]) -> float:
@@ -110,22 +113,25 @@ def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False)
     flower_polling = round_seconds(simulated(False))
     # Same model, codec and messages, but each client holds one batch: what is left of the
     # train phase is the cost of moving, encoding and checking messages. IID so no client is empty.
+    batch = cfg.training.batch_size
     floor_cfg = cfg.replace(
-        partition="iid",
-        train_limit=cfg.clients * cfg.batch_size,
-        validation=cfg.batch_size,
-        test_limit=cfg.batch_size,
+        data={
+            "partition": "iid",
+            "train_limit": cfg.server.clients * batch,
+            "validation": batch,
+            "test_limit": batch,
+        }
     )
     floor = statistics.median(r["train_seconds"] for r in simulated(True, floor_cfg))
-    plain = floor_cfg.replace(codec="none", error_feedback=False)
+    plain = floor_cfg.replace(upload={"id": "none"}, error_feedback={"enabled": False})
     floor_plain = statistics.median(r["train_seconds"] for r in simulated(True, plain))
     eval_mean = statistics.fmean(r["eval_seconds"] for r in rows)
     train = statistics.median(r["train_seconds"] for r in rows)
     aggregate = statistics.median(r["aggregate_seconds"] for r in rows)
     return SpeedRow(
         cfg.model,
-        cfg.clients,
-        cfg.train_limit or 60000 - cfg.validation,
+        cfg.server.clients,
+        cfg.data.train_limit or 60000 - cfg.data.validation,
         one,
         two,
         train + aggregate + eval_mean,

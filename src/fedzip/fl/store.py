@@ -73,7 +73,7 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
     messages = sum(r.clients for r in rounds)
     per_download = downlink / messages if messages and downlink else model_bytes
     float32_download_j = download_j
-    if cfg.downlink:  # what the clients actually downloaded
+    if cfg.download is not None:  # what the clients actually downloaded
         download_j = link.download_joules(round(per_download))
     with_tail = link.round_joules(round(per_download), round(per_reply), train_seconds)
     float32_round = link.round_joules(model_bytes, round(per_reply_raw), train_seconds)
@@ -126,7 +126,7 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "wall_seconds": round(seconds, 2),
         "config": cfg.to_dict(),
     }
-    if cfg.codec.startswith("fedzip"):
+    if cfg.upload["id"] == "fedzip":
         summary["encoding_payload_bytes"] = {
             encoding: sum(getattr(r, f"{encoding}_bytes") for r in rounds) for encoding in TRANSCODED
         }
