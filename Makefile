@@ -23,8 +23,10 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks examples research
 	$(BIN)/ruff format --check src tests benchmarks examples research
 
+# Most of the suite waits (Flower's polling, SuperLink start-up, Ray): four workers on two cores
+# overlap the waits; tests sharing one Flower session stay on one worker (tests/conftest.py).
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 demo: install
 	$(BIN)/fedzip compare --plan experiments/demo.toml --out results/demo

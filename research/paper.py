@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedzip.energy import get_link, saved_percent
+from fedzip.fl.config import ExperimentConfig
 from fedzip.fl.plan import Plan
 from fedzip.fl.report import default_target, reach, read_metrics, write_report
 
@@ -101,11 +102,7 @@ def _plan_section(
             download_j = link.download_joules(s["model_bytes"])
             radio_saved = saved_percent(float32_j + download_j, upload_j + download_j)
             rate = accepted * s["model_bytes"] / payload if payload else float("nan")
-            keep = (
-                s["config"]["keep"]
-                if s["config"]["codec"].split("-")[0] in ("fedzip", "topk", "stc")
-                else None
-            )
+            keep = getattr(ExperimentConfig.from_dict(s["config"]).compressor(), "keep", None)
             delta = s["final_accuracy"] - fedavg["final_accuracy"] if fedavg else float("nan")
             row = {
                 "label": label,

@@ -10,12 +10,13 @@ import numpy as np
 
 from fedzip.bench import entropy_bound_bits, relative_error
 from fedzip.codec import FedZip
+from fedzip.encodings import CHOICES
 from fedzip.fl.config import ExperimentConfig
 from fedzip.paper import authors_estimate
 from fedzip.payload import decode
 
 KEEPS = (0.2, 0.1, 0.01, 0.003, 0.001)
-ENCODINGS = ("huffman", "position", "dap")
+ENCODINGS = CHOICES
 
 
 def first_round_update(cfg: ExperimentConfig) -> dict[str, np.ndarray]:

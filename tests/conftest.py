@@ -1,3 +1,5 @@
+import importlib.util
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -35,3 +37,20 @@ class FakeGrid:
 
     def get_node_ids(self):
         return self.nodes
+
+
+if importlib.util.find_spec("xdist"):  # the hook exists only with pytest-xdist
+
+    def pytest_xdist_make_scheduler(config, log):
+        """Under xdist, the tests of a ``TestShared...`` class share one Flower session (a fixture of
+        theirs) and run on one worker, so the session starts once; every other test runs on its own.
+        (xdist's loadgroup marks do not group on pytest 9.2: it renames node ids pytest no longer reads.)"""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class SharedSessionsTogether(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module, _, rest = nodeid.partition("::")
+                cls = rest.split("::", 1)[0]
+                return f"{module}::{cls}" if cls.startswith("TestShared") and "::" in rest else nodeid
+
+        return SharedSessionsTogether(config, log)

@@ -208,83 +208,6 @@ def matrix():
     return out
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_every_strategy(matrix, name):
-    app = MATRIX_APP[name]
-    run = matrix[app, name]
-    assert_same_model(run["none"], run["plain"])  # lossless: exactly what the strategy gives alone
-    assert_every_reply_accepted(run["none-strategy"])
-    assert_every_reply_accepted(run["fedzip-strategy"])
-    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
-    moved = {k for k in initial if not np.allclose(run["fedzip"][k], initial[k])}
-    if app == "bn_cnn":
-        assert {"head.weight", "features.1.running_mean"} <= moved
-        assert run["fedzip"]["features.1.num_batches_tracked"].shape == ()
-    else:
-        assert {"linear.weight", "temperature"} <= moved
-    ratios = [s.ratio for s in run["fedzip-strategy"].history]
-    # tiny models, where headers weigh: still several times smaller than the float32 reply
-    assert all(r > (3 if app == "bn_cnn" else 1.5) for r in ratios), ratios
-
-
-@pytest.mark.parametrize(("app", "name"), OTHER_APPS)
-def test_models_with_scalars_integer_buffers_and_float64(matrix, app, name):
-    run = matrix[app, name]
-    assert_same_model(run["none"], run["plain"])
-    assert_every_reply_accepted(run["fedzip-strategy"])
-    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
-    for key, value in run["fedzip"].items():
-        assert value.shape == initial[key].shape
-    if app == "scalar":
-        assert run["fedzip"]["temperature"].shape == ()
-    assert_raw_size_is_what_clients_send(run["fedzip-strategy"], app)
-
-
-@pytest.mark.parametrize(("app", "name"), FACTOR_RUNS)
-def test_low_rank_factors_in_users_apps(matrix, app, name):
-    run = matrix["factors", app, name]
-    # every client rebuilt the server's model from factors to the bit (its checksum), so no
-    # reply failed and no download after the first had to be the whole model
-    assert_every_reply_accepted(run["fedzip-strategy"])
-    assert [s.dense_downloads for s in run["fedzip-strategy"].history] == [NODES] + [0] * (ROUNDS - 1)
-    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
-    assert list(run["fedzip"]) == list(initial)
-    for key, value in run["fedzip"].items():
-        assert value.shape == initial[key].shape and np.all(np.isfinite(value)), key
-    matrices = [k for k, v in initial.items() if v.ndim >= 2 and min(v.shape[0], v.size // v.shape[0]) > 2]
-    assert matrices and any(not np.allclose(run["fedzip"][k], initial[k]) for k in matrices)
-    for key, value in initial.items():
-        # integer buffers travel exactly beside the factors; FedAvg's weighted mean makes them float64
-        # (FedAdam steps them like weights)
-        if value.dtype.kind in "iu" and name == "FedAvg":
-            got = run["fedzip"][key]
-            np.testing.assert_allclose(got, np.round(got), atol=1e-9, err_msg=key)
-            if key == "position_ids":  # not trained
-                np.testing.assert_allclose(got, value, atol=1e-9)
-
-
-@pytest.mark.parametrize(("app", "name"), DOWNLINK_RUNS)
-def test_compressed_downloads_in_users_apps(matrix, app, name):
-    run = matrix["down", app, name]
-    assert_same_model(run["none"], matrix[app, name]["plain"])
-    assert_every_reply_accepted(run["none-strategy"])
-    strategy = run["fedzip-strategy"]
-    assert_every_reply_accepted(strategy)  # a client off the replica would have failed its checksum
-    # round 1 is dense; the strategy turns integer buffers into float64 (FedAvg), or the whole model
-    # (FedAdam), and round 2 is still a payload
-    assert [s.dense_downloads for s in strategy.history] == [NODES] + [0] * (ROUNDS - 1)
-    assert all(s.downlink_bytes < s.downlink_raw_bytes for s in strategy.history[1:])
-    initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
-    replica = strategy.broadcaster.replica
-    assert list(replica) == list(initial)
-    for key, value in run["fedzip"].items():
-        assert value.shape == initial[key].shape == replica[key].shape
-        if value.dtype.kind in "iub":  # integer buffers travel exactly, both ways
-            np.testing.assert_array_equal(replica[key], value)
-    moved = {k for k in initial if not np.allclose(run["fedzip"][k], initial[k])}
-    assert moved, "the compressed run did not train"
-
-
 def assert_raw_size_is_what_clients_send(strategy: FedZipStrategy, app: str) -> None:
     """Raw bytes per reply: the client's weights in its own dtypes, plus its metrics."""
     weights = userapps.initial_arrays(app).count_bytes()  # the dtypes the clients train in
@@ -293,22 +216,98 @@ def assert_raw_size_is_what_clients_send(strategy: FedZipStrategy, app: str) -> 
         assert weights < per_reply < weights + 300, (app, per_reply, weights)
 
 
-def test_fedopt_ratios_count_what_the_client_sends(matrix):
-    """FedAdam keeps a float64 global model; the clients send float32, and that is what counts."""
-    for name in ("FedAdam", "FedYogi", "FedAdagrad"):
-        assert_raw_size_is_what_clients_send(matrix["bn_cnn", name]["fedzip-strategy"], "bn_cnn")
-        assert_raw_size_is_what_clients_send(matrix["bn_cnn", name]["none-strategy"], "bn_cnn")
+class TestSharedSession:
+    """fedzip around every strategy, in users' apps: one Flower session (``matrix``) for all."""
 
+    @pytest.mark.parametrize("name", list(STRATEGIES))
+    def test_every_strategy(self, matrix, name):
+        app = MATRIX_APP[name]
+        run = matrix[app, name]
+        assert_same_model(run["none"], run["plain"])  # lossless: exactly what the strategy gives alone
+        assert_every_reply_accepted(run["none-strategy"])
+        assert_every_reply_accepted(run["fedzip-strategy"])
+        initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+        moved = {k for k in initial if not np.allclose(run["fedzip"][k], initial[k])}
+        if app == "bn_cnn":
+            assert {"head.weight", "features.1.running_mean"} <= moved
+            assert run["fedzip"]["features.1.num_batches_tracked"].shape == ()
+        else:
+            assert {"linear.weight", "temperature"} <= moved
+        ratios = [s.ratio for s in run["fedzip-strategy"].history]
+        # tiny models, where headers weigh: still several times smaller than the float32 reply
+        assert all(r > (3 if app == "bn_cnn" else 1.5) for r in ratios), ratios
 
-@pytest.mark.parametrize("kind", ["fixed", "adaptive"])
-def test_server_side_dp_inside_fedzip_clips_like_dp_alone(matrix, kind):
-    run = matrix["dp", kind]
-    assert_same_model(run["none"], run["plain"])
+    @pytest.mark.parametrize(("app", "name"), OTHER_APPS)
+    def test_models_with_scalars_integer_buffers_and_float64(self, matrix, app, name):
+        run = matrix[app, name]
+        assert_same_model(run["none"], run["plain"])
+        assert_every_reply_accepted(run["fedzip-strategy"])
+        initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+        for key, value in run["fedzip"].items():
+            assert value.shape == initial[key].shape
+        if app == "scalar":
+            assert run["fedzip"]["temperature"].shape == ()
+        assert_raw_size_is_what_clients_send(run["fedzip-strategy"], app)
 
+    @pytest.mark.parametrize(("app", "name"), FACTOR_RUNS)
+    def test_low_rank_factors_in_users_apps(self, matrix, app, name):
+        run = matrix["factors", app, name]
+        # every client rebuilt the server's model from factors to the bit (its checksum), so no
+        # reply failed and no download after the first had to be the whole model
+        assert_every_reply_accepted(run["fedzip-strategy"])
+        assert [s.dense_downloads for s in run["fedzip-strategy"].history] == [NODES] + [0] * (ROUNDS - 1)
+        initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+        assert list(run["fedzip"]) == list(initial)
+        for key, value in run["fedzip"].items():
+            assert value.shape == initial[key].shape and np.all(np.isfinite(value)), key
+        matrices = [
+            k for k, v in initial.items() if v.ndim >= 2 and min(v.shape[0], v.size // v.shape[0]) > 2
+        ]
+        assert matrices and any(not np.allclose(run["fedzip"][k], initial[k]) for k in matrices)
+        for key, value in initial.items():
+            # integer buffers travel exactly beside the factors; FedAvg's weighted mean makes them float64
+            # (FedAdam steps them like weights)
+            if value.dtype.kind in "iu" and name == "FedAvg":
+                got = run["fedzip"][key]
+                np.testing.assert_allclose(got, np.round(got), atol=1e-9, err_msg=key)
+                if key == "position_ids":  # not trained
+                    np.testing.assert_allclose(got, value, atol=1e-9)
 
-def test_a_dp_wrapper_outside_fedzip_is_refused(matrix):
-    message = str(matrix["dp", "outside"])
-    assert "FedZipStrategy(DifferentialPrivacyServerSideFixedClipping(FedAvg()" in message
+    @pytest.mark.parametrize(("app", "name"), DOWNLINK_RUNS)
+    def test_compressed_downloads_in_users_apps(self, matrix, app, name):
+        run = matrix["down", app, name]
+        assert_same_model(run["none"], matrix[app, name]["plain"])
+        assert_every_reply_accepted(run["none-strategy"])
+        strategy = run["fedzip-strategy"]
+        assert_every_reply_accepted(strategy)  # a client off the replica would have failed its checksum
+        # round 1 is dense; the strategy turns integer buffers into float64 (FedAvg), or the whole model
+        # (FedAdam), and round 2 is still a payload
+        assert [s.dense_downloads for s in strategy.history] == [NODES] + [0] * (ROUNDS - 1)
+        assert all(s.downlink_bytes < s.downlink_raw_bytes for s in strategy.history[1:])
+        initial = {k: a.numpy() for k, a in userapps.initial_arrays(app).items()}
+        replica = strategy.broadcaster.replica
+        assert list(replica) == list(initial)
+        for key, value in run["fedzip"].items():
+            assert value.shape == initial[key].shape == replica[key].shape
+            if value.dtype.kind in "iub":  # integer buffers travel exactly, both ways
+                np.testing.assert_array_equal(replica[key], value)
+        moved = {k for k in initial if not np.allclose(run["fedzip"][k], initial[k])}
+        assert moved, "the compressed run did not train"
+
+    def test_fedopt_ratios_count_what_the_client_sends(self, matrix):
+        """FedAdam keeps a float64 global model; the clients send float32, and that is what counts."""
+        for name in ("FedAdam", "FedYogi", "FedAdagrad"):
+            assert_raw_size_is_what_clients_send(matrix["bn_cnn", name]["fedzip-strategy"], "bn_cnn")
+            assert_raw_size_is_what_clients_send(matrix["bn_cnn", name]["none-strategy"], "bn_cnn")
+
+    @pytest.mark.parametrize("kind", ["fixed", "adaptive"])
+    def test_server_side_dp_inside_fedzip_clips_like_dp_alone(self, matrix, kind):
+        run = matrix["dp", kind]
+        assert_same_model(run["none"], run["plain"])
+
+    def test_a_dp_wrapper_outside_fedzip_is_refused(self, matrix):
+        message = str(matrix["dp", "outside"])
+        assert "FedZipStrategy(DifferentialPrivacyServerSideFixedClipping(FedAvg()" in message
 
 
 def _client_dp_main(out: dict, make_dp: Callable[[], object], clip: float) -> Callable[[Grid], None]:

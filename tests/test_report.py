@@ -3,6 +3,7 @@
 import csv
 import json
 
+from fedzip.fl.config import ExperimentConfig
 from fedzip.fl.report import default_target, reach, write_report
 
 
@@ -54,20 +55,12 @@ def test_report_tables(tmp_path):
             "link": "lte",
             "config": json.loads(
                 json.dumps(
-                    {
-                        "out": str(out),
-                        "dataset": "d",
-                        "partition": "iid",
-                        "model": "m",
-                        "clients": 2,
-                        "fraction": 1.0,
-                        "rounds": 2,
-                        "local_epochs": 1,
-                        "batch_size": 10,
-                        "optimizer": "sgd",
-                        "lr": 0.1,
-                        "seed": 0,
-                    }
+                    ExperimentConfig(
+                        out=str(out),
+                        data={"dataset": "d"},
+                        server={"clients": 2, "rounds": 2},
+                        training={"batch_size": 10, "lr": 0.1},
+                    ).to_dict()
                 )
             ),
         }

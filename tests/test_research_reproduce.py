@@ -2,20 +2,11 @@
 
 import json
 
-import pytest
+import needs
 
-pytest.importorskip("torch")
-pytest.importorskip("ray")
+needs.simulation()
 
-from research.__main__ import main as reproduce
-
-from fedzip.fl.data import DataError, find_data_dir
-
-try:
-    find_data_dir()
-except DataError:
-    pytest.skip("Fashion-MNIST is not installed (make data)", allow_module_level=True)
-
+from research.__main__ import main as reproduce  # noqa: E402
 
 TINY_PLAN = """
 [experiment]

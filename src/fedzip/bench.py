@@ -18,6 +18,7 @@ import numpy as np
 
 from .abc import Compressor
 from .codec import FedZip
+from .encodings import CHOICES
 from .payload import decode
 from .registry import get_compressor
 
@@ -127,7 +128,7 @@ class BenchRow:
 def bench_update(
     label: str,
     update: dict[str, np.ndarray],
-    encodings: Iterable[str] = ("huffman", "position", "dap"),
+    encodings: Iterable[str] = CHOICES,
     keep: float = 0.01,
     clusters: int | str = 3,
     repeat: int = 3,
@@ -195,7 +196,7 @@ def run(
     parameters: int = 25_000_000,
     keep: float = 0.01,
     clusters: int | str = 3,
-    encodings: Iterable[str] = ("huffman", "position", "dap"),
+    encodings: Iterable[str] = CHOICES,
     repeat: int = 3,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,

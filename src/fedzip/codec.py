@@ -19,7 +19,7 @@ from .quantize import MAX_CLUSTERS, quantize
 from .registry import register
 from .sparsify import keep_count, top_entries
 
-ENCODINGS = ("huffman", "position", "dap", "auto")
+ENCODINGS = (*encodings.CHOICES, "auto")  # auto: the smallest per tensor
 
 
 BUDGET_SPLITS = ("error", "uniform")

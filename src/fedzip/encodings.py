@@ -26,6 +26,7 @@ POSITION = 2
 DAP = 3
 NAMES = {HUFFMAN: "huffman", POSITION: "position", DAP: "dap"}
 IDS = {name: ident for ident, name in NAMES.items()}
+CHOICES = tuple(NAMES.values())  # the three lossless codes of one quantized tensor
 
 
 @dataclass(frozen=True)

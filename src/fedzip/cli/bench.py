@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, clusters, keep_fraction, positive_int
+from ..codec import ENCODINGS, FedZip
+from ..encodings import CHOICES
+from ..fl.options import clusters
+from .common import CliError, positive_int
 
 BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc", "lowrank")
 
@@ -24,11 +27,9 @@ def add_command(commands: Any) -> None:
     bench.add_argument(
         "--params", type=positive_int, default=25_000_000, help="size of the large update (0: skip it)"
     )
-    bench.add_argument(
-        "--keep", type=keep_fraction, default=0.01, help="fraction of entries kept (default 0.01)"
-    )
+    bench.add_argument("--keep", type=float, default=0.01, help="fraction of entries kept (default 0.01)")
     bench.add_argument("--clusters", type=clusters, default=3, help="1..256 or auto (default 3)")
-    bench.add_argument("--encodings", default="huffman,position,dap", help="comma-separated encodings")
+    bench.add_argument("--encodings", default=",".join(CHOICES), help="comma-separated encodings")
     bench.add_argument(
         "--baselines",
         default=",".join(BASELINES),
@@ -45,6 +46,9 @@ def add_command(commands: Any) -> None:
         "--fl-config",
         help="plan or TOML file whose [experiment] sets the data and clients for --fl "
         "(default: fedzip run's defaults)",
+    )
+    bench.add_argument(
+        "--fl-models", default="cnn,mlp", help="comma-separated models for --fl (default cnn,mlp)"
     )
     bench.add_argument(
         "--fl-rounds", type=positive_int, default=6, help="simulated rounds for --fl (default 6)"
@@ -66,9 +70,10 @@ def _bench(args: argparse.Namespace) -> None:
     from .. import bench
 
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
-    unknown = sorted(set(encodings) - {"huffman", "position", "dap", "auto"})
+    unknown = sorted(set(encodings) - set(ENCODINGS))
     if unknown:
-        raise CliError(f"unknown encoding(s) {', '.join(unknown)}; choose from huffman, position, dap, auto")
+        raise CliError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(ENCODINGS)}")
+    FedZip(keep=args.keep, clusters=args.clusters)  # the codec checks its options before any work
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -151,7 +156,7 @@ def _bench_fl(args: argparse.Namespace, console: Any) -> None:
         ExperimentConfig.from_toml(args.fl_config) if args.fl_config else ExperimentConfig(upload=FL_UPLOAD)
     )
     rows = []
-    for model in ("cnn", "mlp"):
+    for model in args.fl_models.split(","):
         cfg = base.replace(model=model).with_codec("fedzip-dap+ef")
         console.print(
             f"measuring {model}: local training back to back, then {args.fl_rounds} simulated rounds"

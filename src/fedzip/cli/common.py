@@ -19,28 +19,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def keep_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"keep must be in (0, 1], got {text}")
-    return value
-
-
-def clusters(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 1..256 or 'auto', got {text!r}") from None
-    if not 1 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"clusters must be 1..256 or 'auto', got {text}")
-    return value
-
-
 class Parser(argparse.ArgumentParser):
     """Bad options end in one line (and a pointer to --help), not a usage dump."""
 

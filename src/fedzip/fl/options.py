@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..codec import ENCODINGS
+from ..registry import available
 from .config import SECTIONS, ExperimentConfig, parse_codec
 
 
@@ -37,9 +39,8 @@ CODEC_OPTIONS = (
     ("budget_split", str, "fedzip budgets: error (per tensor, least squared error) or uniform"),
 )
 DOWNLOAD_OPTIONS = ("keep", "clusters", "rank", "iterations", "budget_ratio")
-CODECS_HELP = (
-    "none, fp16, topk, qsgd, signsgd, stc, lowrank, fedzip-huffman, fedzip-position, fedzip-dap or "
-    "fedzip-auto; +ef adds error feedback"
+CODECS_HELP = ", ".join([*(n for n in available() if n != "fedzip"), *(f"fedzip-{e}" for e in ENCODINGS)]) + (
+    "; +ef adds error feedback"
 )
 
 

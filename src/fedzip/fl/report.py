@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .config import ExperimentConfig
+
 TEXT_COLUMNS = ("failure_reasons",)
 
 
@@ -141,13 +143,14 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
     if target is None:
         target = default_target(summaries)
 
-    first = summaries[0]["config"]
+    first = ExperimentConfig.from_dict(summaries[0]["config"])  # a run of 0.1 stored it flat
+    data, local, server = first.data, first.training, first.server
     lines = [
         "# fedzip comparison",
         "",
-        f"{first['dataset']} ({first['partition']}), model `{first['model']}`, {first['clients']} clients, "
-        f"fraction {first['fraction']}, {first['rounds']} rounds, {first['local_epochs']} local epoch(s), "
-        f"batch {first['batch_size']}, {first['optimizer']} lr {first['lr']}, seed {first['seed']}.",
+        f"{data.dataset} ({data.partition}), model `{first.model}`, {server.clients} clients, "
+        f"fraction {server.fraction}, {server.rounds} rounds, {local.local_epochs} local epoch(s), "
+        f"batch {local.batch_size}, {local.optimizer} lr {local.lr}, seed {first.seed}.",
         "",
         "- *uplink MB*: Flower's `count_bytes()` of every accepted reply as carried (payload, keys, metrics); "
         "*saved* compares it with the same replies holding float32 weights.",

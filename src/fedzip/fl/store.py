@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..encodings import CHOICES
 from ..energy import get_link, saved_percent
 from .config import ExperimentConfig
 
 # FedZip runs also measure every payload transcoded to each encoding (lossless, so same accuracy)
-TRANSCODED = ("huffman", "position", "dap")
+TRANSCODED = CHOICES
 
 
 @dataclass
