@@ -356,21 +356,25 @@ def test_a_qsgd_bucket_far_larger_than_the_tensor_costs_nothing():
 
 
 def test_two_megabytes_of_empty_tensors_decode_or_are_refused_fast():
+    """Linear, not worse: decoding takes a few times what writing the container took (timed in the
+    same run, so a loaded machine slows both), and refusing by count does not read the tensors."""
     count = 150_000
-    payload = wire.write(
-        [
-            wire.Record(f"{i}", np.dtype(np.float32), (0,), 16, 0, np.zeros(0, np.float32), 0, b"")
-            for i in range(count)
-        ]
-    )
+    records = [
+        wire.Record(f"{i}", np.dtype(np.float32), (0,), 16, 0, np.zeros(0, np.float32), 0, b"")
+        for i in range(count)
+    ]
+    started = time.perf_counter()
+    payload = wire.write(records)
+    writing = time.perf_counter() - started
     assert len(payload) < 2_100_000
     started = time.perf_counter()
     assert len(fedzip.decode(payload)) == count
-    assert time.perf_counter() - started < 2.0
+    decoding = time.perf_counter() - started
+    assert decoding < 10 * writing
     started = time.perf_counter()
     with pytest.raises(fedzip.FormatError, match="max_tensors"):
         fedzip.decode(payload, max_tensors=100)
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < decoding / 10
 
 
 def test_an_absurd_shape_is_a_format_error():
