@@ -79,6 +79,10 @@ def options(cfg, base=None) -> str:
         )
     if feedback.clip_norm:
         parts.append(f"clip {feedback.clip_norm:g}")
+    if feedback.age_decay != 1:
+        parts.append(f"residual decay {feedback.age_decay:g} a round waited")
+    if feedback.max_age:
+        parts.append(f"residual dropped after {feedback.max_age} rounds")
     if cfg.server.optimizer != "fedavg":
         parts.append(cfg.server.optimizer + (f" lr {cfg.server.lr:g}" if cfg.server.lr else ""))
     down = cfg.download_compressor()

@@ -69,6 +69,8 @@ def test_equal_configs_are_those_that_build_the_same_compressors():
         ({"download": {"id": "fedzip", "iterations": 4}}, "iterations"),
         ({"upload": {"id": "stc"}}, "residual"),  # STC without error feedback
         ({"error_feedback": {"momentum": 0.9}}, "enable error feedback"),
+        ({"error_feedback": {"max_age": 3}}, "enable error feedback"),
+        ({"error_feedback": {"enabled": True, "age_decay": 0}}, "age_decay"),
         ({"server": {"shared_start": True}}, "download"),
         ({"link": "5g"}, "link"),
         ({"training": {"lr_schedule": "step"}}, "lr_schedule"),

@@ -183,3 +183,33 @@ def test_warm_up_schedules_reach_their_target():
         dgc.config(1, {"id": "signsgd"})
     with pytest.raises(ValueError):
         KeepWarmup(kind="cosine")
+
+
+def test_a_stale_residual_decays_with_its_age_and_is_dropped_past_max_age(rng):
+    codec = fedzip.FedZip(keep=0.1)
+    first = {"w": heavy_tailed(rng, (40, 30))}
+    sender = fedzip.ErrorFeedback(codec, age_decay=0.5, max_age=3)
+    sender.encode(first, server_round=2)
+    kept = sender.residual["w"].copy()
+    assert sender.made == 2 and sender.age(5) == 3
+    second = {"w": heavy_tailed(rng, (40, 30))}
+    payload = sender.encode(second, server_round=5)  # age 3: scaled by 0.25
+    carried = {"w": second["w"] + 0.25 * kept}
+    assert payload == codec.encode(carried)
+    third = {"w": heavy_tailed(rng, (40, 30))}
+    assert sender.encode(third, server_round=9) == codec.encode(third)  # age 4 > max_age 3: dropped
+    assert sender.made == 9
+
+
+def test_a_residual_seen_every_round_or_without_rounds_is_not_scaled(rng):
+    codec = fedzip.FedZip(keep=0.1)
+    updates = [{"w": heavy_tailed(rng, (40, 30))} for _ in range(3)]
+    plain, aged = fedzip.ErrorFeedback(codec), fedzip.ErrorFeedback(codec, age_decay=0.5, max_age=1)
+    for server_round, update in enumerate(updates, 1):  # age 1 every time
+        assert aged.encode(update, server_round) == plain.encode(update)
+
+
+@pytest.mark.parametrize("options", [{"age_decay": 0}, {"age_decay": 1.5}, {"max_age": 0}, {"max_age": 2.5}])
+def test_bad_age_options(options):
+    with pytest.raises(ValueError):
+        fedzip.ErrorFeedback(fedzip.FedZip(), **options)

@@ -46,10 +46,9 @@ def context(node_id):
     return Context(run_id=1, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
 
 
-def run_round(strategy, model, clients, contexts, corrupt=()):
-    messages = list(
-        strategy.configure_train(1, to_record(model), ConfigRecord({}), FakeGrid(list(range(len(clients)))))
-    )
+def run_round(strategy, model, clients, contexts, corrupt=(), server_round=1):
+    grid = FakeGrid(list(range(len(clients))))
+    messages = list(strategy.configure_train(server_round, to_record(model), ConfigRecord({}), grid))
     replies = []
     for i, (msg, app) in enumerate(zip(messages, clients, strict=True)):
         # each node gets its own copy of the message, as over the wire
@@ -218,6 +217,37 @@ def test_error_feedback_state_lives_in_the_context(rng):
     residual = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
     sent = fedzip.FedZip(keep=0.05).approximate(delta)
     np.testing.assert_allclose(residual["w"], delta["w"] - sent["w"], atol=1e-6)
+
+
+def test_a_residual_knows_its_age_and_decays_or_is_dropped(rng):
+    """A client sampled again after ``age`` rounds adds its residual scaled by age_decay ** (age - 1),
+    or nothing once it is older than max_age: the round travels in the train message."""
+    model = global_model(rng)
+    codec = fedzip.FedZip(keep=0.05)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=codec,
+        error_feedback=True,
+        age_decay=0.5,
+        max_age=4,
+    )
+    ctx = context(0)
+
+    def turn(server_round):
+        delta = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in model.items()}
+        before = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL]) if server_round > 1 else {}
+        run_round(strategy, model, [make_client(delta, 1)], [ctx], server_round=server_round)
+        assert ctx.state.config_records[protocol.RESIDUAL_ROUND]["round"] == server_round
+        return delta, before, protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
+
+    turn(1)
+    delta, before, after = turn(4)  # three rounds later: scaled by 0.5 ** 2
+    carried = {k: delta[k] + 0.25 * before[k] for k in delta}
+    np.testing.assert_allclose(after["w"], carried["w"] - codec.approximate(carried)["w"], atol=1e-5)
+    delta, _, after = turn(9)  # five rounds later, past max_age: dropped
+    np.testing.assert_allclose(after["w"], delta["w"] - codec.approximate(delta)["w"], atol=1e-6)
+    with pytest.raises(ValueError, match="set error_feedback=True"):
+        FedZipStrategy(FedAvg(), compressor=codec, max_age=3)
 
 
 def test_other_messages_pass_through(rng):

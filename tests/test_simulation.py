@@ -188,6 +188,22 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
     assert summary["config"]["server"]["optimizer"] == "fedavgm"
 
 
+def test_sampled_clients_with_aged_residuals_on_the_simulation_engine(tmp_path):
+    """Half the clients a round: residuals wait for their client's next turn and decay with their age."""
+    cfg = small_run(
+        tmp_path,
+        model="mlp",
+        server={"clients": 4, "fraction": 0.5, "rounds": 4},
+        data={"train_limit": 2000},
+        training={"batch_size": 20},
+        error_feedback={"age_decay": 0.5, "max_age": 2},
+    )
+    summary = run_experiment(cfg, show_progress=False)
+    rows = read_metrics(tmp_path)
+    assert [int(r["accepted"]) for r in rows[1:]] == [2] * 4 and summary["failures"] == 0
+    assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
+
+
 def test_the_clients_learning_rate_follows_the_schedule(tmp_path):
     """Cosine to 0: the last round's clients train at lr 0, so the model stands still in that round."""
     cfg = small_run(

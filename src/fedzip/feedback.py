@@ -27,6 +27,13 @@ class ErrorFeedback:
             do not keep pushing stale momentum.
         clip_norm: scale every update down to at most this L2 norm before it
             is accumulated (local clipping, also from DGC); None: no clipping.
+        age_decay: where clients are sampled (a few per round), a residual
+            waits for its client's next round and goes stale: with the round
+            numbers given to :meth:`encode`, a residual made ``age`` rounds ago
+            is scaled by ``age_decay ** (age - 1)`` before it is added (1: kept
+            as it is; a client seen every round is never scaled).
+        max_age: a residual made more than this many rounds ago is dropped
+            (None: never).
     """
 
     def __init__(
@@ -35,6 +42,8 @@ class ErrorFeedback:
         momentum: float = 0.0,
         masking: bool = True,
         clip_norm: float | None = None,
+        age_decay: float = 1.0,
+        max_age: int | None = None,
     ) -> None:
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
@@ -42,20 +51,29 @@ class ErrorFeedback:
             isinstance(clip_norm, bool) or not isinstance(clip_norm, int | float) or not clip_norm > 0
         ):
             raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
+        if isinstance(age_decay, bool) or not isinstance(age_decay, int | float) or not 0 < age_decay <= 1:
+            raise ValueError(f"age_decay must be a number in (0, 1], got {age_decay!r}")
+        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1):
+            raise ValueError(f"max_age must be an int >= 1 (rounds) or None, got {max_age!r}")
         self.codec = codec
         self.momentum = float(momentum)
         self.masking = bool(masking)
         self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.age_decay = float(age_decay)
+        self.max_age = max_age
         self.residual: dict[str, np.ndarray] = {}
         self.velocity: dict[str, np.ndarray] = {}
+        self.made: int | None = None  # the round the residual was made in, when rounds are given
 
-    def encode(self, update: Update) -> bytes:
+    def encode(self, update: Update, server_round: int | None = None) -> bytes:
         """Compress ``update + residual``; what the payload drops becomes the new residual.
 
         Works in place on the residual: after the first call, encoding
         allocates nothing of the update's size (momentum, masking and clipping
         cost one transient copy). ``update`` is not modified. A ValueError
-        (NaN/Inf, a shape change) leaves the state as it was.
+        (NaN/Inf, a shape change) leaves the state as it was. ``server_round``
+        (the federated round this update is for) lets a stale residual decay
+        or be dropped (``age_decay``, ``max_age``).
         """
         arrays = check_update(update)
         for name, array in arrays.items():
@@ -67,6 +85,8 @@ class ErrorFeedback:
                         f"tensor {name!r} changed shape from {state[name].shape} to {array.shape}; "
                         "call reset() when the model changes"
                     )
+        if server_round is not None:
+            self._age(server_round)
         if self.clip_norm is not None:
             norm = math.sqrt(sum(float(np.vdot(a, a).real) for a in arrays.values()))
             if norm > self.clip_norm:
@@ -91,12 +111,36 @@ class ErrorFeedback:
                 mask = values != 0
                 self.velocity[name][mask] = 0
                 self.residual[name][mask] = 0
+        if server_round is not None:
+            self.made = server_round
         return payload
+
+    def age(self, server_round: int) -> int | None:
+        """How many rounds before ``server_round`` the residual was made (None: not known)."""
+        return None if self.made is None or not self.residual else server_round - self.made
+
+    def _age(self, server_round: int) -> None:
+        """Decay or drop a residual (and velocity) that waited for this client's turn."""
+        age = self.age(server_round)
+        if age is None or age <= 1:
+            return
+        if self.max_age is not None and age > self.max_age:
+            self.reset()
+            return
+        if self.age_decay != 1.0:
+            factor = self.age_decay ** (age - 1)
+            for state in (self.residual, self.velocity):
+                for name, array in state.items():
+                    if array.flags.writeable:
+                        array *= array.dtype.type(factor)
+                    else:
+                        state[name] = array * array.dtype.type(factor)
 
     def reset(self) -> None:
         """Forget the residual and velocity (e.g. when the model is re-initialised)."""
         self.residual = {}
         self.velocity = {}
+        self.made = None
 
 
 def _accumulate(state: np.ndarray | None, array: np.ndarray, decay: float) -> np.ndarray:

@@ -152,6 +152,12 @@ class FeedbackSettings(Section):
     clip_norm: float = option(
         0.0, "clients clip every update to this L2 norm before accumulating it (0: off)"
     )
+    age_decay: float = option(
+        1.0, "a residual that waited age rounds is scaled by age_decay ** (age - 1)", flag="--ef-age-decay"
+    )
+    max_age: int = option(
+        0, "a residual made more than this many rounds ago is dropped (0: never)", flag="--ef-max-age"
+    )
 
     def validate(self) -> None:
         need(
@@ -160,13 +166,25 @@ class FeedbackSettings(Section):
         )
         check_number("clip_norm", self.clip_norm)
         need(
-            not (self.momentum or self.clip_norm) or self.enabled,
-            "momentum and clip_norm act on the error-feedback residual: enable error feedback (+ef) too",
+            isinstance(self.age_decay, int | float) and 0 < self.age_decay <= 1,
+            f"age_decay must be in (0, 1], got {self.age_decay!r}",
+        )
+        check_count("max_age", self.max_age, 0)
+        need(
+            not (self.momentum or self.clip_norm or self.age_decay != 1 or self.max_age) or self.enabled,
+            "momentum, clip_norm, age_decay and max_age act on the error-feedback residual: "
+            "enable error feedback (+ef) too",
         )
 
     def strategy_options(self) -> dict[str, Any]:
         """FedZipStrategy's keyword arguments for momentum correction and clipping."""
-        return {"momentum": self.momentum, "masking": self.masking, "clip_norm": self.clip_norm or None}
+        return {
+            "momentum": self.momentum,
+            "masking": self.masking,
+            "clip_norm": self.clip_norm or None,
+            "age_decay": self.age_decay,
+            "max_age": self.max_age or None,
+        }
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
@@ -76,7 +76,7 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return _error(msg, f"invalid feedback settings from the server ({exc}); is fedzip the same version?")
     if settings is None:
         return call_next(msg, context)
-    codec_json, error_feedback, feedback_options = settings
+    codec_json, error_feedback, feedback_options, server_round = settings
     outside = _array_mods_outside()
     if outside:
         return _error(
@@ -129,7 +129,13 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             sender.residual = _state(context, protocol.RESIDUAL, update)
             if sender.momentum:
                 sender.velocity = _state(context, protocol.VELOCITY, update)
-            payload = sender.encode(update)
+            made = context.state.get(protocol.RESIDUAL_ROUND)
+            sender.made = int(made["round"]) if made is not None and sender.residual else None
+            payload = sender.encode(update, server_round)
+            if sender.made is not None:
+                context.state[protocol.RESIDUAL_ROUND] = ConfigRecord({"round": sender.made})
+            else:
+                context.state.pop(protocol.RESIDUAL_ROUND, None)
         else:
             payload = compressor.encode(update)
         # what error feedback keeps between rounds; nothing of it without feedback or momentum

@@ -38,7 +38,9 @@ PASSTHROUGH = "fedzip.passthrough"
 # ArrayRecords in the node's state holding the error-feedback residual and velocity.
 RESIDUAL = "fedzip.residual"
 VELOCITY = "fedzip.velocity"
-_KEYS = (CODEC_KEY, FEEDBACK_KEY, FEEDBACK_OPTIONS_KEY)
+ROUND_KEY = "fedzip.round"  # the server's round, so that a residual knows its age
+RESIDUAL_ROUND = "fedzip.residual-round"  # in a client's state: the round its residual was made in
+_KEYS = (CODEC_KEY, FEEDBACK_KEY, FEEDBACK_OPTIONS_KEY, ROUND_KEY)
 # ConfigRecord name used when the inner strategy's train message has none.
 DEFAULT_CONFIG = "config"
 
@@ -60,6 +62,7 @@ class Settings(NamedTuple):
     codec_json: str
     error_feedback: bool
     feedback_options: dict[str, Any]
+    server_round: int | None = None
 
 
 def add_settings(
@@ -67,6 +70,7 @@ def add_settings(
     codec: dict[str, Any],
     error_feedback: bool,
     feedback_options: dict[str, Any] | None = None,
+    server_round: int | None = None,
 ) -> None:
     """Put the settings in the message's ConfigRecord (a new one if it has none)."""
     names = list(content.config_records)
@@ -76,6 +80,8 @@ def add_settings(
     config[FEEDBACK_KEY] = bool(error_feedback)
     if feedback_options:
         config[FEEDBACK_OPTIONS_KEY] = json.dumps(feedback_options, sort_keys=True)
+    if server_round is not None:
+        config[ROUND_KEY] = int(server_round)
     # A copy: the inner strategy may hand the same ConfigRecord to other messages.
     content[name] = ConfigRecord(config)
 
@@ -95,7 +101,14 @@ def pop_settings(content: RecordDict) -> Settings | None:
             options = json.loads(str(config.get(FEEDBACK_OPTIONS_KEY, "{}")))
             if not isinstance(options, dict):
                 raise ValueError(f"{FEEDBACK_OPTIONS_KEY} must be a JSON object, got {options!r}")
-            return Settings(str(config[CODEC_KEY]), bool(config.get(FEEDBACK_KEY, False)), options)
+            server_round = config.get(ROUND_KEY)
+            if server_round is not None and (
+                isinstance(server_round, bool) or not isinstance(server_round, int)
+            ):
+                raise ValueError(f"{ROUND_KEY} must be an integer, got {server_round!r}")
+            return Settings(
+                str(config[CODEC_KEY]), bool(config.get(FEEDBACK_KEY, False)), options, server_round
+            )
     return None
 
 

@@ -77,6 +77,10 @@ class FedZipStrategy(Strategy):
         masking: with momentum, DGC's factor masking.
         clip_norm: with error feedback, clients clip each update to this norm
             before accumulating it.
+        age_decay, max_age: with error feedback, a client's residual that
+            waited ``age`` rounds for the client's next turn is scaled by
+            ``age_decay ** (age - 1)``, or dropped past ``max_age`` rounds
+            (clients learn the round from the train message).
         downlink: compress downloads too: a compressor (or its config or id)
             for the change of the global model; clients keep a synchronised
             copy in their node state (:mod:`fedzip.flower.downlink`). None
@@ -108,6 +112,8 @@ class FedZipStrategy(Strategy):
         momentum: float = 0.0,
         masking: bool = True,
         clip_norm: float | None = None,
+        age_decay: float = 1.0,
+        max_age: int | None = None,
         downlink: Compressor | Mapping[str, Any] | str | None = None,
         downlink_history: int = 8,
         downlink_shared_start: bool = False,
@@ -148,9 +154,14 @@ class FedZipStrategy(Strategy):
             feedback_options |= {"momentum": momentum, "masking": bool(masking)}
         if clip_norm is not None:
             feedback_options["clip_norm"] = clip_norm
+        if age_decay != 1.0:
+            feedback_options["age_decay"] = age_decay
+        if max_age is not None:
+            feedback_options["max_age"] = max_age
         if feedback_options and not feedback:
             raise ValueError(
-                "momentum and clip_norm act on the error-feedback residual: set error_feedback=True"
+                "momentum, clip_norm, age_decay and max_age act on the error-feedback residual: "
+                "set error_feedback=True"
             )
         ErrorFeedback(codec, **feedback_options)  # checks the options here, not on every client
         if warmup is not None:
@@ -251,7 +262,7 @@ class FedZipStrategy(Strategy):
                     f"{type(self.strategy).__name__} built one with {len(keys)}"
                 )
             self._weights_key = keys[0]
-            protocol.add_settings(content, codec, self.error_feedback, self.feedback_options)
+            protocol.add_settings(content, codec, self.error_feedback, self.feedback_options, server_round)
         self._sent = {}
         raw = sum(content_bytes(m) for m in messages)
         if self.broadcaster is not None and messages:
