@@ -146,7 +146,7 @@ def test_bench_fl_times_a_round_next_to_bare_training(tmp_path, capsys):
     config.write_text(
         "[experiment]\nclients = 2\nbatch_size = 10\ntrain_limit = 400\nvalidation = 100\ntest_limit = 200\n"
     )
-    args = ["bench", "--fl", "--fl-config", str(config), "--fl-rounds", "3", "--fl-models", "mlp"]
+    args = ["bench", "--fl", "--fl-config", str(config), "--fl-rounds", "2", "--fl-models", "mlp"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "fl.json").read_text())
     assert [r["model"] for r in rows] == ["mlp"]
