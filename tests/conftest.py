@@ -54,3 +54,22 @@ if importlib.util.find_spec("xdist"):  # the hook exists only with pytest-xdist
                 return f"{module}::{cls}" if cls.startswith("TestShared") and "::" in rest else nodeid
 
         return SharedSessionsTogether(config, log)
+
+
+# Modules whose tests run Flower (minutes each): started first, so that the short tests fill the
+# workers' time around them instead of all of them ending together.
+SLOW_MODULES = (
+    "test_flower_apps.py",
+    "test_research_reproduce.py",
+    "test_deployment.py",
+    "test_simulation.py",
+    "test_hostile_simulation.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
