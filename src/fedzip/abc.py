@@ -71,10 +71,13 @@ class Compressor(ABC):
             np.subtract(array, sent.pop(name), out=array, casting="unsafe")
         return payload
 
+    @classmethod
+    def options(cls) -> list[str]:
+        """The options of this compressor's config: its constructor's arguments."""
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
     def get_config(self) -> dict[str, Any]:
-        params = inspect.signature(type(self).__init__).parameters
-        config = {name: getattr(self, name) for name in params if name != "self"}
-        return {"id": self.codec_id, **config}
+        return {"id": self.codec_id, **{name: getattr(self, name) for name in self.options()}}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Compressor:
@@ -82,7 +85,7 @@ class Compressor(ABC):
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise ValueError(f"config is for {codec_id!r}, not {cls.codec_id!r}")
-        accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        accepted = cls.options()
         unknown = sorted(set(config) - set(accepted))
         if unknown:
             raise ValueError(

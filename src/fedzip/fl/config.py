@@ -57,11 +57,8 @@ def build_compressor(config: Mapping[str, Any], direction: str = "upload") -> Co
 
 
 def compressor_options(codec_id: str) -> list[str]:
-    """The options a compressor's config takes (its constructor's arguments)."""
-    import inspect
-
-    params = inspect.signature(compressor_class(codec_id).__init__).parameters
-    return [name for name in params if name != "self"]
+    """The options a compressor's config takes."""
+    return compressor_class(codec_id).options()
 
 
 def codec_name(config: Mapping[str, Any]) -> str:
@@ -119,12 +116,14 @@ class ExperimentConfig:
                 object.__setattr__(self, name, _build(cls, value, name))
             elif not isinstance(value, cls):
                 raise ValueError(f"[{name}] must be a table of settings, got {value!r}")
-        # Codec tables are kept as given (the options a user wrote), checked by their compressor.
-        build_compressor(self.upload)
+        # Codec tables are kept as given (the options a user wrote), checked by their compressor,
+        # which is built once here: a config is a value, and it is asked for its compressors often.
         object.__setattr__(self, "upload", dict(self.upload))
+        built = build_compressor(self.upload)
         if self.download is not None:
-            build_compressor(self.download, "download")
             object.__setattr__(self, "download", dict(self.download))
+        down = None if self.download is None else build_compressor(self.download, "download")
+        object.__setattr__(self, "_compressors", (built, down))
         object.__setattr__(self, "corrupt_clients", list(self.corrupt_clients))
         self.validate()
 
@@ -154,10 +153,10 @@ class ExperimentConfig:
 
     def compressor(self) -> Compressor:
         """The upload compressor."""
-        return get_compressor(self.upload)
+        return self._compressors[0]
 
     def download_compressor(self) -> Compressor | None:
-        return None if self.download is None else get_compressor(self.download)
+        return self._compressors[1]
 
     def __eq__(self, other: object) -> bool:
         """Equal when every setting is, codec tables compared as the compressors they build."""
@@ -221,14 +220,10 @@ class ExperimentConfig:
         """From nested settings (the TOML shape); a flat dict of an earlier version is migrated."""
         from . import legacy
 
-        values = {key.replace("-", "_"): value for key, value in values.items()}
+        values = _keys(values)
         if legacy.is_flat(values):
             values = legacy.migrate(values)
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(known)}")
-        return cls(**values)
+        return cls(**_known(cls, values, "unknown config key(s)"))
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> ExperimentConfig:
@@ -256,12 +251,21 @@ class ExperimentConfig:
 
 
 def _build(cls: type[Section], values: Mapping[str, Any], name: str) -> Section:
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+    return cls(**_known(cls, _keys(values), f"unknown key(s) in [{name}]"))
+
+
+def _keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML and run configs write ``local-epochs``; the fields are ``local_epochs``."""
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def _known(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values`` when each is a field of ``cls``; ValueError listing the fields otherwise."""
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) in [{name}]: {', '.join(unknown)}; known: {', '.join(known)}")
-    return cls(**values)
+        raise ValueError(f"{what}: {', '.join(unknown)}; known: {', '.join(known)}")
+    return values
 
 
 def _toml_value(value: Any) -> str:

@@ -314,6 +314,7 @@ class FedZipStrategy(Strategy):
                 else:
                     self.broadcaster.confirm(node, version)
         stats.downlink_bytes, stats.downlink_raw_bytes, stats.dense_downloads = self._down
+        weighted_by = weighting_key(self.strategy)  # the metric the inner strategy weights replies by
         for index, reply in enumerate(replies):
             stats.replies += 1
             if reply.has_error():
@@ -324,7 +325,7 @@ class FedZipStrategy(Strategy):
                 continue
             carried = content_bytes(reply)
             try:
-                check_metrics(reply, weighting_key(self.strategy))
+                check_metrics(reply, weighted_by)
                 payload, norm = restore(reply, reference, self._weights_key, self.compressor)
             except Rejected as exc:
                 reject(index, reply, str(exc), exc.configuration)
@@ -339,7 +340,7 @@ class FedZipStrategy(Strategy):
             else:
                 kept.append((index, reply, payload, carried))
         order: dict[int, bytes] = {}
-        for index, reply, payload, carried in consistent(kept, weighting_key(self.strategy), reject):
+        for index, reply, payload, carried in consistent(kept, weighted_by, reject):
             order[index] = payload
             stats.accepted += 1
             stats.uplink_bytes += carried
