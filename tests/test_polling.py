@@ -65,3 +65,24 @@ def test_grid_polling_is_only_shortened():
     assert grid.pull_interval == 0.001  # never made longer
     other = object()
     shorten_grid_polling(other)  # grids without the attribute (deployment) are left alone
+
+
+def test_the_wait_grows_with_the_sweep_it_follows():
+    """A slow sweep (many nodes) is followed by a wait of SWEEP_SHARE times its length, at most
+    the engine's own interval; a fast sweep keeps the short interval."""
+    from fedzip.fl.polling import SWEEP_SHARE
+
+    capped = _CappedWait(threading.Event(), 0.001)
+    capped.wait(0.1)  # the first wait: nothing measured yet
+    time.sleep(0.002)  # a "sweep" of 2 ms
+    started = time.perf_counter()
+    capped.wait(1.0)
+    waited = time.perf_counter() - started
+    assert SWEEP_SHARE * 0.002 * 0.9 <= waited < 0.5
+    time.sleep(0.05)  # a sweep of 50 ms: 20x would be 1 s, the engine's 0.1 s caps it
+    started = time.perf_counter()
+    capped.wait(0.1)
+    assert time.perf_counter() - started < 0.5
+    started = time.perf_counter()
+    capped.wait(1.0)  # a sweep of ~0 s: back to the short interval
+    assert time.perf_counter() - started < SWEEP_SHARE * 0.002
