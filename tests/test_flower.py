@@ -517,7 +517,7 @@ def both_ways_strategy(down=None, **options):
 def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down):
     """Downloads carry the change of the global model; a node that missed rounds catches up;
     a node whose copy diverged refuses to train and is resynchronised with the dense model."""
-    from fedzip.flower import downlink
+    from fedzip.flower import downlink, replica
 
     model = global_model(rng)
     strategy = both_ways_strategy(down, downlink_history=4)
@@ -529,9 +529,9 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down
     plan = {1: [0, 1, 2], 2: [0, 2], 3: [0, 1, 2], 4: [0, 1, 2]}  # node 1 misses round 2
     for server_round, nodes in plan.items():
         if server_round == 4:  # node 2's copy is corrupted (lost writes, a bug, tampering)
-            held = protocol.from_record(contexts[2].state.array_records[downlink.STATE_MODEL])
+            held = protocol.from_record(contexts[2].state.array_records[replica.STATE_MODEL])
             held["w"][0, 0] += 1.0
-            contexts[2].state[downlink.STATE_MODEL] = protocol.to_record(held)
+            contexts[2].state[replica.STATE_MODEL] = protocol.to_record(held)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
         kinds = {
             m.metadata.dst_node_id: "dense" if downlink.DOWN_MODEL in m.content.array_records else "payloads"
@@ -557,7 +557,7 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down
             reply = fedzip_mod(msg, contexts[node], make_client(deltas[node], 10))
             replies.append(reply)
             if not reply.has_error():
-                held = protocol.from_record(contexts[node].state.array_records[downlink.STATE_MODEL])
+                held = protocol.from_record(contexts[node].state.array_records[replica.STATE_MODEL])
                 assert downlink.checksum(held) == strategy.broadcaster.checksum
         if server_round == 4:
             failed = [r for r in replies if r.has_error()]
@@ -583,7 +583,7 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down
     ids=["wrong-key", "garbage", "gap"],
 )
 def test_a_malformed_download_is_an_error_reply_and_the_copy_is_dropped(rng, payloads):
-    from fedzip.flower import downlink
+    from fedzip.flower import downlink, replica
 
     model = global_model(rng)
     strategy = both_ways_strategy()
@@ -601,7 +601,7 @@ def test_a_malformed_download_is_an_error_reply_and_the_copy_is_dropped(rng, pay
         updated, _ = strategy.aggregate_train(server_round, [reply])
         arrays = arrays if updated is None else updated
     assert reply.has_error() and "dropped" in reply.error.reason
-    assert downlink.STATE_MODEL not in ctx.state.array_records
+    assert replica.STATE_MODEL not in ctx.state.array_records
     (message,) = strategy.configure_train(3, arrays, ConfigRecord({}), FakeGrid([0]))
     assert downlink.DOWN_MODEL in message.content.array_records  # dense again
     assert not fedzip_mod(message, ctx, make_client(delta, 10)).has_error()
@@ -611,7 +611,7 @@ def test_a_shared_start_sends_no_model_in_round_one(rng):
     """Clients that build the initial model themselves get only its checksum in round 1; a client
     whose build differs, or that has no builder, errs once and is sent the dense model next round;
     a newcomer catches up from version 0 while the payloads are in the history."""
-    from fedzip.flower import downlink, shared_start_mod
+    from fedzip.flower import downlink, replica, shared_start_mod
 
     model = global_model(rng)
     strategy = both_ways_strategy(downlink_history=3, downlink_shared_start=True)
@@ -671,14 +671,14 @@ def test_a_shared_start_sends_no_model_in_round_one(rng):
     _, outcome = run(3, [0, 1, 2, 3, 4])
     assert outcome[4] == (False, "")  # payloads of versions 1 and 2 on its own build of version 0
     assert built == [0, 4]  # built once, by the nodes that held no copy
-    held = protocol.from_record(contexts[4].state.array_records[downlink.STATE_MODEL])
+    held = protocol.from_record(contexts[4].state.array_records[replica.STATE_MODEL])
     assert downlink.checksum(held) == strategy.broadcaster.checksum
     with pytest.raises(ValueError, match="downlink_shared_start needs a downlink"):
         FedZipStrategy(FedAvg(), compressor=fedzip.FedZip(), downlink_shared_start=True)
 
 
-def test_past_the_history_or_after_the_model_changed_a_newcomer_gets_the_model_dense(rng):
-    from fedzip.flower import downlink
+def test_past_the_history_a_patch_and_after_the_model_changed_the_model_dense(rng):
+    from fedzip.flower import downlink, replica
 
     model = global_model(rng)
     broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.1), history=2, shared_start=True)
@@ -687,7 +687,8 @@ def test_past_the_history_or_after_the_model_changed_a_newcomer_gets_the_model_d
     for _ in range(3):
         model = {k: v + 0.01 for k, v in model.items()}
         broadcaster.advance(model)
-    assert broadcaster.content_for(7, "arrays")[0][downlink.DOWN_BASE] == -1  # 3 missed, 2 kept
+    config, records = broadcaster.content_for(7, "arrays")  # 3 missed, 2 kept: no chain
+    assert config[downlink.DOWN_BASE] == 0 and downlink.DOWN_PATCH in records  # 10% changed a round
     broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.1), history=8, shared_start=True)
     broadcaster.advance(model)
     broadcaster.advance({"w": model["w"][:10], "b": model["b"]})  # another model: no one can build it
@@ -698,7 +699,7 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
     """FedAvg averages integer buffers into float64, FedAdam keeps a float64 model: the same model
     in other dtypes, not another model. Downloads stay payloads, the client's copy takes the new
     dtypes, and a shared start stays on."""
-    from fedzip.flower import downlink
+    from fedzip.flower import downlink, replica
 
     start = {
         "w": rng.standard_normal((40, 30)).astype(np.float32),
@@ -706,7 +707,7 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
     }
     broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.2), history=4, shared_start=True)
     state = RecordDict()
-    downlink.hold_start(state, start)
+    replica.hold_start(state, start)
     model = start
     for version in range(3):
         broadcaster.advance(model)
@@ -714,7 +715,7 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
         assert config[downlink.DOWN_BASE] == max(version - 1, 0)
         assert downlink.DOWN_MODEL not in records
         content = RecordDict({"config": ConfigRecord(config), **records})
-        held = downlink.receive(content, state)
+        held = replica.receive(content, state)
         assert downlink.checksum(held) == broadcaster.checksum
         broadcaster.confirm(7, broadcaster.version)
         model = {"w": (model["w"] + 0.01).astype(np.float64), "count": np.array(3.5 + version)}
@@ -726,7 +727,7 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
 def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_rounds(rng):
     """A FedZip downlink with a byte budget: every download fits it, and what one round drops the
     next rounds send, so the clients' replica follows the model instead of falling behind."""
-    from fedzip.flower import downlink
+    from fedzip.flower import downlink, replica
 
     model = {"w": rng.standard_normal((200, 100)).astype(np.float32), "b": np.zeros(100, np.float32)}
     start = {k: v.copy() for k, v in model.items()}

@@ -8,10 +8,20 @@ difference and is sent in later rounds: server-side error feedback without a
 separate residual. Clients train from the replica; the server applies their
 updates to the exact model.
 
-Versions: the replica after round r's broadcast is version r. The server keeps
-the last ``history`` payloads. A client that holds an older version gets the
-payloads it missed, in order; one whose version is unknown (new, restarted,
-failed, or behind by more than ``history``) gets the replica itself, dense.
+Versions: the replica after round r's broadcast is version r. A client that
+holds an older version is brought to the current one by whichever of three
+downloads is the smallest in bytes:
+
+- the *chain*: the payloads it missed, in order (the server keeps payloads
+  while together they are smaller than the model: an older chain could never
+  be the smallest; ``history`` can also cap their number);
+- a *patch*: the current value of every element that changed since its
+  version, replacing the held one (exact, whatever the codec; the server keeps
+  one int32 per element, the version it last changed in). Top-z downloads
+  touch the same elements round after round, so after many missed rounds the
+  patch is smaller than the chain;
+- the replica itself, *dense* (also for a client whose version is unknown:
+  new, restarted or failed).
 Every download carries the replica's checksum: a client whose copy does not
 match refuses to train (an error reply naming the cause), drops its copy, and
 is sent the dense replica next time. No client ever trains on a model the
@@ -26,6 +36,8 @@ then sends only the checksum; later newcomers get the payloads since version 0
 while they are in the history. A client whose build differs fails the checksum
 once and is sent the dense model, as above.
 
+The server's side is here; the client's, :mod:`fedzip.flower.replica`.
+
 Message layout (server -> client), added to the train message's ConfigRecord:
 
     DOWN_VERSION   int, the version the download brings the client to
@@ -34,8 +46,11 @@ Message layout (server -> client), added to the train message's ConfigRecord:
     DOWN_KEY       str, the ArrayRecord key the model goes back under
 
 and, instead of the weights' ArrayRecord, either DOWN_MODEL (the dense
-replica) or DOWN_PAYLOADS ({"0": uint8, "1": uint8, ...}: the payloads in
-order) plus DOWN_PASSTHROUGH (the current non-float tensors) when there are any.
+replica), DOWN_PAYLOADS ({"0": uint8, "1": uint8, ...}: the payloads in
+order) or DOWN_PATCH ("v:<name>": the new values in the tensor's dtype, with
+"i:<name>" their uint32 flat indices or "m:<name>" a packed bit mask of the
+changed elements; a "v:" alone is the whole tensor), each of the last two with
+DOWN_PASSTHROUGH (the current non-float tensors) when there are any.
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from ..abc import Compressor
 from ..payload import decode
@@ -58,10 +73,9 @@ DOWN_KEY = "fedzip.down.key"
 DOWN_MODEL = "fedzip.down.model"
 DOWN_PAYLOADS = "fedzip.down.payloads"
 DOWN_PASSTHROUGH = "fedzip.down.passthrough"
-# The client's synchronised copy and its version, in the node's state.
-STATE_MODEL = "fedzip.down.replica"
-STATE_INFO = "fedzip.down.replica-info"
-_CONFIG_KEYS = (DOWN_VERSION, DOWN_BASE, DOWN_CHECKSUM, DOWN_KEY)
+DOWN_PATCH = "fedzip.down.patch"
+FORMS = ("chain", "patch", "dense")  # what a download can be
+CONFIG_KEYS = (DOWN_VERSION, DOWN_BASE, DOWN_CHECKSUM, DOWN_KEY)
 
 
 class DownlinkError(ValueError):
@@ -78,10 +92,11 @@ def checksum(arrays: dict[str, np.ndarray]) -> int:
     return crc
 
 
-def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
-    """Add what ``payload`` carries to ``replica`` (in place, in each tensor's dtype)."""
+def apply(replica: dict[str, np.ndarray], payload: bytes) -> list[str]:
+    """Add what ``payload`` carries to ``replica`` (in place, in each tensor's dtype); the names changed."""
     limit = sum(a.size for a in replica.values())
-    for name, delta in decode(payload, max_elements=limit, max_tensors=len(replica)).items():
+    deltas = decode(payload, max_elements=limit, max_tensors=len(replica))
+    for name, delta in deltas.items():
         target = replica.get(name)
         if target is None or target.shape != delta.shape:
             raise DownlinkError(f"the download's tensor {name!r} does not match the model held")
@@ -90,20 +105,60 @@ def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
             # FedAdam keeps a float64 model): hold it as the server now does
             target = replica[name] = target.astype(delta.dtype)
         target += delta
+    return list(deltas)
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The elements' bit patterns (-0.0 and 0.0 differ, as they do in a checksum)."""
+    return array.reshape(-1).view(np.dtype(f"u{array.dtype.itemsize}"))
+
+
+def patch_entries(
+    replica: dict[str, np.ndarray], changed: dict[str, np.ndarray], held: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """The patch from version ``held`` to ``replica`` (DOWN_PATCH's arrays) and its size in bytes."""
+    entries: dict[str, np.ndarray] = {}
+    for name, last in changed.items():
+        where = np.flatnonzero(last > held)
+        if not where.size:
+            continue
+        values = replica[name].reshape(-1)
+        index_bytes = min(4 * where.size, -(-values.size // 8))
+        if (where.size * values.itemsize + index_bytes) >= values.nbytes:
+            entries[f"v:{name}"] = values
+            continue
+        entries[f"v:{name}"] = values[where]
+        if 4 * where.size <= index_bytes:
+            entries[f"i:{name}"] = where.astype(np.uint32)
+        else:
+            mask = np.zeros(values.size, dtype=bool)
+            mask[where] = True
+            entries[f"m:{name}"] = np.packbits(mask)
+    return entries, sum(a.nbytes + len(k) for k, a in entries.items())
 
 
 class Broadcaster:
-    """The server's side: the replica, its versions and what each node holds."""
+    """The server's side: the replica, its versions and what each node holds.
 
-    def __init__(self, compressor: Compressor, history: int = 8, shared_start: bool = False) -> None:
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError(f"downlink_history must be an int >= 0, got {history!r}")
+    ``history``: None (default) keeps payloads while together they are smaller than the model;
+    an int also caps their number (0: no chains, a client that missed a round gets a patch or
+    the dense model).
+    """
+
+    def __init__(
+        self, compressor: Compressor, history: int | None = None, shared_start: bool = False
+    ) -> None:
+        if history is not None and (isinstance(history, bool) or not isinstance(history, int) or history < 0):
+            raise ValueError(f"downlink_history must be None or an int >= 0, got {history!r}")
         self.compressor = compressor
         self.history = history
         self.replica: dict[str, np.ndarray] | None = None
         self.version = -1
         self.checksum = 0
-        self._payloads: deque[bytes] = deque(maxlen=max(history, 1))
+        self._payloads: deque[bytes] = deque()
+        # per float tensor, the version each element last changed in (what a patch sends)
+        self._changed: dict[str, np.ndarray] = {}
+        self._patches: dict[int, tuple[dict[str, np.ndarray], int]] = {}  # this version's, by base
         # node id -> version it holds; None: unknown (it gets the model dense)
         self.nodes: dict[int, int | None] = {}
         # the version a node never heard from is taken to hold (clients build it themselves)
@@ -111,6 +166,8 @@ class Broadcaster:
 
     def advance(self, model: dict[str, np.ndarray]) -> None:
         """Make the next version, as close to the exact ``model`` as the compressor allows."""
+        self.version += 1
+        self._patches.clear()
         if (
             self.replica is None
             or list(self.replica) != list(model)
@@ -123,6 +180,11 @@ class Broadcaster:
             self.replica = {k: np.array(v, copy=True) for k, v in model.items()}
             self._payloads.clear()
             self.nodes.clear()
+            self._changed = {
+                k: np.full(v.size, self.version, dtype=np.int32)
+                for k, v in self.replica.items()
+                if protocol.is_compressible(v)
+            }
         else:
             delta = {
                 k: np.subtract(v, self.replica[k], dtype=v.dtype)
@@ -130,38 +192,80 @@ class Broadcaster:
                 if protocol.is_compressible(v)
             }
             payload = self.compressor.encode(delta)
+            before = {k: self.replica[k].copy() for k in delta}
             apply(self.replica, payload)  # exactly what the clients will do
+            for k, old in before.items():
+                new = self.replica[k]
+                if new.dtype != old.dtype:
+                    self._changed[k][:] = self.version
+                else:
+                    self._changed[k][_bits(new) != _bits(old)] = self.version
             for k, v in model.items():
                 if not protocol.is_compressible(v):
                     self.replica[k] = np.array(v, copy=True)
             self._payloads.append(payload)
-        self.version += 1
+            self._trim()
         self.checksum = checksum(self.replica)
 
+    def _trim(self) -> None:
+        """Drop the payloads no chain can use: past ``history``, or more bytes than the model."""
+        dense = self.dense_bytes()
+        total = sum(map(len, self._payloads))
+        while self._payloads and (
+            total > dense or (self.history is not None and len(self._payloads) > self.history)
+        ):
+            total -= len(self._payloads.popleft())
+
+    def dense_bytes(self) -> int:
+        assert self.replica is not None
+        return sum(v.nbytes for v in self.replica.values())
+
     def content_for(self, node_id: int, weights_key: str) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
-        """The config entries and records that bring ``node_id`` to the current version."""
+        """The config entries and records that bring ``node_id`` to the current version: the
+        smallest of the chain of missed payloads, a patch and the dense model."""
         assert self.replica is not None
         held = self.nodes.get(node_id, self._assumed)
         missed = None if held is None else self.version - held
-        available = len(self._payloads) if self.history else 0
         config: dict[str, Any] = {
             DOWN_VERSION: self.version,
             DOWN_CHECKSUM: self.checksum,
             DOWN_KEY: weights_key,
+            DOWN_BASE: -1 if held is None else held,
         }
-        if missed is not None and 0 <= missed <= available:
-            payloads = list(self._payloads)[len(self._payloads) - missed :] if missed else []
-            config[DOWN_BASE] = held
-            records = {
-                DOWN_PAYLOADS: ArrayRecord({str(i): protocol.bytes_array(p) for i, p in enumerate(payloads)})
-            }
-            fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
-            if fixed:
-                records[DOWN_PASSTHROUGH] = protocol.to_record(fixed)
-        else:
+        fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
+        rest = {DOWN_PASSTHROUGH: protocol.to_record(fixed)} if fixed else {}
+        if missed is None or missed < 0:
             config[DOWN_BASE] = -1
-            records = {DOWN_MODEL: protocol.to_record(self.replica)}
-        return config, records
+            return config, {DOWN_MODEL: protocol.to_record(self.replica)}
+        chain = list(self._payloads)[len(self._payloads) - missed :] if missed else []
+        chain_bytes = sum(map(len, chain)) if missed <= len(self._payloads) else None
+        if held not in self._patches:  # nodes at the same version share one patch
+            self._patches[held] = patch_entries(self.replica, self._changed, held)
+        patch, patch_bytes = self._patches[held]
+        sizes = {"chain": chain_bytes, "patch": patch_bytes, "dense": self.dense_bytes()}
+        form = min((size, FORMS.index(f), f) for f, size in sizes.items() if size is not None)[2]
+        if form == "chain":
+            return config, {DOWN_PAYLOADS: _numbered(chain), **rest}
+        if form == "patch":
+            return config, {DOWN_PATCH: protocol.to_record(patch), **rest}
+        config[DOWN_BASE] = -1
+        return config, {DOWN_MODEL: protocol.to_record(self.replica)}
+
+    def prepare(self, message: Message, weights_key: str) -> str:
+        """Give ``message`` its own content: the download that brings its node to the current version.
+        Returns its form: "dense", "patch", "chain" (payloads of missed rounds too) or "" (this round's)."""
+        config, records = self.content_for(message.metadata.dst_node_id, weights_key)
+        content = RecordDict({k: v for k, v in message.content.items() if k != weights_key})
+        name = next(n for n, c in content.config_records.items() if protocol.CODEC_KEY in c)
+        content[name] = ConfigRecord({**content.config_records[name], **config})
+        for key, record in records.items():
+            content[key] = record
+        message.content = content
+        if DOWN_MODEL in records:
+            return "dense"
+        if DOWN_PATCH in records:
+            return "patch"
+        return "chain" if len(records[DOWN_PAYLOADS]) > 1 else ""
 
     def confirm(self, node_id: int, version: int) -> None:
         self.nodes[node_id] = version
@@ -171,82 +275,5 @@ class Broadcaster:
         self.nodes[node_id] = None
 
 
-def _download_config(content: RecordDict) -> tuple[str, ConfigRecord] | None:
-    return next(((n, c) for n, c in content.config_records.items() if DOWN_VERSION in c), None)
-
-
-def wants_start(content: RecordDict, state: RecordDict) -> bool:
-    """Whether ``content`` is a download that applies to version 0 while ``state`` holds no copy."""
-    found = _download_config(content)
-    if found is None or STATE_INFO in state.config_records:
-        return False
-    base = found[1].get(DOWN_BASE)
-    return isinstance(base, int) and not isinstance(base, bool) and base == 0
-
-
-def hold_start(state: RecordDict, model: dict[str, np.ndarray]) -> None:
-    """Store ``model`` as this node's copy of version 0 (the run's initial model, built locally)."""
-    state[STATE_MODEL] = protocol.to_record(model)
-    state[STATE_INFO] = ConfigRecord({"version": 0})
-
-
-def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | None:
-    """The client's side: bring the copy in ``state`` to the download's version.
-
-    Returns the model (and stores it, with its version, in ``state``), None if
-    the message carries no download, or raises :class:`DownlinkError` (after
-    dropping the copy, so that the server's next download is dense).
-    """
-    found = _download_config(content)
-    if found is None:
-        return None
-    config_name, config = found
-    try:
-        version, base = int(config[DOWN_VERSION]), int(config[DOWN_BASE])
-        expected, key = int(config[DOWN_CHECKSUM]), str(config[DOWN_KEY])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DownlinkError(f"the download's settings are incomplete ({exc})") from None
-    rest = {k: v for k, v in config.items() if k not in _CONFIG_KEYS}
-    del content[config_name]
-    content[config_name] = ConfigRecord(rest)
-    try:
-        if DOWN_MODEL in content.array_records:
-            model = protocol.from_record(content.array_records[DOWN_MODEL])
-        else:
-            info = state.config_records.get(STATE_INFO)
-            if info is None or STATE_MODEL not in state.array_records:
-                raise DownlinkError(
-                    "this node holds no copy of the model (new or restarted; with a shared start, "
-                    "list shared_start_mod before fedzip_mod)"
-                )
-            if int(info["version"]) != base:
-                raise DownlinkError(
-                    f"this node holds version {int(info['version'])}, the download applies to {base}"
-                )
-            model = protocol.from_record(state.array_records[STATE_MODEL])
-            payloads = content.array_records.get(DOWN_PAYLOADS, ArrayRecord())
-            numbers = {str(i) for i in range(len(payloads))}
-            if set(payloads) != numbers:  # as a set: a wire need not keep the order
-                raise DownlinkError(
-                    f"the download's payloads are not numbered 0, 1, ...: {list(payloads)[:5]}"
-                )
-            for index in range(len(payloads)):
-                apply(model, protocol.array_bytes(payloads[str(index)]))
-            if DOWN_PASSTHROUGH in content.array_records:
-                for k, v in protocol.from_record(content.array_records[DOWN_PASSTHROUGH]).items():
-                    if k not in model or model[k].shape != v.shape:
-                        raise DownlinkError(f"the download's tensor {k!r} does not match the model held")
-                    model[k] = v
-        if checksum(model) != expected:
-            raise DownlinkError("the model after the download does not match the server's (checksum)")
-    except (DownlinkError, ValueError, KeyError, TypeError) as exc:
-        state.pop(STATE_MODEL, None)
-        state.pop(STATE_INFO, None)
-        raise DownlinkError(f"{exc}; the copy is dropped and the next download will be dense") from None
-    finally:
-        for record in (DOWN_MODEL, DOWN_PAYLOADS, DOWN_PASSTHROUGH):
-            content.pop(record, None)
-    state[STATE_MODEL] = protocol.to_record(model)
-    state[STATE_INFO] = ConfigRecord({"version": version})
-    content[key] = protocol.to_record(model)
-    return model
+def _numbered(payloads: list[bytes]) -> ArrayRecord:
+    return ArrayRecord({str(i): protocol.bytes_array(p) for i, p in enumerate(payloads)})

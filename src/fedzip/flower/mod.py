@@ -17,7 +17,7 @@ from flwr.common.logger import log
 
 from ..feedback import ErrorFeedback
 from ..registry import get_compressor
-from . import downlink, protocol
+from . import downlink, protocol, replica
 
 # Flower mods that rewrite the reply's weights: they must run inside fedzip_mod
 # (after it in ``mods=[...]``) so that they see weights, not a payload.
@@ -91,7 +91,7 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     except (ValueError, TypeError) as exc:
         return _error(msg, f"invalid codec settings from the server ({exc}); is fedzip the same version?")
     try:
-        downlink.receive(msg.content, context.state)
+        replica.receive(msg.content, context.state)
     except downlink.DownlinkError as exc:
         # transient: the server sends the whole model next time
         return _error(msg, f"could not apply the compressed download: {exc}", ErrorCode.UNKNOWN)
@@ -169,7 +169,7 @@ def shared_start_mod(build: Callable[[Message, Context], ArrayRecord | Mapping[s
     """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if downlink.wants_start(msg.content, context.state):
+        if replica.wants_start(msg.content, context.state):
             try:
                 built = build(msg, context)
                 if isinstance(built, Mapping) and all(isinstance(v, np.ndarray) for v in built.values()):
@@ -178,7 +178,7 @@ def shared_start_mod(build: Callable[[Message, Context], ArrayRecord | Mapping[s
                     model = protocol.from_record(
                         built if isinstance(built, ArrayRecord) else ArrayRecord(built)
                     )
-                downlink.hold_start(context.state, model)
+                replica.hold_start(context.state, model)
             except Exception as exc:  # the user's code: report it, never crash the node
                 return _error(msg, f"shared_start_mod: building the initial model failed ({exc!r})")
         return call_next(msg, context)

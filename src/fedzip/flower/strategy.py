@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -28,7 +28,7 @@ from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
 from .accounting import RoundStats, content_bytes
-from .downlink import DOWN_MODEL, Broadcaster
+from .downlink import Broadcaster
 from .replies import NormGuard, Rejected, check_metrics, consistent, inner_chain, restore, weighting_key
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
@@ -85,8 +85,10 @@ class FedZipStrategy(Strategy):
             for the change of the global model; clients keep a synchronised
             copy in their node state (:mod:`fedzip.flower.downlink`). None
             (default): the global model travels as it is.
-        downlink_history: payloads kept for clients that missed rounds; one
-            that missed more, or whose copy is unknown, gets the model dense.
+        downlink_history: None (default): a client that missed rounds gets the
+            smallest of the payloads it missed, a patch of the elements that
+            changed and the dense model (payloads are kept while together
+            smaller than the model); an int also caps the payloads kept.
         downlink_shared_start: clients build the initial model themselves
             (:func:`~fedzip.flower.shared_start_mod`), so the first download
             is its checksum instead of the dense model.
@@ -115,7 +117,7 @@ class FedZipStrategy(Strategy):
         age_decay: float = 1.0,
         max_age: int | None = None,
         downlink: Compressor | Mapping[str, Any] | str | None = None,
-        downlink_history: int = 8,
+        downlink_history: int | None = None,
         downlink_shared_start: bool = False,
     ) -> None:
         super().__init__()
@@ -177,7 +179,8 @@ class FedZipStrategy(Strategy):
         elif downlink_shared_start:
             raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
-        self._down: tuple[int, int, int] = (0, 0, 0)  # this round's downlink bytes, as floats, dense ones
+        self._pending: RoundStats | None = None  # this round's, from its train messages
+        self._turns: dict[int, int] = {}  # node -> the last round it was asked to train
         self.compressor = codec
         self.error_feedback = feedback
         self.min_accepted = min_accepted
@@ -264,32 +267,32 @@ class FedZipStrategy(Strategy):
             self._weights_key = keys[0]
             protocol.add_settings(content, codec, self.error_feedback, self.feedback_options, server_round)
         self._sent = {}
-        raw = sum(content_bytes(m) for m in messages)
+        stats = self._pending = RoundStats(server_round, sampled=len(messages))
+        stats.downlink_raw_bytes = sum(content_bytes(m) for m in messages)
         if self.broadcaster is not None and messages:
             self.broadcaster.advance(protocol.from_record(arrays))
-            for message in messages:
-                self._download(message)
-        dense = sum(DOWN_MODEL in m.content.array_records for m in messages)  # 0 without a broadcaster
-        self._down = (sum(content_bytes(m) for m in messages), raw, dense)
+        for message in messages:
+            node = message.metadata.dst_node_id
+            previous = stats.turn(self._turns, node)
+            if self.broadcaster is None:
+                continue
+            form = self.broadcaster.prepare(message, self._weights_key)
+            self._sent[node] = self.broadcaster.version
+            stats.dense_downloads += form == "dense"
+            stats.chain_downloads += form == "chain"
+            stats.patch_downloads += form == "patch"
+            if previous is not None and server_round - previous > 1:
+                stats.returning_bytes += content_bytes(message)
+        stats.downlink_bytes = sum(content_bytes(m) for m in messages)
         return messages
-
-    def _download(self, message: Message) -> None:
-        """Give ``message`` its own content: the download that brings its node to the current version."""
-        node = message.metadata.dst_node_id
-        config, records = self.broadcaster.content_for(node, self._weights_key)
-        content = RecordDict({k: v for k, v in message.content.items() if k != self._weights_key})
-        name = next(n for n, c in content.config_records.items() if protocol.CODEC_KEY in c)
-        content[name] = ConfigRecord({**content.config_records[name], **config})
-        for key, record in records.items():
-            content[key] = record
-        message.content = content
-        self._sent[node] = self.broadcaster.version
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._refuse_outer_dp_wrapper()
-        stats = RoundStats(server_round)
+        pending = self._pending
+        stats = pending if pending is not None and pending.round == server_round else RoundStats(server_round)
+        self._pending = None
         reference = protocol.from_record(self._current if self._current is not None else ArrayRecord())
         forwarded: dict[int, Message] = {}  # reply index -> the message the inner strategy gets
         candidates: list[tuple[int, Message, bytes, float, int]] = []
@@ -313,7 +316,6 @@ class FedZipStrategy(Strategy):
                     self.broadcaster.forget(node)  # it may or may not hold the new version
                 else:
                     self.broadcaster.confirm(node, version)
-        stats.downlink_bytes, stats.downlink_raw_bytes, stats.dense_downloads = self._down
         weighted_by = weighting_key(self.strategy)  # the metric the inner strategy weights replies by
         for index, reply in enumerate(replies):
             stats.replies += 1

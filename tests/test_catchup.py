@@ -1,0 +1,190 @@
+"""Downloads for clients that come back after many rounds: chain, patch or dense, by bytes, exact."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+import fedzip
+from conftest import FakeGrid
+from fedzip.flower import FedZipStrategy, downlink, fedzip_mod, protocol, replica
+from test_flower import context, make_client, to_record
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def model_of(rng):
+    return {
+        "w": rng.standard_normal((96, 64)).astype(np.float32),
+        "b": np.zeros(64, np.float32),
+        "steps": np.array(0, dtype=np.int64),  # an integer buffer: passes through
+    }
+
+
+def moved(rng, model, scale=0.01):
+    out = {
+        k: (v + scale * rng.standard_normal(v.shape).astype(v.dtype))
+        for k, v in model.items()
+        if k != "steps"
+    }
+    return {**out, "steps": model["steps"] + 1}
+
+
+def catch_up(broadcaster, state, node):
+    """Send ``node`` its download and apply it as the client does; the form and the bytes sent."""
+    config, records = broadcaster.content_for(node, "arrays")
+    content = RecordDict({"config": ConfigRecord(config), **records})
+    sent = sum(r.count_bytes() for r in records.values())
+    form = (
+        "dense" if downlink.DOWN_MODEL in records else "patch" if downlink.DOWN_PATCH in records else "chain"
+    )
+    held = replica.receive(content, state)
+    broadcaster.confirm(node, broadcaster.version)
+    return form, sent, held
+
+
+@pytest.mark.parametrize("away", [1, 2, 5, 12, 40])
+@pytest.mark.parametrize(
+    "down", [fedzip.FedZip(keep=0.02), fedzip.FedZip(rank=2, clusters=3)], ids=["top-z", "factors"]
+)
+def test_a_client_away_for_any_number_of_rounds_ends_with_exactly_the_servers_model(rng, away, down):
+    model = model_of(rng)
+    broadcaster = downlink.Broadcaster(down)
+    broadcaster.advance(model)
+    state = RecordDict()
+    assert catch_up(broadcaster, state, 3)[0] == "dense"  # first contact
+    for _ in range(away):
+        model = moved(rng, model)
+        broadcaster.advance(model)
+    form, sent, held = catch_up(broadcaster, state, 3)
+    assert downlink.checksum(held) == broadcaster.checksum  # bit for bit the server's replica
+    assert held["steps"] == model["steps"]
+    dense = broadcaster.dense_bytes()
+    assert sent < dense * 1.05  # never much more than the dense model (framing aside)
+    if away == 1:
+        assert form == "chain"
+    if isinstance(down.rank, int) and down.rank and away >= 12:
+        # factors change every element each round: the patch is the dense model; the chain of
+        # 12-40 small payloads is still smaller than either
+        assert form == "chain"
+
+
+def test_the_smallest_form_is_sent_and_the_history_is_bounded_by_the_models_size(rng):
+    """Top-z downloads keep changing the same large elements: after enough missed rounds, replacing
+    those elements (patch) is smaller than all the payloads that changed them (chain)."""
+    model = model_of(rng)
+    heavy = np.zeros_like(model["w"])
+    heavy.reshape(-1)[:200] = 1.0  # the same 200 elements move most, round after round
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.03, clusters=8))
+    broadcaster.advance(model)
+    every, returning = RecordDict(), RecordDict()
+    catch_up(broadcaster, every, 0)
+    catch_up(broadcaster, returning, 1)
+    produced = []  # every payload made, kept or not
+    for _ in range(60):
+        noise = 1e-4 * rng.standard_normal(heavy.shape).astype(np.float32)
+        model = {**model, "w": model["w"] + 0.05 * heavy + noise}
+        broadcaster.advance(model)
+        produced.append(len(broadcaster._payloads[-1]))
+        assert sum(map(len, broadcaster._payloads)) <= broadcaster.dense_bytes()
+        form, _, held = catch_up(broadcaster, every, 0)
+        assert form == "chain" and downlink.checksum(held) == broadcaster.checksum
+    _, patch_bytes = downlink.patch_entries(broadcaster.replica, broadcaster._changed, 0)
+    assert patch_bytes < sum(produced)  # replacing the changed elements beats the 60 payloads
+    form, sent, held = catch_up(broadcaster, returning, 1)
+    assert form == "patch" and downlink.checksum(held) == broadcaster.checksum
+    assert sent < broadcaster.dense_bytes() / 4
+
+
+def test_history_zero_or_capped_still_catches_up_exactly(rng):
+    model = model_of(rng)
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.05), history=0)
+    broadcaster.advance(model)
+    state = RecordDict()
+    catch_up(broadcaster, state, 1)
+    for _ in range(3):
+        model = moved(rng, model)
+        broadcaster.advance(model)
+        form, _, held = catch_up(broadcaster, state, 1)
+        assert form in ("patch", "dense") and downlink.checksum(held) == broadcaster.checksum
+    with pytest.raises(ValueError, match="downlink_history"):
+        downlink.Broadcaster(fedzip.FedZip(), history=-1)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: {**p, "i:w": np.full_like(p["i:w"], 10**7)},
+        lambda p: {**p, "i:w": p["i:w"][:-1]},
+        lambda p: {"v:nope": p["v:w"]},
+        lambda p: {"i:w": p["i:w"]},
+        lambda p: {"v:w": p["v:w"], "m:w": np.zeros(3, np.uint8)},
+        lambda p: {"v:w": p["v:w"][:5]},
+    ],
+    ids=["index-out-of-range", "count", "unknown-name", "indices-alone", "bad-mask", "short-values"],
+)
+def test_a_malformed_patch_is_refused_and_the_copy_dropped(rng, tamper):
+    model = model_of(rng)
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.01), history=0)
+    broadcaster.advance(model)
+    state = RecordDict()
+    catch_up(broadcaster, state, 1)
+    broadcaster.advance(moved(rng, model))
+    config, records = broadcaster.content_for(1, "arrays")
+    patch = protocol.from_record(records[downlink.DOWN_PATCH])
+    assert "i:w" in patch  # 1% of w changed: indices, not a mask
+    records[downlink.DOWN_PATCH] = protocol.to_record(tamper(patch))
+    with pytest.raises(downlink.DownlinkError, match="dropped"):
+        replica.receive(RecordDict({"config": ConfigRecord(config), **records}), state)
+    assert replica.STATE_MODEL not in state.array_records  # the next download is dense
+
+
+def test_a_mask_patch_round_trips():
+    """Half the elements changed: a bit mask costs less than their indices."""
+    model = {"w": np.zeros((40, 40), np.float32)}
+    changed = {"w": np.where(np.arange(1600) % 2 == 0, 3, 0).astype(np.int32)}
+    current = {"w": np.arange(1600, dtype=np.float32).reshape(40, 40)}
+    patch, size = downlink.patch_entries(current, changed, 2)
+    assert set(patch) == {"v:w", "m:w"} and size < current["w"].nbytes
+    replica.apply_patch(model, patch)
+    expected = np.where(np.arange(1600) % 2 == 0, np.arange(1600), 0).reshape(40, 40)
+    assert np.array_equal(model["w"], expected)
+
+
+def test_the_strategy_counts_participation_and_what_returning_clients_received(rng):
+    model = {k: v for k, v in model_of(rng).items() if k != "steps"}
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.1),
+        downlink=fedzip.FedZip(keep=0.05),
+    )
+    contexts = {n: context(n) for n in range(4)}
+    delta = {k: 0.01 * rng.standard_normal(v.shape).astype(np.float32) for k, v in model.items()}
+    arrays = to_record(model)
+    plan = {1: [0, 1], 2: [0, 2], 3: [0], 4: [0, 1], 5: [2, 3]}
+    for server_round, nodes in plan.items():
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
+        replies = [
+            fedzip_mod(
+                Message(
+                    RecordDict(dict(m.content.items())),
+                    dst_node_id=m.metadata.dst_node_id,
+                    message_type=m.metadata.message_type,
+                ),
+                contexts[m.metadata.dst_node_id],
+                make_client(delta, 10),
+            )
+            for m in messages
+        ]
+        assert not any(r.has_error() for r in replies)
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+    stats = {s.round: s for s in strategy.history}
+    assert [stats[r].sampled for r in plan] == [2, 2, 1, 2, 2]
+    assert [stats[r].first_visits for r in plan] == [2, 1, 0, 0, 1]
+    assert stats[4].gaps == [1, 3] and stats[4].mean_gap == 2.0  # node 0 every round, node 1 after 3
+    assert stats[5].gaps == [3] and stats[1].gaps == [] and np.isnan(stats[1].mean_gap)
+    # round 4: node 1 returns after missing 2 and 3 (a chain or a patch, not the model)
+    assert stats[4].dense_downloads == 0 and stats[4].chain_downloads + stats[4].patch_downloads == 1
+    assert 0 < stats[4].returning_bytes < stats[4].downlink_bytes
+    assert stats[5].dense_downloads == 1  # node 3, new
+    assert isinstance(arrays, ArrayRecord)  # the run went on
