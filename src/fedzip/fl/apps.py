@@ -315,6 +315,13 @@ def serve(
             record.payload_bytes = stats.payload_bytes
             record.downlink_bytes = stats.downlink_bytes
             record.downlink_raw_bytes = stats.downlink_raw_bytes
+            record.sampled, record.first_visits, record.mean_gap = (
+                stats.sampled,
+                stats.first_visits,
+                stats.mean_gap,
+            )
+            for name in ("dense_downloads", "chain_downloads", "patch_downloads", "returning_bytes"):
+                setattr(record, name, getattr(stats, name))
             for encoding, size in transcoded.items():
                 setattr(record, f"{encoding}_bytes", size)
         transcoded.update(dict.fromkeys(TRANSCODED, 0))

@@ -159,16 +159,22 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         "compares it with the same messages holding the float32 model (1x unless the run compresses "
         "downloads), *up + down* both directions together.",
         "",
+        "- *clients/round*: clients asked to train a round; *turns every*: mean rounds between a "
+        "client's turns (1: every round).",
+        "",
         "| codec | final acc. | best acc. | uplink MB | saved | payload rate | downlink MB | down rate "
-        "| up + down rate | failures | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| up + down rate | clients/round | turns every | failures | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
+        taking = s.get("participation") or {}  # runs of earlier versions have none
         lines.append(
             f"| {_label(s)} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
             f"| {s['uplink_bytes'] / 1e6:.3f} | {s['bandwidth_saved_percent']:.2f}% "
             f"| {_ratio(s['payload_compression_rate'])} | {_figure(s.get('downlink_bytes'), '.3f', 1e-6)} "
             f"| {_ratio(s.get('downlink_compression_ratio'))} | {_ratio(s.get('total_compression_ratio'))} "
+            f"| {_figure(taking.get('clients_per_round'), '.1f')} "
+            f"| {_figure(taking.get('mean_rounds_between_turns'), '.1f')} "
             f"| {s['failures']} | {s['wall_seconds']:.0f} |"
         )
     lines += [

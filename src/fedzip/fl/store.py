@@ -45,6 +45,15 @@ class RoundRecord:
     aggregate_seconds: float = 0.0  # checking, decoding and averaging the replies
     eval_seconds: float = 0.0  # central evaluation (validation and test)
     client_train_seconds: float = float("nan")  # mean time of one client's local training
+    # participation: nodes asked to train, how many for the first time, mean rounds since the
+    # others' previous turn; with compressed downloads, how each was brought up to date
+    sampled: int = 0
+    first_visits: int = 0
+    mean_gap: float = float("nan")
+    dense_downloads: int = 0
+    chain_downloads: int = 0
+    patch_downloads: int = 0
+    returning_bytes: int = 0  # the train messages to nodes that had missed rounds
     failure_reasons: str = ""  # why replies were rejected or failed ("node N: reason", " | " between)
 
     def to_dict(self) -> dict:
@@ -127,11 +136,27 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "wall_seconds": round(seconds, 2),
         "config": cfg.to_dict(),
     }
+    summary["participation"] = participation(rounds)
     if cfg.upload["id"] == "fedzip":
         summary["encoding_payload_bytes"] = {
             encoding: sum(getattr(r, f"{encoding}_bytes") for r in rounds) for encoding in TRANSCODED
         }
     return summary
+
+
+def participation(rounds: list[RoundRecord]) -> dict[str, Any]:
+    """Who trained: clients asked per round, rounds between a client's turns, what returning clients got."""
+    returning = [(r.sampled - r.first_visits, r.mean_gap) for r in rounds if r.sampled > r.first_visits]
+    count = sum(n for n, _ in returning)
+    return {
+        "clients_per_round": sum(r.sampled for r in rounds) / len(rounds) if rounds else None,
+        "clients_seen": sum(r.first_visits for r in rounds),
+        "mean_rounds_between_turns": sum(n * gap for n, gap in returning) / count if count else None,
+        "downloads": {
+            form: sum(getattr(r, f"{form}_downloads") for r in rounds) for form in ("chain", "patch", "dense")
+        },
+        "returning_download_bytes": sum(r.returning_bytes for r in rounds),
+    }
 
 
 def write_results(
