@@ -159,6 +159,15 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB (nan where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
 def server_strategy(cfg: ExperimentConfig) -> FedAvg:
     """The inner strategy: FedAvg, or a server optimiser on the averaged update (FedAvgM, FedAdam)."""
     common = {
@@ -296,6 +305,7 @@ def serve(
         if len(val_y):
             record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)
         record.eval_seconds = time.perf_counter() - evaluating
+        record.peak_memory_mb = peak_memory_mb()
         marks = strategy.marks
         if server_round > 0 and {"sent", "replies", "aggregated"} <= set(marks):
             record.train_seconds = marks["replies"] - marks["sent"]

@@ -1,4 +1,4 @@
-"""Downloads for clients that come back after many rounds: chain, patch or dense, by bytes, exact."""
+"""Cross-device mechanics: catch-up downloads (chain, patch or dense, by bytes, exact), participation, no client state."""
 
 import numpy as np
 import pytest
@@ -181,10 +181,40 @@ def test_the_strategy_counts_participation_and_what_returning_clients_received(r
     stats = {s.round: s for s in strategy.history}
     assert [stats[r].sampled for r in plan] == [2, 2, 1, 2, 2]
     assert [stats[r].first_visits for r in plan] == [2, 1, 0, 0, 1]
-    assert stats[4].gaps == [1, 3] and stats[4].mean_gap == 2.0  # node 0 every round, node 1 after 3
+    assert sorted(stats[4].gaps) == [1, 3] and stats[4].mean_gap == 2.0  # node 0 every round, node 1 after 3
     assert stats[5].gaps == [3] and stats[1].gaps == [] and np.isnan(stats[1].mean_gap)
     # round 4: node 1 returns after missing 2 and 3 (a chain or a patch, not the model)
     assert stats[4].dense_downloads == 0 and stats[4].chain_downloads + stats[4].patch_downloads == 1
     assert 0 < stats[4].returning_bytes < stats[4].downlink_bytes
     assert stats[5].dense_downloads == 1  # node 3, new
     assert isinstance(arrays, ArrayRecord)  # the run went on
+
+
+@pytest.mark.parametrize("server", ["fedavg", "fedavgm"])
+def test_without_error_feedback_or_downloads_no_client_keeps_anything(rng, server):
+    """The stateless mode: compressed uploads without error feedback, the model downloaded as it is.
+    A node's state stays empty whatever the rounds, and the server's momentum (FedAvgM) is the only
+    memory of past rounds."""
+    from flwr.serverapp.strategy import FedAvgM
+
+    model = {k: v for k, v in model_of(rng).items() if k != "steps"}
+    inner = (FedAvg if server == "fedavg" else FedAvgM)(min_available_nodes=1, min_train_nodes=1)
+    strategy = FedZipStrategy(inner, compressor=fedzip.FedZip(rank=2, clusters=3))
+    contexts = {n: context(n) for n in range(6)}
+    arrays = to_record(model)
+    for server_round, nodes in enumerate([[0, 1], [2, 3], [0, 4], [5, 1]], start=1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            delta = {k: 0.01 * rng.standard_normal(v.shape).astype(np.float32) for k, v in model.items()}
+            msg = Message(
+                RecordDict(dict(m.content.items())), dst_node_id=node, message_type=m.metadata.message_type
+            )
+            replies.append(fedzip_mod(msg, contexts[node], make_client(delta, 10)))
+        assert not any(r.has_error() for r in replies)
+        new, _ = strategy.aggregate_train(server_round, replies)
+        assert not np.allclose(protocol.from_record(new)["w"], protocol.from_record(arrays)["w"])
+        arrays = new
+        assert all(len(c.state) == 0 for c in contexts.values())
+    assert strategy.broadcaster is None
