@@ -218,3 +218,22 @@ def test_without_error_feedback_or_downloads_no_client_keeps_anything(rng, serve
         arrays = new
         assert all(len(c.state) == 0 for c in contexts.values())
     assert strategy.broadcaster is None
+
+
+def test_a_patch_carries_dtypes_the_strategy_changed(rng):
+    """FedAvg averages an integer buffer into float64: a client brought up to date by a patch holds
+    the server's dtypes and values exactly."""
+    model = {"w": rng.standard_normal((50, 40)).astype(np.float32), "count": np.array(3, dtype=np.int64)}
+    broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.02), history=0)
+    broadcaster.advance(model)
+    state = RecordDict()
+    catch_up(broadcaster, state, 1)
+    for step in range(4):
+        model = {"w": (model["w"] + 0.01 * step).astype(np.float64), "count": np.array(3.5 + step)}
+        broadcaster.advance(model)
+        if step == 0:  # every element of w changed (its dtype): the patch is the model, dense wins
+            form, _, held = catch_up(broadcaster, state, 1)
+            assert form == "dense" and held["w"].dtype == np.float64
+    form, _, held = catch_up(broadcaster, state, 1)  # three rounds later: a few elements changed
+    assert form == "patch" and downlink.checksum(held) == broadcaster.checksum
+    assert held["w"].dtype == np.float64 and held["count"] == 6.5

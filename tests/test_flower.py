@@ -678,7 +678,7 @@ def test_a_shared_start_sends_no_model_in_round_one(rng):
 
 
 def test_past_the_history_a_patch_and_after_the_model_changed_the_model_dense(rng):
-    from fedzip.flower import downlink, replica
+    from fedzip.flower import downlink
 
     model = global_model(rng)
     broadcaster = downlink.Broadcaster(fedzip.FedZip(keep=0.1), history=2, shared_start=True)
@@ -727,7 +727,7 @@ def test_a_strategy_that_changes_dtypes_keeps_the_downloads_compressed(rng):
 def test_budgeted_downloads_stay_within_their_budget_and_lose_nothing_over_rounds(rng):
     """A FedZip downlink with a byte budget: every download fits it, and what one round drops the
     next rounds send, so the clients' replica follows the model instead of falling behind."""
-    from fedzip.flower import downlink, replica
+    from fedzip.flower import downlink
 
     model = {"w": rng.standard_normal((200, 100)).astype(np.float32), "b": np.zeros(100, np.float32)}
     start = {k: v.copy() for k, v in model.items()}

@@ -53,6 +53,9 @@ def test_report_tables(tmp_path):
             "downlink_compression_ratio": 50.0 if codec == "stc" else 1.0,
             "total_compression_ratio": 8000 / (80 + 2 * per_round) if codec == "stc" else 1.0,
             "link": "lte",
+            "participation": {"clients_per_round": 2.0, "mean_rounds_between_turns": 1.0}
+            if codec == "stc"
+            else {},  # a run of an earlier version records none
             "config": json.loads(
                 json.dumps(
                     ExperimentConfig(
@@ -69,7 +72,10 @@ def test_report_tables(tmp_path):
     assert "## To reach 0.7900 test accuracy" in report
     stc_bytes = next(line for line in report.splitlines() if line.startswith("| stc | 0.7950"))
     # uplink 6 B, payload rate 333x, downlink 80 B at 50x, both ways 8,000 B / 86 B
-    assert stc_bytes.endswith("| 0.000 | 0.00% | 333.3x | 0.000 | 50.0x | 93.0x | 0 | 1 |")
+    assert stc_bytes.endswith("| 0.000 | 0.00% | 333.3x | 0.000 | 50.0x | 93.0x | 2.0 | 1.0 | 0 | 1 |")
+    assert next(line for line in report.splitlines() if line.startswith("| none |")).endswith(
+        "| - | - | 0 | 1 |"
+    )
     assert "| none | 2 | 0.002 |" in report and "| stc | 2 | 0.000 |" in report
     report = write_report(tmp_path / "report", summaries, target=0.799).read_text()
     assert "| stc | not reached | - |" in report

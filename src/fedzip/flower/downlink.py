@@ -196,13 +196,14 @@ class Broadcaster:
             apply(self.replica, payload)  # exactly what the clients will do
             for k, old in before.items():
                 new = self.replica[k]
-                if new.dtype != old.dtype:
-                    self._changed[k][:] = self.version
+                if new.dtype != old.dtype or k not in self._changed:  # e.g. FedAvg's float64 buffers
+                    self._changed[k] = np.full(new.size, self.version, dtype=np.int32)
                 else:
                     self._changed[k][_bits(new) != _bits(old)] = self.version
             for k, v in model.items():
                 if not protocol.is_compressible(v):
                     self.replica[k] = np.array(v, copy=True)
+                    self._changed.pop(k, None)  # sent as it is with every download
             self._payloads.append(payload)
             self._trim()
         self.checksum = checksum(self.replica)
