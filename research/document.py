@@ -22,7 +22,8 @@ from typing import Any
 from fedzip.fl.plan import Plan, PlannedRun
 
 from . import figures
-from .render import energy_lines, frontier_lines, plan_rows
+from .energy import energy_lines
+from .render import frontier_lines, plan_rows
 from .runs import RunSeeds, group
 
 

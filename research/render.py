@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedzip.energy import get_link, saved_percent
-from fedzip.fl.models import build, parameter_count
+from fedzip.fl.config import ExperimentConfig
 from fedzip.fl.plan import Plan
 
 from . import figures
@@ -116,6 +115,14 @@ def delta_text(point: Point, main: RunSeeds | None) -> str:
     return text
 
 
+def participation(cfg: ExperimentConfig) -> str:
+    """Who trains a round, in words: "all every round" or "10 sampled a round, 10%"."""
+    server = cfg.server
+    if server.fraction >= 1:
+        return "all every round"
+    return f"{max(1, round(server.clients * server.fraction))} sampled a round, {server.fraction:.0%}"
+
+
 def plan_rows(
     plan: Plan, grouped: dict[str, RunSeeds], referenced: dict[str, RunSeeds] | None = None
 ) -> list[str]:
@@ -135,7 +142,7 @@ def plan_rows(
     lines = [
         f"## Plan `{plan.name}`: {base.data.partition} partition",
         "",
-        f"Paper CNN, {base.server.clients} clients (all every round), batch {local.batch_size}, "
+        f"Paper CNN, {base.server.clients} clients ({participation(base)}), batch {local.batch_size}, "
         f"{local.optimizer.upper()} lr {local.lr:g}, {local.local_epochs} local epoch(s); "
         f"**{f'{data.train_limit:,}' if data.train_limit else 'all'} training images** held by the clients, {data.validation:,} validation "
         f"images held out of training, the full test split (10,000 images). {base.server.rounds} rounds, seeds "
@@ -164,9 +171,9 @@ def plan_rows(
     both = any(g.config.download is not None for g in grouped.values())
     lines += [
         "| run | codec | test accuracy | Δ vs FedAvg (pts) | validation accuracy | uplink payload MB | "
-        "compression | rounds to target | payload MB to target |"
+        "compression | participation | rounds to target | payload MB to target |"
         + (" up + down compression |" if both else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if both else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if both else ""),
     ]
     for name, g in grouped.items():
         test = g.final("accuracy")
@@ -181,10 +188,12 @@ def plan_rows(
             else f"– (0/{len(reached)})"
         )
         mb_to = mean_std(np.array([r[1] for r in hit], dtype=float), 1e-6, 3) if hit else "–"
+        per_round, gap = g.participation()
+        taking = f"{per_round:.0f} of {g.config.server.clients}, every {gap:.1f}"
         lines.append(
             f"| {name} | {options(g.config, base)} | {mean_std(test, 100)} | {delta} | "
             f"{mean_std(g.final('val_accuracy'), 100)} | {mean_std(g.payload_bytes(), 1e-6, 3)} | "
-            f"{mean_std(g.rate(), 1, 1)}x | {rounds_to} | {mb_to} |"
+            f"{mean_std(g.rate(), 1, 1)}x | {taking} | {rounds_to} | {mb_to} |"
             + (f" {mean_std(g.both_ways_rate(), 1, 1)}x |" if both else "")
         )
     lines += [
@@ -193,6 +202,8 @@ def plan_rows(
         "initialisation) with the FedAvg run whose clients train alike (a run at another learning rate or "
         "schedule against FedAvg trained the same way; – where there is none). *Compression*: float32 size "
         "of every accepted update / payload bytes actually sent, "
+        "next to the *participation*: clients trained a round of all clients, and every how many rounds a "
+        "client trains (mean rounds between its turns); "
         "over the whole run. *To reach*: first round whose validation accuracy reaches the target, mean over "
         "the seeds that reach it (how many in brackets), and the payload bytes sent until then."
         + (
@@ -204,90 +215,6 @@ def plan_rows(
         "",
         f"![validation accuracy per round](results/{plan.name}-rounds.png)",
         f"![validation accuracy against uplink bytes](results/{plan.name}-uplink.png)",
-        "",
-    ]
-    return lines
-
-
-def energy_lines(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]], link_name: str = "lte") -> list[str]:
-    """Client radio energy per round under the full model (promotion and tail), from the runs' bytes."""
-    if not plans:
-        return []
-    link = get_link(link_name)
-    model_bytes = 4 * parameter_count(build("cnn"))
-    plan, grouped = plans[0]
-    reference = trained_like(fedavg_runs(grouped), plan.base)
-    if reference is None:
-        return []
-    train = float(
-        np.nanmean([np.nanmean([r["client_train_seconds"] for r in m[1:]]) for m in reference.metrics])
-    )
-
-    def per_reply(g: RunSeeds) -> float:
-        return float(
-            np.mean([s["uplink_bytes"] / max(1, s["rounds"] * g.config.server.clients) for s in g.summaries])
-        )
-
-    def per_download(g: RunSeeds) -> float:
-        """Bytes of one download as Flower carried it."""
-        sent = np.array([s.get("downlink_bytes", 0) for s in g.summaries], dtype=float)
-        return float(np.mean(sent / np.maximum(1, g.downloads())))
-
-    base_up = per_reply(reference)
-    fedavg = link.round_joules(model_bytes, round(base_up), train)
-
-    def row(name: str, up: float, down: float, measured: bool) -> str:
-        one_way = link.round_joules(model_bytes, round(up), train)
-        both = link.round_joules(round(down), round(up), train)
-        return (
-            f"| {name} | {up:,.0f} | {one_way.transfer:.2f} | {saved_percent(fedavg.transfer, one_way.transfer):.1f}% "
-            f"| {one_way.total:.2f} | {saved_percent(fedavg.total, one_way.total):.1f}% "
-            f"| {down:,.0f}{'' if measured else ' (assumed)'} | {both.total:.2f} "
-            f"| {saved_percent(fedavg.total, both.total):.1f}% |"
-        )
-
-    lines = [
-        "## Client radio energy per round, as the radio spends it",
-        "",
-        f"Plan `{plan.name}`, one client's round on {link.name.upper()} (`fedzip.energy`, Huang et al. 2012): "
-        f"download the {model_bytes / 1e6:.1f} MB float32 model, train ({train:.1f} s, as measured here), upload "
-        "the reply as Flower carried it. *Transfer only* is the linear model of the paper's claim; *with tail* "
-        f"adds the radio's promotion ({link.promotion_s:.2f} s at {link.promotion_mw:.0f} mW) and its tail "
-        f"({link.tail_s:.1f} s at {link.tail_mw:.0f} mW) after each burst; the download's tail runs through "
-        "the training and the upload starts inside it. The last columns compress downloads too: for runs that "
-        "did (`FedZipStrategy(downlink=...)`, from any plan on this data) the download is what Flower carried to "
-        "the clients, measured; for the others it is *assumed* compressed as much as that run's uploads, an "
-        "illustration of the lever, not a measured run.",
-        "",
-        "| run | upload bytes | J, transfer only | saved | J with tail | saved | download bytes, both ways "
-        "compressed | J with tail | saved |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    # Every run of this plan; from the plans sharing its data, the runs that compressed downloads.
-    for other, runs in settings(plans)[plan.reference or plan.name]:
-        if other.base.model != plan.base.model:
-            continue
-        for name, g in runs.items():
-            up = per_reply(g)
-            if g.config.download is not None:
-                down, measured = per_download(g), True
-            elif other is not plan:
-                continue
-            elif g is reference:  # FedAvg downloads the float32 model: nothing assumed
-                down, measured = model_bytes, True
-            else:
-                down, measured = (model_bytes * up / base_up if base_up else model_bytes), False
-            lines.append(row(name if other is plan else f"{other.name}/{name}", up, down, measured))
-    tail_share = fedavg.tail / fedavg.total
-    lines += [
-        "",
-        "What remains of the paper's \"99% of energy\": the upload's energy falls with its bytes (99%+ for "
-        "every sparse codec), but a client's round also downloads the model and, above all, keeps the LTE radio "
-        f"in its tail for {link.tail_s:.1f} s after each burst: {tail_share:.0%} of FedAvg's round here, and "
-        "nearly all of a compressed one. Compressing downloads removes the download's transfer energy; what is "
-        "left is promotion and tail, which no codec can shrink. The levers that move it are fewer rounds (each "
-        "round pays one tail), uploading while the download's tail is still running (local training shorter "
-        "than the tail), and links with short tails (Wi-Fi's is 0.24 s).",
         "",
     ]
     return lines

@@ -25,6 +25,9 @@ DEFAULT_PLANS = (
     "experiments/extreme-dirichlet.toml",
     "experiments/curve-iid.toml",
     "experiments/curve-dirichlet.toml",
+    "experiments/cross-device-iid.toml",
+    "experiments/cross-device-dirichlet.toml",
+    "experiments/cross-device-1000.toml",
 )
 REFERENCE_CODEC = "none"  # FedAvg: uploads as they are
 
@@ -69,6 +72,16 @@ class RunSeeds:
             down = summary.get("downlink_bytes", 0) if self.config.download is not None else downloads * model
             rates.append((uploads + downloads * model) / (payload + down) if payload + down else math.nan)
         return np.array(rates, dtype=float)
+
+    def participation(self) -> tuple[float, float]:
+        """Mean clients trained a round and mean rounds between a client's turns, over seeds. Runs
+        recorded before participation was counted trained every client every round, or (sampled)
+        are given the expected gap, 1 / fraction."""
+        per_round = float(np.mean([np.mean([row["clients"] for row in m[1:]]) for m in self.metrics]))
+        gaps = [(s.get("participation") or {}).get("mean_rounds_between_turns") for s in self.summaries]
+        measured = [g for g in gaps if g is not None]
+        gap = float(np.mean(measured)) if measured else 1.0 / self.config.server.fraction
+        return per_round, gap
 
     def curve(self, key: str) -> np.ndarray:
         """Mean over seeds, per round (seeds cut to the shortest run)."""
