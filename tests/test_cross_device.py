@@ -237,3 +237,100 @@ def test_a_patch_carries_dtypes_the_strategy_changed(rng):
     form, _, held = catch_up(broadcaster, state, 1)  # three rounds later: a few elements changed
     assert form == "patch" and downlink.checksum(held) == broadcaster.checksum
     assert held["w"].dtype == np.float64 and held["count"] == 6.5
+
+
+def exact_payload(update):
+    return fedzip.get_compressor("none").encode(update)
+
+
+def test_server_memory_fedvarp_corrects_each_update_with_the_clients_previous_one():
+    """FedVARP: u - y_previous + mean(y) before the round; the memory holds payloads and one sum."""
+    from fedzip.flower.memory import UpdateMemory
+
+    memory = UpdateMemory("fedvarp")
+    a1, b1 = {"w": np.full(4, 1.0, np.float32)}, {"w": np.full(4, 3.0, np.float32)}
+    first = memory.adjust([(1, 1.0, exact_payload(a1), a1), (2, 3.0, exact_payload(b1), b1)])
+    # nothing remembered yet: the updates are used as they are
+    assert np.array_equal(first[0]["w"], a1["w"]) and np.array_equal(first[1]["w"], b1["w"])
+    assert np.allclose(memory.mean()["w"], (1 * 1 + 3 * 3) / 4)  # weighted by examples
+    a2, c2 = {"w": np.full(4, 2.0, np.float32)}, {"w": np.full(4, 10.0, np.float32)}
+    second = memory.adjust([(1, 1.0, exact_payload(a2), a2), (3, 2.0, exact_payload(c2), c2)])
+    mean_before = 2.5
+    assert np.allclose(second[0]["w"], 2.0 - 1.0 + mean_before)  # node 1: its previous update was 1
+    assert np.allclose(second[1]["w"], 10.0 - 0.0 + mean_before)  # node 3: a first turn
+    assert np.allclose(memory.mean()["w"], (1 * 2 + 3 * 3 + 2 * 10) / 6)  # every client's latest
+    assert second[0]["w"].dtype == np.float32
+    assert memory.nbytes() < 3 * 100 + 4 * 8 + 64  # three small payloads and one float64 sum
+
+
+def test_server_memory_mifa_sends_the_mean_of_every_clients_latest_update():
+    from fedzip.flower.memory import UpdateMemory
+
+    memory = UpdateMemory("mifa")
+    a, b = {"w": np.full(3, 4.0, np.float32)}, {"w": np.full(3, -2.0, np.float32)}
+    memory.adjust([(1, 1.0, exact_payload(a), a)])
+    (out,) = memory.adjust([(2, 1.0, exact_payload(b), b)])
+    assert np.allclose(out["w"], 1.0)  # node 1's update still counts while node 2 trains
+    with pytest.raises(ValueError, match="server_memory"):
+        UpdateMemory("saga")
+
+
+def test_with_server_memory_the_model_moves_by_fedvarps_step_and_clients_keep_nothing(rng):
+    from flwr.serverapp.strategy import FedAvg
+
+    model = {"w": rng.standard_normal((8, 4)).astype(np.float32)}
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor="none",
+        server_memory="fedvarp",
+        norm_bound=None,
+    )
+    contexts = {n: context(n) for n in range(3)}
+    steps = {0: 0.1, 1: 0.3, 2: -0.2}  # each node always trains the same step
+    arrays = to_record(model)
+    expected = model["w"].astype(np.float64)
+    remembered: dict[int, float] = {}
+    for server_round, nodes in enumerate([[0, 1], [2, 0], [1, 2]], start=1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            msg = Message(
+                RecordDict(dict(m.content.items())), dst_node_id=node, message_type=m.metadata.message_type
+            )
+            replies.append(
+                fedzip_mod(
+                    msg, contexts[node], make_client({"w": np.full((8, 4), steps[node], np.float32)}, 10)
+                )
+            )
+        mean_before = np.mean(list(remembered.values())) if remembered else 0.0
+        step = np.mean([steps[n] - remembered.get(n, 0.0) + mean_before for n in nodes])
+        for n in nodes:
+            remembered[n] = steps[n]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        expected = expected + step
+        assert np.allclose(protocol.from_record(arrays)["w"], expected, atol=1e-5)
+        assert all(len(c.state) == 0 for c in contexts.values())
+    assert set(strategy.memory.payloads) == {0, 1, 2}
+
+
+def test_server_memory_travels_through_the_command_line_and_plans(tmp_path):
+    from fedzip.cli import build_parser
+    from fedzip.cli.experiments import experiment_config
+    from fedzip.fl.config import ExperimentConfig
+    from fedzip.fl.plan import load_plan
+
+    args = build_parser().parse_args(
+        ["run", "--server-memory", "fedvarp", "--rank", "2", "--codec", "fedzip-dap"]
+    )
+    cfg = experiment_config(args, "fedzip-dap")
+    assert cfg.server.memory == "fedvarp" and cfg.label == "fedzip-dap+fedvarp"
+    assert ExperimentConfig().server.memory == ""  # off unless asked: full participation unchanged
+    with pytest.raises(ValueError, match="server memory"):
+        ExperimentConfig(server={"memory": "saga"})
+    plan = tmp_path / "p.toml"
+    plan.write_text(
+        '[experiment]\nmodel = "mlp"\n\n[[run]]\nname = "m"\nserver = {memory = "mifa", fraction = 0.5}\n'
+    )
+    (run,) = load_plan(plan, tmp_path / "runs").runs
+    assert run.config.server.memory == "mifa" and run.config.server.fraction == 0.5

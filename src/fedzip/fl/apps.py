@@ -288,6 +288,7 @@ def serve(
         downlink=cfg.download,
         downlink_shared_start=cfg.server.shared_start,
         warmup=cfg.warmup.schedule(),
+        server_memory=cfg.server.memory or None,
         **cfg.error_feedback.strategy_options(),
     )
     records: list[RoundRecord] = []

@@ -185,6 +185,7 @@ class ExperimentConfig:
     def label(self) -> str:
         needs = self.compressor().needs_error_feedback
         label = self.codec + ("+ef" if self.error_feedback.enabled and not needs else "")
+        label += f"+{self.server.memory}" if self.server.memory else ""
         return label + (f" / down {self.downlink}" if self.downlink else "")
 
     def with_codec(self, name: str, options: Mapping[str, Any] | None = None) -> ExperimentConfig:

@@ -115,6 +115,12 @@ class ServerSettings(Section):
         "downloads only its checksum",
         flag="--downlink-shared-start",
     )
+    memory: str = option(
+        "",
+        "the server remembers every client's latest upload and corrects each round with them: "
+        "fedvarp or mifa ('': off; see fedzip.flower.memory)",
+        flag="--server-memory",
+    )
     min_clients: int = option(1, "go on while at least this many nodes are connected")
     node_wait: float = option(
         120.0, "seconds to wait for all clients at the start, and for min_clients later"
@@ -133,6 +139,10 @@ class ServerSettings(Section):
             f"server optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.optimizer!r}",
         )
         check_number("server lr", self.lr)
+        need(
+            self.memory in ("", "fedvarp", "mifa"),
+            f"server memory must be fedvarp, mifa or empty, got {self.memory!r}",
+        )
         check_number("server momentum", self.momentum)
         need(
             isinstance(self.min_clients, int) and 1 <= self.min_clients <= self.clients,

@@ -7,32 +7,30 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    FedAvg,
-    Strategy,
-)
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
 from ..abc import Compressor
 from ..codec import FedZip
 from ..feedback import ErrorFeedback
+from ..payload import decode
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
 from .accounting import RoundStats, content_bytes
 from .downlink import Broadcaster
+from .memory import UpdateMemory
+from .options import check_client_dp, feedback_settings
 from .replies import NormGuard, Rejected, check_metrics, consistent, inner_chain, restore, weighting_key
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
-_CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
 
 
 class ConfigurationError(RuntimeError):
@@ -92,6 +90,10 @@ class FedZipStrategy(Strategy):
         downlink_shared_start: clients build the initial model themselves
             (:func:`~fedzip.flower.shared_start_mod`), so the first download
             is its checksum instead of the dense model.
+        server_memory: ``"fedvarp"`` or ``"mifa"``: the server remembers every
+            client's latest payload and corrects each round's replies with
+            them (:mod:`fedzip.flower.memory`), for sampled clients that keep
+            no state. None (default): off.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -119,6 +121,7 @@ class FedZipStrategy(Strategy):
         downlink: Compressor | Mapping[str, Any] | str | None = None,
         downlink_history: int | None = None,
         downlink_shared_start: bool = False,
+        server_memory: str | None = None,
     ) -> None:
         super().__init__()
         inner = strategy if strategy is not None else FedAvg()
@@ -139,32 +142,8 @@ class FedZipStrategy(Strategy):
                 isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
             ):
                 raise ValueError(f"{option} must be a positive number or None, got {value!r}")
-        client_dp = next((s for s in inner_chain(inner) if isinstance(s, _CLIENT_SIDE_DP)), None)
-        if client_dp is not None and feedback:
-            raise ValueError(
-                f"error feedback adds earlier residuals to the clipped update, so uploads would exceed the "
-                f"clipping norm of {type(client_dp).__name__}: pass error_feedback=False, or clip on the "
-                "server (DifferentialPrivacyServerSide...) instead"
-            )
-        if client_dp is not None and not codec.norm_bounded:
-            raise ValueError(
-                f"{codec.codec_id!r} can decode to a larger norm than it was given, which breaks the "
-                f"clipping bound of {type(client_dp).__name__}; use another compressor or server-side clipping"
-            )
-        feedback_options = {}
-        if momentum:
-            feedback_options |= {"momentum": momentum, "masking": bool(masking)}
-        if clip_norm is not None:
-            feedback_options["clip_norm"] = clip_norm
-        if age_decay != 1.0:
-            feedback_options["age_decay"] = age_decay
-        if max_age is not None:
-            feedback_options["max_age"] = max_age
-        if feedback_options and not feedback:
-            raise ValueError(
-                "momentum, clip_norm, age_decay and max_age act on the error-feedback residual: "
-                "set error_feedback=True"
-            )
+        check_client_dp(inner, codec, feedback)
+        feedback_options = feedback_settings(feedback, momentum, masking, clip_norm, age_decay, max_age)
         ErrorFeedback(codec, **feedback_options)  # checks the options here, not on every client
         if warmup is not None:
             if not isinstance(warmup, KeepWarmup):
@@ -178,6 +157,7 @@ class FedZipStrategy(Strategy):
             self.broadcaster = Broadcaster(down, downlink_history, bool(downlink_shared_start))
         elif downlink_shared_start:
             raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
+        self.memory = UpdateMemory(server_memory) if server_memory is not None else None
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
         self._pending: RoundStats | None = None  # this round's, from its train messages
         self._turns: dict[int, int] = {}  # node -> the last round it was asked to train
@@ -342,7 +322,10 @@ class FedZipStrategy(Strategy):
             else:
                 kept.append((index, reply, payload, carried))
         order: dict[int, bytes] = {}
-        for index, reply, payload, carried in consistent(kept, weighted_by, reject):
+        accepted = consistent(kept, weighted_by, reject)
+        if self.memory is not None:
+            self._remember(accepted, reference, weighted_by)
+        for index, reply, payload, carried in accepted:
             order[index] = payload
             stats.accepted += 1
             stats.uplink_bytes += carried
@@ -390,6 +373,19 @@ class FedZipStrategy(Strategy):
             return None, None
         stats.aggregated = True
         return result
+
+    def _remember(self, accepted: list, reference: dict[str, np.ndarray], weighted_by: str | None) -> None:
+        """Replace each accepted reply's weights by what the server memory makes of its update."""
+        entries = []
+        for _, reply, payload, _ in accepted:
+            metrics = next(iter(reply.content.metric_records.values()), {})
+            weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
+            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload)))
+        for (_, reply, *_), update in zip(accepted, self.memory.adjust(entries), strict=True):
+            trained = protocol.from_record(reply.content[self._weights_key])
+            for name, delta in update.items():
+                trained[name] = (reference[name] + delta).astype(delta.dtype)
+            reply.content[self._weights_key] = protocol.to_record(trained)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
