@@ -326,7 +326,7 @@ def test_server_memory_travels_through_the_command_line_and_plans(tmp_path):
     cfg = experiment_config(args, "fedzip-dap")
     assert cfg.server.memory == "fedvarp" and cfg.label == "fedzip-dap+fedvarp"
     assert ExperimentConfig().server.memory == ""  # off unless asked: full participation unchanged
-    with pytest.raises(ValueError, match="server memory"):
+    with pytest.raises(ValueError, match="server_memory"):
         ExperimentConfig(server={"memory": "saga"})
     plan = tmp_path / "p.toml"
     plan.write_text(
@@ -334,3 +334,60 @@ def test_server_memory_travels_through_the_command_line_and_plans(tmp_path):
     )
     (run,) = load_plan(plan, tmp_path / "runs").runs
     assert run.config.server.memory == "mifa" and run.config.server.fraction == 0.5
+
+
+def test_ef21_clients_upload_their_update_minus_the_estimate_the_server_holds(rng):
+    """server_memory="ef21": a client's second turn brings it its estimate; it uploads the difference,
+    and the server's new estimate of it is estimate + difference, closer to the update than one
+    compressed upload. Clients keep nothing; every reply becomes the mean of all estimates."""
+    from flwr.serverapp.strategy import FedAvg
+
+    model = {"w": rng.standard_normal((64, 48)).astype(np.float32), "b": np.zeros(48, np.float32)}
+    codec = fedzip.FedZip(rank=1, clusters=8)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1), compressor=codec, server_memory="ef21"
+    )
+    with pytest.raises(ValueError, match="replaces error feedback"):
+        FedZipStrategy(FedAvg(), compressor=codec, error_feedback=True, server_memory="ef21")
+    contexts = {n: context(n) for n in range(2)}
+    # each node trains the same (rank-3) update at every turn
+    steps = {
+        n: {
+            "w": (rng.standard_normal((64, 3)) @ rng.standard_normal((3, 48))).astype(np.float32) * 0.01,
+            "b": 0.01 * rng.standard_normal(48).astype(np.float32),
+        }
+        for n in range(2)
+    }
+    arrays = to_record(model)
+    errors = []
+    for server_round in range(1, 5):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid([0, 1])))
+        assert all((protocol.ESTIMATE in m.content) == (server_round > 1) for m in messages)
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            msg = Message(
+                RecordDict(dict(m.content.items())), dst_node_id=node, message_type=m.metadata.message_type
+            )
+            replies.append(fedzip_mod(msg, contexts[node], make_client(steps[node], 10)))
+        assert not any(r.has_error() for r in replies)
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert all(len(c.state) == 0 for c in contexts.values())
+        held = strategy.memory._held(0)
+        errors.append(float(np.linalg.norm(held["w"] - steps[0]["w"]) / np.linalg.norm(steps[0]["w"])))
+    # rank-1 uploads of a rank-3 update: the estimate gains a rank a turn (up to the codec's
+    # re-compression of the estimate), so it gets closer than one upload does
+    assert errors[1] < 0.9 * errors[0]
+    # a malformed estimate is an error reply, not a crash
+    (message,) = strategy.configure_train(5, arrays, ConfigRecord({}), FakeGrid([0]))
+    message.content[protocol.ESTIMATE] = protocol.payload_record(b"garbage")
+    reply = fedzip_mod(message, contexts[0], make_client(steps[0], 10))
+    assert reply.has_error() and "could not encode" in reply.error.reason
+
+
+def test_a_config_refuses_ef21_with_error_feedback():
+    from fedzip.fl.config import ExperimentConfig
+
+    with pytest.raises(ValueError, match="replaces error feedback"):
+        ExperimentConfig(server={"memory": "ef21"}, error_feedback={"enabled": True})
+    assert ExperimentConfig(server={"memory": "ef21"}).label == "fedzip-dap+ef21"

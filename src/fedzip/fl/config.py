@@ -148,6 +148,9 @@ class ExperimentConfig:
             not uploads.needs_error_feedback or self.error_feedback.enabled,
             f"{uploads.codec_id} works only with its residual: enable error feedback",
         )
+        from ..flower.memory import check_memory
+
+        check_memory(self.server.memory or None, self.error_feedback.enabled)
         if self.warmup.rounds:
             self.warmup.schedule().config(1, self.upload)  # a codec with a keep or a budget
 

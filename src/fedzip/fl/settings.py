@@ -118,7 +118,7 @@ class ServerSettings(Section):
     memory: str = option(
         "",
         "the server remembers every client's latest upload and corrects each round with them: "
-        "fedvarp or mifa ('': off; see fedzip.flower.memory)",
+        "fedvarp, mifa or ef21 ('': off; see fedzip.flower.memory)",
         flag="--server-memory",
     )
     min_clients: int = option(1, "go on while at least this many nodes are connected")
@@ -139,10 +139,9 @@ class ServerSettings(Section):
             f"server optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.optimizer!r}",
         )
         check_number("server lr", self.lr)
-        need(
-            self.memory in ("", "fedvarp", "mifa"),
-            f"server memory must be fedvarp, mifa or empty, got {self.memory!r}",
-        )
+        from ..flower.memory import check_memory
+
+        check_memory(self.memory or None, False)
         check_number("server momentum", self.momentum)
         need(
             isinstance(self.min_clients, int) and 1 <= self.min_clients <= self.clients,

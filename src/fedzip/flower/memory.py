@@ -15,6 +15,13 @@ updates, weighted by examples (one model in float64).
   round is filled in by the clients' earlier updates.
 - ``"mifa"``: every reply becomes the mean of every client's latest update,
   this round's included (MIFA, Gu et al., NeurIPS 2021).
+- ``"ef21"``: EF21-PP (Fatkhullin et al. 2021) with the clients' state on the
+  server. The train message brings a client its *estimate* (its update as the
+  server holds it, compressed with the upload codec); the client uploads its
+  update minus the estimate, and its new estimate is the two together. Updates
+  that change little from one turn to the next then lose little to
+  compression. Every reply becomes the mean of every client's latest
+  estimate, as in EF21-PP's step.
 
 The inner strategy then aggregates the adjusted replies as usual (FedAvg's
 weighted mean of FedVARP's replies is FedVARP's step; FedAdam takes it as its
@@ -27,20 +34,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flwr.app import Message, RecordDict
 
+from ..abc import Compressor
 from ..payload import decode
+from . import protocol
 
-MODES = ("fedvarp", "mifa")
+MODES = ("fedvarp", "mifa", "ef21")
+
+
+def check_memory(mode: str | None, error_feedback: bool) -> None:
+    """ValueError for a memory mode that is not one, or that conflicts with error feedback."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"server_memory must be one of {', '.join(MODES)} or None, got {mode!r}")
+    if mode == "ef21" and error_feedback:
+        raise ValueError("server_memory='ef21' replaces error feedback: set error_feedback=False")
 
 
 class UpdateMemory:
     """Every client's latest update (as its payload) and their weighted sum."""
 
     def __init__(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"server_memory must be one of {', '.join(MODES)} or None, got {mode!r}")
+        check_memory(mode, False)
         self.mode = mode
-        self.payloads: dict[int, bytes] = {}  # node -> its latest accepted payload
+        # node -> its latest accepted payload (ef21: the estimate it was sent, then its payload)
+        self.payloads: dict[int, tuple[bytes, ...]] = {}
+        self.sent: dict[int, bytes] = {}  # ef21: the estimate sent to each node this round
         self.weights: dict[int, float] = {}  # node -> the weight it had then (its examples)
         self._sum: dict[str, np.ndarray] = {}  # sum over nodes of weight * decoded update
         self._total = 0.0
@@ -53,7 +72,28 @@ class UpdateMemory:
 
     def nbytes(self) -> int:
         """What the memory holds: the payloads and the running sum."""
-        return sum(map(len, self.payloads.values())) + sum(a.nbytes for a in self._sum.values())
+        held = sum(len(p) for kept in self.payloads.values() for p in kept)
+        return held + sum(a.nbytes for a in self._sum.values())
+
+    def _held(self, node: int) -> dict[str, np.ndarray]:
+        """The update remembered for ``node`` (empty when none)."""
+        held: dict[str, np.ndarray] = {}
+        for payload in self.payloads.get(node, ()):
+            for name, delta in decode(payload).items():
+                held[name] = held[name] + delta if name in held else delta
+        return held
+
+    def attach(self, message: Message, compressor: Compressor) -> None:
+        """ef21: give ``message`` (its own content) the estimate its node holds on the server."""
+        node = message.metadata.dst_node_id
+        self.sent.pop(node, None)
+        if self.mode != "ef21" or node not in self.payloads:
+            return
+        estimate = compressor.encode(self._held(node))
+        self.sent[node] = estimate
+        content = RecordDict(dict(message.content.items()))
+        content[protocol.ESTIMATE] = protocol.payload_record(estimate)
+        message.content = content
 
     def adjust(
         self, replies: Sequence[tuple[int, float, bytes, dict[str, np.ndarray]]]
@@ -65,17 +105,21 @@ class UpdateMemory:
         before = self.mean() if self.mode == "fedvarp" else {}
         previous = []
         for node, weight, payload, update in replies:
-            old_payload, old_weight = self.payloads.get(node), self.weights.get(node, 0.0)
-            old = decode(old_payload) if old_payload is not None else {}
+            old, old_weight = self._held(node), self.weights.get(node, 0.0)
+            kept = (payload,)
+            if self.mode == "ef21" and node in self.sent:  # the upload is update - estimate
+                kept = (self.sent[node], payload)
+                for name, delta in decode(self.sent.pop(node)).items():
+                    update[name] = update[name] + delta if name in update else delta
             for name, delta in update.items():
                 total = self._sum.setdefault(name, np.zeros(delta.shape, dtype=np.float64))
                 total += weight * delta.astype(np.float64)
                 if name in old:
                     total -= old_weight * old[name].astype(np.float64)
             self._total += weight - old_weight
-            self.payloads[node], self.weights[node] = payload, weight
+            self.payloads[node], self.weights[node] = kept, weight
             previous.append(old)
-        if self.mode == "mifa":
+        if self.mode in ("mifa", "ef21"):
             now = self.mean()
             return [{name: now[name].astype(u[name].dtype) for name in u} for *_, u in replies]
         adjusted = []

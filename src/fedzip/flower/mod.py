@@ -16,6 +16,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
 from ..feedback import ErrorFeedback
+from ..payload import decode
 from ..registry import get_compressor
 from . import downlink, protocol, replica
 
@@ -60,6 +61,15 @@ def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[st
     return stored
 
 
+def _subtract_estimate(update: dict[str, np.ndarray], payload: bytes) -> None:
+    """``update -= estimate`` (in place) for the tensors the estimate holds; ValueError if it does not fit."""
+    limit = sum(a.size for a in update.values())
+    for name, value in decode(payload, max_elements=limit, max_tensors=len(update)).items():
+        if name not in update or update[name].shape != value.shape:
+            raise ValueError(f"the server's estimate of {name!r} does not match the update")
+        update[name] = np.subtract(update[name], value, dtype=update[name].dtype)
+
+
 def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Upload ``trained - received`` as one compressed payload.
 
@@ -95,6 +105,7 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     except downlink.DownlinkError as exc:
         # transient: the server sends the whole model next time
         return _error(msg, f"could not apply the compressed download: {exc}", ErrorCode.UNKNOWN)
+    estimate = msg.content.pop(protocol.ESTIMATE, None)  # server_memory="ef21": upload update - estimate
     if len(msg.content.array_records) != 1:
         return _error(
             msg, f"expects one ArrayRecord in the train message, found {len(msg.content.array_records)}"
@@ -125,6 +136,8 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         else:
             passthrough[name] = array
     try:
+        if estimate is not None:
+            _subtract_estimate(update, protocol.payload_bytes(estimate))
         if sender is not None:
             sender.residual = _state(context, protocol.RESIDUAL, update)
             if sender.momentum:
@@ -147,7 +160,7 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
                 context.state[state_key] = protocol.to_record(kept)
             else:
                 context.state.pop(state_key, None)
-    except ValueError as exc:
+    except ValueError as exc:  # FormatError included: a bad estimate
         return _error(msg, f"could not encode the update: {exc}")
 
     del reply.content[key]

@@ -8,6 +8,13 @@ for two keys added to its ConfigRecord (the one record Flower's DP mods expect):
     FEEDBACK_OPTIONS_KEY  JSON of ErrorFeedback's options (momentum, masking,
                   clip_norm); absent when they are the defaults
 
+and, with ``FedZipStrategy(server_memory="ef21")``, for a client the server
+holds an estimate of:
+
+    ESTIMATE      ArrayRecord {"payload": 1-D uint8 Array}: the client's previous
+                  update as the server holds it, compressed; the client uploads
+                  its update minus this estimate
+
 Train reply (client -> server): the ClientApp's reply with its one ArrayRecord
 of trained weights replaced by
 
@@ -35,6 +42,7 @@ FEEDBACK_OPTIONS_KEY = "fedzip.feedback-options"
 PAYLOAD = "fedzip.payload"
 PAYLOAD_ENTRY = "payload"
 PASSTHROUGH = "fedzip.passthrough"
+ESTIMATE = "fedzip.estimate"
 # ArrayRecords in the node's state holding the error-feedback residual and velocity.
 RESIDUAL = "fedzip.residual"
 VELOCITY = "fedzip.velocity"

@@ -26,7 +26,7 @@ from ..schedule import KeepWarmup
 from . import protocol
 from .accounting import RoundStats, content_bytes
 from .downlink import Broadcaster
-from .memory import UpdateMemory
+from .memory import UpdateMemory, check_memory
 from .options import check_client_dp, feedback_settings
 from .replies import NormGuard, Rejected, check_metrics, consistent, inner_chain, restore, weighting_key
 
@@ -90,10 +90,10 @@ class FedZipStrategy(Strategy):
         downlink_shared_start: clients build the initial model themselves
             (:func:`~fedzip.flower.shared_start_mod`), so the first download
             is its checksum instead of the dense model.
-        server_memory: ``"fedvarp"`` or ``"mifa"``: the server remembers every
-            client's latest payload and corrects each round's replies with
-            them (:mod:`fedzip.flower.memory`), for sampled clients that keep
-            no state. None (default): off.
+        server_memory: ``"fedvarp"``, ``"mifa"`` or ``"ef21"``: the server
+            remembers every client's latest payload and corrects each round's
+            replies with them (:mod:`fedzip.flower.memory`), for sampled
+            clients that keep no state. None (default): off.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -157,6 +157,7 @@ class FedZipStrategy(Strategy):
             self.broadcaster = Broadcaster(down, downlink_history, bool(downlink_shared_start))
         elif downlink_shared_start:
             raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
+        check_memory(server_memory, feedback)
         self.memory = UpdateMemory(server_memory) if server_memory is not None else None
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
         self._pending: RoundStats | None = None  # this round's, from its train messages
@@ -254,6 +255,8 @@ class FedZipStrategy(Strategy):
         for message in messages:
             node = message.metadata.dst_node_id
             previous = stats.turn(self._turns, node)
+            if self.memory is not None:
+                self.memory.attach(message, self.compressor)
             if self.broadcaster is None:
                 continue
             form = self.broadcaster.prepare(message, self._weights_key)
