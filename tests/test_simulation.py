@@ -202,6 +202,32 @@ def test_sampled_clients_with_aged_residuals_on_the_simulation_engine(tmp_path):
     rows = read_metrics(tmp_path)
     assert [int(r["accepted"]) for r in rows[1:]] == [2] * 4 and summary["failures"] == 0
     assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
+    assert [int(r["sampled"]) for r in rows[1:]] == [2] * 4
+    assert summary["participation"]["clients_per_round"] == 2.0
+    assert all(float(r["memory_mb"]) > 50 for r in rows)  # the server process's resident memory
+
+
+def test_stateless_clients_with_server_memory_and_downloads_that_catch_up(tmp_path):
+    """Half of six clients a round, EF21 with the state on the server, compressed downloads with a
+    shared start: nothing fails, returning clients get what they missed (never the dense model)."""
+    cfg = small_run(
+        tmp_path,
+        model="mlp",
+        server={"clients": 6, "fraction": 0.5, "rounds": 6, "memory": "ef21", "shared_start": True},
+        data={"train_limit": 3000},
+        training={"batch_size": 20},
+        upload={"id": "fedzip", "rank": 2, "clusters": 3},
+        error_feedback={"enabled": False},
+        download={"id": "fedzip", "keep": 0.05},
+    )
+    summary = run_experiment(cfg, show_progress=False)
+    rows = read_metrics(tmp_path)
+    assert all(int(r["accepted"]) == 3 and int(r["failures"]) == 0 for r in rows[1:])
+    assert summary["final_accuracy"] > float(rows[0]["accuracy"]) + 0.2
+    downloads = summary["participation"]["downloads"]
+    assert downloads["dense"] == 0 and downloads["chain"] + downloads["patch"] > 0
+    assert summary["participation"]["returning_download_bytes"] > 0
+    assert summary["participation"]["mean_rounds_between_turns"] > 1
 
 
 def test_the_clients_learning_rate_follows_the_schedule(tmp_path):

@@ -8,6 +8,7 @@ their settings from the train message, the server from the run config.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from logging import WARNING
@@ -159,13 +160,14 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 
-def peak_memory_mb() -> float:
-    """This process's peak resident memory in MB (nan where the platform does not say)."""
+def resident_memory_mb() -> float:
+    """This process's resident memory in MB now (nan where /proc is not there)."""
     try:
-        import resource
-    except ImportError:  # Windows
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):
         return float("nan")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
 def server_strategy(cfg: ExperimentConfig) -> FedAvg:
@@ -306,7 +308,7 @@ def serve(
         if len(val_y):
             record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)
         record.eval_seconds = time.perf_counter() - evaluating
-        record.peak_memory_mb = peak_memory_mb()
+        record.memory_mb = resident_memory_mb()
         marks = strategy.marks
         if server_round > 0 and {"sent", "replies", "aggregated"} <= set(marks):
             record.train_seconds = marks["replies"] - marks["sent"]

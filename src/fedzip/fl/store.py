@@ -54,9 +54,9 @@ class RoundRecord:
     chain_downloads: int = 0
     patch_downloads: int = 0
     returning_bytes: int = 0  # the train messages to nodes that had missed rounds
-    # the server process's peak resident memory so far (on the simulation engine it also holds
-    # every node's state: residuals, downloaded copies)
-    peak_memory_mb: float = float("nan")
+    # the server process's resident memory after the round (on the simulation engine it also
+    # holds every node's state: residuals, downloaded copies)
+    memory_mb: float = float("nan")
     failure_reasons: str = ""  # why replies were rejected or failed ("node N: reason", " | " between)
 
     def to_dict(self) -> dict:
