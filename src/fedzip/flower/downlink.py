@@ -22,6 +22,7 @@ downloads is the smallest in bytes:
   patch is smaller than the chain;
 - the replica itself, *dense* (also for a client whose version is unknown:
   new, restarted or failed).
+
 Every download carries the replica's checksum: a client whose copy does not
 match refuses to train (an error reply naming the cause), drops its copy, and
 is sent the dense replica next time. No client ever trains on a model the
@@ -32,8 +33,8 @@ Shared start: the dense first download is most of a short run's downlink bytes
 can build the initial model itself (the same code and seed, bit for bit),
 ``Broadcaster(shared_start=True)`` assumes a node it has not heard from holds
 version 0, and :func:`shared_start_mod` builds that copy on the client. Round 1
-then sends only the checksum; later newcomers get the payloads since version 0
-while they are in the history. A client whose build differs fails the checksum
+then sends only the checksum; later newcomers are brought up from version 0
+like any client that missed rounds. A client whose build differs fails the checksum
 once and is sent the dense model, as above.
 
 The server's side is here; the client's, :mod:`fedzip.flower.replica`.
@@ -92,11 +93,10 @@ def checksum(arrays: dict[str, np.ndarray]) -> int:
     return crc
 
 
-def apply(replica: dict[str, np.ndarray], payload: bytes) -> list[str]:
-    """Add what ``payload`` carries to ``replica`` (in place, in each tensor's dtype); the names changed."""
+def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
+    """Add what ``payload`` carries to ``replica`` (in place, in each tensor's dtype)."""
     limit = sum(a.size for a in replica.values())
-    deltas = decode(payload, max_elements=limit, max_tensors=len(replica))
-    for name, delta in deltas.items():
+    for name, delta in decode(payload, max_elements=limit, max_tensors=len(replica)).items():
         target = replica.get(name)
         if target is None or target.shape != delta.shape:
             raise DownlinkError(f"the download's tensor {name!r} does not match the model held")
@@ -105,7 +105,6 @@ def apply(replica: dict[str, np.ndarray], payload: bytes) -> list[str]:
             # FedAdam keeps a float64 model): hold it as the server now does
             target = replica[name] = target.astype(delta.dtype)
         target += delta
-    return list(deltas)
 
 
 def _bits(array: np.ndarray) -> np.ndarray:
