@@ -391,3 +391,24 @@ def test_a_config_refuses_ef21_with_error_feedback():
     with pytest.raises(ValueError, match="replaces error feedback"):
         ExperimentConfig(server={"memory": "ef21"}, error_feedback={"enabled": True})
     assert ExperimentConfig(server={"memory": "ef21"}).label == "fedzip-dap+ef21"
+
+
+def test_an_entry_whose_client_left_is_forgotten_after_three_mean_gaps():
+    """A client that sent one (possibly hostile) update and left stops moving the model: its entry
+    leaves the memory once older than STALE_TURNS times the mean gap between turns."""
+    from fedzip.flower.memory import STALE_TURNS, UpdateMemory
+
+    memory = UpdateMemory("mifa")
+    leaver = {"w": np.full(2, 100.0, np.float32)}
+    memory.adjust([(9, 1.0, exact_payload(leaver), leaver)], server_round=1)
+    steady = {"w": np.full(2, 1.0, np.float32)}
+    means = []
+    for server_round in range(2, 20):
+        node = server_round % 2  # nodes 0 and 1 take turns: a gap of 2 rounds
+        (out,) = memory.adjust([(node, 1.0, exact_payload(steady), steady)], server_round)
+        means.append((server_round, float(out["w"][0])))
+    assert STALE_TURNS == 3.0
+    # the leaver counts until its entry is older than 3 x 2 rounds, then never again
+    assert all(value > 1.0 for r, value in means if r - 1 <= 6)
+    assert all(value == pytest.approx(1.0) for r, value in means if r - 1 > 6)
+    assert 9 not in memory.payloads and set(memory.rounds) == {0, 1}

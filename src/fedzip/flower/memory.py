@@ -23,6 +23,12 @@ updates, weighted by examples (one model in float64).
   compression. Every reply becomes the mean of every client's latest
   estimate, as in EF21-PP's step.
 
+An entry is forgotten once it is older than ``STALE_TURNS`` times the mean
+rounds between a client's turns (as measured): a client that left, or one
+accepted reply that was hostile, cannot keep moving the model round after
+round (while kept, an entry counts at weight 1/clients a round: about
+``STALE_TURNS`` times what one FedAvg reply counts, in all).
+
 The inner strategy then aggregates the adjusted replies as usual (FedAvg's
 weighted mean of FedVARP's replies is FedVARP's step; FedAdam takes it as its
 pseudo-gradient). Tensors outside the payloads (integer buffers) are left as
@@ -41,6 +47,7 @@ from ..payload import decode
 from . import protocol
 
 MODES = ("fedvarp", "mifa", "ef21")
+STALE_TURNS = 3.0  # forget an entry older than this many mean gaps between a client's turns
 
 
 def check_memory(mode: str | None, error_feedback: bool) -> None:
@@ -63,6 +70,28 @@ class UpdateMemory:
         self.weights: dict[int, float] = {}  # node -> the weight it had then (its examples)
         self._sum: dict[str, np.ndarray] = {}  # sum over nodes of weight * decoded update
         self._total = 0.0
+        self.rounds: dict[int, int] = {}  # node -> the round of its entry
+        self._gaps = [0, 0]  # sum and count of rounds between a node's entries
+
+    def forget(self, node: int) -> None:
+        """Take ``node``'s entry out of the memory and its sum."""
+        weight = self.weights.pop(node, 0.0)
+        for name, delta in self._held(node).items():
+            self._sum[name] -= weight * delta.astype(np.float64)
+        self._total -= weight
+        self.payloads.pop(node, None)
+        self.rounds.pop(node, None)
+
+    def forget_stale(self, server_round: int) -> list[int]:
+        """Forget the entries older than STALE_TURNS mean gaps; the nodes forgotten."""
+        total, count = self._gaps
+        if not count:
+            return []
+        limit = STALE_TURNS * total / count
+        stale = [node for node, made in self.rounds.items() if server_round - made > limit]
+        for node in stale:
+            self.forget(node)
+        return stale
 
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean of every remembered update (empty before any)."""
@@ -96,12 +125,17 @@ class UpdateMemory:
         message.content = content
 
     def adjust(
-        self, replies: Sequence[tuple[int, float, bytes, dict[str, np.ndarray]]]
+        self, replies: Sequence[tuple[int, float, bytes, dict[str, np.ndarray]]], server_round: int = 0
     ) -> list[dict[str, np.ndarray]]:
         """Remember this round's updates and return what each reply's update becomes.
 
         ``replies``: (node, weight, payload, decoded update) of every accepted reply.
         """
+        for node, *_ in replies:
+            if node in self.rounds and server_round > self.rounds[node]:
+                self._gaps[0] += server_round - self.rounds[node]
+                self._gaps[1] += 1
+        self.forget_stale(server_round)
         before = self.mean() if self.mode == "fedvarp" else {}
         previous = []
         for node, weight, payload, update in replies:
@@ -118,6 +152,7 @@ class UpdateMemory:
                     total -= old_weight * old[name].astype(np.float64)
             self._total += weight - old_weight
             self.payloads[node], self.weights[node] = kept, weight
+            self.rounds[node] = server_round
             previous.append(old)
         if self.mode in ("mifa", "ef21"):
             now = self.mean()
@@ -133,3 +168,24 @@ class UpdateMemory:
                 }
             )
         return adjusted
+
+    def correct(
+        self,
+        server_round: int,
+        accepted: Sequence[tuple[int, Message, bytes, int]],
+        reference: dict[str, np.ndarray],
+        weights_key: str,
+        weighted_by: str | None,
+    ) -> None:
+        """Replace the weights of each accepted reply (index, reply, payload, bytes) by what the
+        memory makes of its update; ``weighted_by``: the metric the inner strategy weights by."""
+        entries = []
+        for _, reply, payload, _ in accepted:
+            metrics = next(iter(reply.content.metric_records.values()), {})
+            weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
+            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload)))
+        for (_, reply, *_), update in zip(accepted, self.adjust(entries, server_round), strict=True):
+            trained = protocol.from_record(reply.content[weights_key])
+            for name, delta in update.items():
+                trained[name] = (reference[name] + delta).astype(delta.dtype)
+            reply.content[weights_key] = protocol.to_record(trained)

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
@@ -20,7 +19,6 @@ from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedCl
 from ..abc import Compressor
 from ..codec import FedZip
 from ..feedback import ErrorFeedback
-from ..payload import decode
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
@@ -327,7 +325,7 @@ class FedZipStrategy(Strategy):
         order: dict[int, bytes] = {}
         accepted = consistent(kept, weighted_by, reject)
         if self.memory is not None:
-            self._remember(accepted, reference, weighted_by)
+            self.memory.correct(server_round, accepted, reference, self._weights_key, weighted_by)
         for index, reply, payload, carried in accepted:
             order[index] = payload
             stats.accepted += 1
@@ -376,19 +374,6 @@ class FedZipStrategy(Strategy):
             return None, None
         stats.aggregated = True
         return result
-
-    def _remember(self, accepted: list, reference: dict[str, np.ndarray], weighted_by: str | None) -> None:
-        """Replace each accepted reply's weights by what the server memory makes of its update."""
-        entries = []
-        for _, reply, payload, _ in accepted:
-            metrics = next(iter(reply.content.metric_records.values()), {})
-            weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
-            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload)))
-        for (_, reply, *_), update in zip(accepted, self.memory.adjust(entries), strict=True):
-            trained = protocol.from_record(reply.content[self._weights_key])
-            for name, delta in update.items():
-                trained[name] = (reference[name] + delta).astype(delta.dtype)
-            reply.content[self._weights_key] = protocol.to_record(trained)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
