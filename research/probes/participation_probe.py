@@ -1,0 +1,89 @@
+"""What rank-2 uploads leave out of a round's average, by clients' share size (no Flower).
+
+    python research/probes/participation_probe.py [--clients 100 1000] [--warm 30]
+
+The cross-device setting (all 55,000 training images, Dirichlet(0.3), paper CNN, seed 0). The
+model is first trained by FedAvg for ``--warm`` rounds of 10 clients (in process) so that
+updates look like mid-run ones; then 10 sampled clients train one epoch each from it. Printed,
+per number of clients: the share of each client's update that its rank-2 upload keeps
+(1 - |u - C(u)|^2 / |u|^2, mean over clients) and the relative error of the round's average,
+|mean(u) - mean(C(u))| / |mean(u)|: what the server's step misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from fedzip import FedZip
+from fedzip.fl import data as datamod
+from fedzip.fl import models, training
+
+
+def flat(update: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([v.reshape(-1).astype(np.float64) for v in update.values()])
+
+
+def local_update(
+    model: torch.nn.Module, weights: dict[str, np.ndarray], images: np.ndarray, labels: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
+    """One epoch of local SGD (batch 10, lr 0.05) from ``weights``: trained - weights."""
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    training.train(model, training.to_tensor(images), torch.from_numpy(labels), 1, 10, "sgd", 0.05, seed)
+    return {k: v.detach().numpy() - weights[k] for k, v in model.state_dict().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--warm", type=int, default=30, help="FedAvg rounds before measuring")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    codec = FedZip(rank=2, clusters=3, iterations=4)
+    split = datamod.split_for(None, 5000, 0, 0, 0)
+    data = split.train_test
+    for count in args.clients:
+        began = time.perf_counter()
+        shares = datamod.partition_indices(data.train_labels.tobytes(), "dirichlet:0.3", count, 0)
+        model = training.fast_layout(models.build("cnn", data.classes, 0))
+        weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        rng = np.random.default_rng(0)
+
+        def update(client: int, seed: int, share=shares, net=model, start=weights) -> dict[str, np.ndarray]:
+            return local_update(
+                net, start, data.train_images[share[client]], data.train_labels[share[client]], seed
+            )
+
+        for server_round in range(args.warm):  # FedAvg, 10 clients a round, as the plans sample
+            chosen = rng.choice(count, size=10, replace=False)
+            updates = [update(int(c), server_round * 1009 + int(c)) for c in chosen]
+            sizes = np.array([len(shares[int(c)]) for c in chosen], dtype=float)
+            for k in weights:
+                step = sum(s * u[k] for s, u in zip(sizes, updates, strict=True)) / sizes.sum()
+                weights[k] = (weights[k] + step).astype(weights[k].dtype)
+        chosen = rng.choice(count, size=10, replace=False)
+        updates = [update(int(c), 99_991 + int(c)) for c in chosen]
+        kept, originals, approximations = [], [], []
+        for u in updates:
+            floats = {k: v for k, v in u.items() if v.dtype == np.float32}
+            approx = codec.approximate(floats)
+            a, b = flat(floats), flat(approx)
+            kept.append(1 - np.sum((a - b) ** 2) / np.sum(a**2))
+            originals.append(a)
+            approximations.append(b)
+        mean, mean_approx = np.mean(originals, axis=0), np.mean(approximations, axis=0)
+        images = np.mean([len(shares[int(c)]) for c in chosen])
+        print(
+            f"{count} clients ({images:.0f} images each on average): rank-2 keeps "
+            f"{100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average of "
+            f"10 misses {100 * np.linalg.norm(mean - mean_approx) / np.linalg.norm(mean):.1f}% of its norm; "
+            f"|mean update| / mean |update| = {np.linalg.norm(mean) / np.mean([np.linalg.norm(a) for a in originals]):.2f} "
+            f"({time.perf_counter() - began:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
