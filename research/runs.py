@@ -28,6 +28,7 @@ DEFAULT_PLANS = (
     "experiments/cross-device-iid.toml",
     "experiments/cross-device-dirichlet.toml",
     "experiments/cross-device-1000.toml",
+    "experiments/cross-device-pilot.toml",
 )
 REFERENCE_CODEC = "none"  # FedAvg: uploads as they are
 
