@@ -223,6 +223,11 @@ class Broadcaster:
     def content_for(self, node_id: int, weights_key: str) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
         """The config entries and records that bring ``node_id`` to the current version: the
         smallest of the chain of missed payloads, a patch and the dense model."""
+        _, config, records = self._download(node_id, weights_key)
+        return config, records
+
+    def _download(self, node_id: int, weights_key: str) -> tuple[str, dict[str, Any], dict[str, ArrayRecord]]:
+        """(form, config entries, records) of ``node_id``'s download; the form is one of FORMS."""
         assert self.replica is not None
         held = self.nodes.get(node_id, self._assumed)
         missed = None if held is None else self.version - held
@@ -230,13 +235,11 @@ class Broadcaster:
             DOWN_VERSION: self.version,
             DOWN_CHECKSUM: self.checksum,
             DOWN_KEY: weights_key,
-            DOWN_BASE: -1 if held is None else held,
+            DOWN_BASE: -1,
         }
-        fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
-        rest = {DOWN_PASSTHROUGH: protocol.to_record(fixed)} if fixed else {}
+        dense = "dense", config, {DOWN_MODEL: protocol.to_record(self.replica)}
         if missed is None or missed < 0:
-            config[DOWN_BASE] = -1
-            return config, {DOWN_MODEL: protocol.to_record(self.replica)}
+            return dense
         chain = list(self._payloads)[len(self._payloads) - missed :] if missed else []
         chain_bytes = sum(map(len, chain)) if missed <= len(self._payloads) else None
         if held not in self._patches:  # nodes at the same version share one patch
@@ -244,28 +247,28 @@ class Broadcaster:
         patch, patch_bytes = self._patches[held]
         sizes = {"chain": chain_bytes, "patch": patch_bytes, "dense": self.dense_bytes()}
         form = min((size, FORMS.index(f), f) for f, size in sizes.items() if size is not None)[2]
-        if form == "chain":
-            return config, {DOWN_PAYLOADS: _numbered(chain), **rest}
-        if form == "patch":
-            return config, {DOWN_PATCH: protocol.to_record(patch), **rest}
-        config[DOWN_BASE] = -1
-        return config, {DOWN_MODEL: protocol.to_record(self.replica)}
+        if form == "dense":
+            return dense
+        config[DOWN_BASE] = held
+        records = (
+            {DOWN_PAYLOADS: _numbered(chain)} if form == "chain" else {DOWN_PATCH: protocol.to_record(patch)}
+        )
+        fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
+        if fixed:
+            records[DOWN_PASSTHROUGH] = protocol.to_record(fixed)
+        return form, config, records
 
     def prepare(self, message: Message, weights_key: str) -> str:
         """Give ``message`` its own content: the download that brings its node to the current version.
         Returns its form: "dense", "patch", "chain" (payloads of missed rounds too) or "" (this round's)."""
-        config, records = self.content_for(message.metadata.dst_node_id, weights_key)
+        form, config, records = self._download(message.metadata.dst_node_id, weights_key)
         content = RecordDict({k: v for k, v in message.content.items() if k != weights_key})
         name = next(n for n, c in content.config_records.items() if protocol.CODEC_KEY in c)
         content[name] = ConfigRecord({**content.config_records[name], **config})
         for key, record in records.items():
             content[key] = record
         message.content = content
-        if DOWN_MODEL in records:
-            return "dense"
-        if DOWN_PATCH in records:
-            return "patch"
-        return "chain" if len(records[DOWN_PAYLOADS]) > 1 else ""
+        return "" if form == "chain" and len(records[DOWN_PAYLOADS]) <= 1 else form
 
     def confirm(self, node_id: int, version: int) -> None:
         self.nodes[node_id] = version

@@ -82,16 +82,13 @@ class UpdateMemory:
         self.payloads.pop(node, None)
         self.rounds.pop(node, None)
 
-    def forget_stale(self, server_round: int) -> list[int]:
-        """Forget the entries older than STALE_TURNS mean gaps; the nodes forgotten."""
+    def forget_stale(self, server_round: int) -> None:
+        """Forget the entries older than STALE_TURNS mean gaps between a node's entries."""
         total, count = self._gaps
-        if not count:
-            return []
-        limit = STALE_TURNS * total / count
-        stale = [node for node, made in self.rounds.items() if server_round - made > limit]
-        for node in stale:
-            self.forget(node)
-        return stale
+        if count:
+            limit = STALE_TURNS * total / count
+            for node in [node for node, made in self.rounds.items() if server_round - made > limit]:
+                self.forget(node)
 
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean of every remembered update (empty before any)."""
