@@ -8,6 +8,8 @@ numpy model.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -50,7 +52,7 @@ from flwr.serverapp.strategy import (
 
 import fedzip
 import userapps
-from fedzip.flower import ConfigurationError, FedZipStrategy, fedzip_mod
+from fedzip.flower import ConfigurationError, FedZipStrategy, TrafficTracker, fedzip_mod
 
 ray.cloudpickle.register_pickle_by_value(userapps)  # Ray workers cannot import the tests folder
 
@@ -408,3 +410,42 @@ def test_size_mods_before_fedzip_and_integer_buffers_that_stay_exact():
     model = out["model"]
     np.testing.assert_allclose(model["position_ids"], np.arange(6), atol=1e-12)
     assert model["steps"].shape == () and float(model["steps"]) == pytest.approx(6.0)  # 2 steps a round
+
+
+def test_the_traffic_tracker_in_a_plain_app_without_fedzip(tmp_path):
+    """A user's app with no fedzip mod: the tracker changes nothing and counts every message."""
+    out: dict = {}
+    evaluating = {**COMMON, "fraction_evaluate": 1.0}
+    weights = userapps.initial_arrays("bn_cnn").count_bytes()
+
+    def main(grid: Grid) -> None:
+        out["plain"] = start(grid, FedAvg(**evaluating), "bn_cnn")
+        tracked = TrafficTracker(FedAvg(**evaluating), out=tmp_path / "fedavg")
+        out["tracked"], out["tracker"] = start(grid, tracked, "bn_cnn"), tracked
+        dp = lambda: DifferentialPrivacyServerSideFixedClipping(  # noqa: E731
+            FedAdam(eta=0.05, **COMMON), noise_multiplier=0.3, clipping_norm=0.05, num_sampled_clients=NODES
+        )
+        out["dp"] = start(grid, dp(), "bn_cnn")
+        out["dp-tracked"] = start(grid, TrafficTracker(dp()), "bn_cnn")
+
+    simulate(userapps.make_client_app(mods=[]), main)
+    assert_same_model(out["tracked"], out["plain"])
+    assert_same_model(out["dp-tracked"], out["dp"])
+    tracker = out["tracker"]
+    assert [(p.round, p.phase) for p in tracker.phases] == [
+        (r, phase) for r in range(1, ROUNDS + 1) for phase in ("train", "evaluate")
+    ]
+    for _, phase, transfer in tracker.rows:
+        assert transfer.status == "accepted"
+        assert weights < transfer.down_bytes < weights + 400  # the model and the config
+        if phase == "train":
+            assert weights < transfer.up_bytes < weights + 400  # the trained model and its metrics
+        else:
+            assert 0 < transfer.up_bytes < 200  # metrics alone
+        assert transfer.seconds > 0
+    assert tracker.totals("train").ratio == 1.0
+    with open(tmp_path / "fedavg" / "traffic.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * ROUNDS * NODES
+    report = json.loads((tmp_path / "fedavg" / "traffic.json").read_text())
+    assert report["total"]["all"]["up_bytes"] == sum(t.up_bytes for *_, t in tracker.rows)
+    assert len(report["nodes"]) == NODES and report["total"]["all"]["joules"] > 0

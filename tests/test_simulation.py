@@ -228,6 +228,22 @@ def test_stateless_clients_with_server_memory_and_downloads_that_catch_up(tmp_pa
     assert downloads["dense"] == 0 and downloads["chain"] + downloads["patch"] > 0
     assert summary["participation"]["returning_download_bytes"] > 0
     assert summary["participation"]["mean_rounds_between_turns"] > 1
+    # The traffic tracker around the run: per node, and per round the same totals as metrics.csv.
+    with open(tmp_path / "traffic.csv") as handle:
+        traffic = list(csv.DictReader(handle))
+    assert {r["phase"] for r in traffic} == {"train"}  # the runner evaluates on the server
+    for row in rows[1:]:
+        nodes = [t for t in traffic if int(t["round"]) == int(row["round"])]
+        assert len(nodes) == 3 and all(t["status"] == "accepted" for t in nodes)
+        accepted = [t for t in nodes if t["status"] == "accepted"]
+        assert sum(int(t["up_bytes"]) for t in accepted) == int(row["uplink_bytes"])
+        assert sum(int(t["up_raw_bytes"]) for t in accepted) == int(row["raw_bytes"])
+        assert sum(int(t["down_bytes"]) for t in nodes) == int(row["downlink_bytes"])
+        assert sum(int(t["down_raw_bytes"]) for t in nodes) == int(row["downlink_raw_bytes"])
+        assert all(float(t["joules"]) > 0 and float(t["seconds"]) > 0 for t in nodes)
+    report = json.loads((tmp_path / "traffic.json").read_text())
+    assert report["total"]["train"]["up_bytes"] == summary["uplink_bytes"]
+    assert len(report["nodes"]) == summary["participation"]["clients_seen"]
 
 
 def test_the_clients_learning_rate_follows_the_schedule(tmp_path):

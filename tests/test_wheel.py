@@ -98,3 +98,79 @@ print(fedzip.__file__, len(fedzip.FedZip(keep=0.1).encode(update)))
     assert result.returncode == 0, result.stderr
     assert str(env) in result.stdout  # the installed wheel, not the source tree
     assert sysconfig.get_paths()["purelib"] not in result.stdout
+
+
+def test_the_extras_split_flower_from_the_experiments(wheel):
+    metadata = next(
+        zipfile.ZipFile(wheel).read(n).decode()
+        for n in zipfile.ZipFile(wheel).namelist()
+        if n.endswith(".dist-info/METADATA")
+    )
+    requires = [
+        line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+    ]
+    flower = [r for r in requires if 'extra == "flower"' in r]
+    experiments = [r for r in requires if 'extra == "experiments"' in r]
+    assert [r.split(";")[0].replace(" ", "") for r in flower] == ["flwr<1.43,>=1.41"]
+    assert any(r.startswith("torch") for r in experiments)
+    assert any(r.startswith("flwr[simulation]") for r in experiments)
+    assert [r.split(";")[0] for r in requires if "extra" not in r] == ["numpy>=1.26"]
+
+
+FLOWER_ROUND = """
+import importlib.util, numpy as np, fedzip
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+from fedzip.flower import FedZipStrategy, TrafficTracker, fedzip_mod
+assert importlib.util.find_spec("torch") is None, "the flower extra must not bring torch"
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+
+class Grid:
+    def get_node_ids(self):
+        return [0, 1]
+
+rng = np.random.default_rng(0)
+model = {"w": rng.standard_normal((64, 32)).astype(np.float32), "b": np.zeros(32, np.float32)}
+record = lambda d: ArrayRecord({k: Array(v) for k, v in d.items()})
+inner = FedZipStrategy(FedAvg(min_available_nodes=2), compressor=fedzip.FedZip(rank=2))
+strategy = TrafficTracker(inner)
+
+def app(msg, context):
+    got = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+    trained = record({k: v + 0.01 for k, v in got.items()})
+    return Message(RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+
+replies = []
+for msg in strategy.configure_train(1, record(model), ConfigRecord({}), Grid()):
+    node = msg.metadata.dst_node_id
+    msg = Message(RecordDict(dict(msg.content.items())), dst_node_id=node, message_type="train")
+    context = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
+    replies.append(fedzip_mod(msg, context, app))
+arrays, _ = strategy.aggregate_train(1, replies)
+assert arrays is not None and inner.history[-1].accepted == 2
+assert strategy.totals("train").accepted_up_bytes == inner.history[-1].uplink_bytes
+print(fedzip.__file__, round(inner.history[-1].ratio))
+"""
+
+
+def test_the_flower_extra_runs_a_round_without_torch(wheel, tmp_path):
+    """A user's Flower app brings its own framework: fedzip[flower] installs Flower and nothing else."""
+    env = tmp_path / "flower-env"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=120)
+    python = env / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), f"{wheel}[flower]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    result = subprocess.run(
+        [str(python), "-c", FLOWER_ROUND], capture_output=True, text=True, timeout=300, env=clean
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(env) in result.stdout
+    assert int(result.stdout.split()[-1]) > 5  # rank-2 factors of a 64x32 matrix: several times smaller

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as exc:
         print(
-            f"fedzip: error: {exc.name} is not installed; install fedzip[fl] for federated runs",
+            f"fedzip: error: {exc.name} is not installed; install fedzip[experiments] for federated runs",
             file=sys.stderr,
         )
         return 2

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from ..codec import transcode
-from ..flower import FedZipStrategy, fedzip_mod, protocol, shared_start_mod
+from ..flower import FedZipStrategy, TrafficTracker, fedzip_mod, protocol, shared_start_mod
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig
@@ -351,7 +351,8 @@ def serve(
             metrics |= {"val-accuracy": record.val_accuracy, "val-loss": record.val_loss}
         return MetricRecord(metrics)
 
-    strategy.start(
+    # Bytes per node and per direction (traffic.csv/json beside metrics.csv); its totals are RoundStats'.
+    TrafficTracker(strategy, link=cfg.link, out=out).start(
         grid=patient,
         timeout=cfg.server.round_timeout,
         initial_arrays=ArrayRecord(model.state_dict()),

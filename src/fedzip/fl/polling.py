@@ -1,6 +1,6 @@
 """Shorter polling in Flower's simulation engine.
 
-Flower 1.41's simulation engine moves messages by polling: a thread looks for
+Flower's simulation engine (1.41 and 1.42) moves messages by polling: a thread looks for
 new messages every 0.1 s and the in-memory grid looks for replies every 0.1 s.
 A phase of a round therefore waits on average ~0.1 s for nothing, which is
 most of a round when clients train for milliseconds (the MLP plan: 0.03 s per

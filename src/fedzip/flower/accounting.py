@@ -9,18 +9,39 @@ from flwr.app import ConfigRecord, Message
 
 
 @dataclass
+class Transfer:
+    """One node's share of a round's phase: what the server sent it and what it sent back.
+
+    Byte counts are Flower's ``count_bytes()`` of the message content as it
+    travelled; the ``raw`` counts are the same messages with the weights
+    themselves (equal to the carried counts when nothing was compressed).
+    """
+
+    node: int
+    down_bytes: int = 0
+    down_raw_bytes: int = 0
+    up_bytes: int = 0
+    up_raw_bytes: int = 0  # 0 for a reply that was not accepted (never decoded)
+    replies: int = 0
+    accepted: bool = False  # the reply reached the inner strategy as weights or metrics
+    seconds: float = float("nan")  # from the message's creation to the reply's (training, on the node)
+    reason: str = ""  # why the reply was not accepted
+
+    @property
+    def status(self) -> str:
+        if not self.replies:
+            return "no reply"
+        return "accepted" if self.accepted else "rejected"
+
+
+@dataclass
 class RoundStats:
-    """What one training round carried."""
+    """What one training round carried, node by node (``transfers``) and in total."""
 
     round: int
-    replies: int = 0
-    accepted: int = 0
+    transfers: dict[int, Transfer] = field(default_factory=dict)  # node -> its messages this round
     failures: list[str] = field(default_factory=list)
-    uplink_bytes: int = 0  # Flower's count_bytes() of every accepted reply, as carried
-    raw_bytes: int = 0  # count_bytes() of the same replies with the weights the clients trained
     payload_bytes: int = 0  # len() of the accepted payloads alone
-    downlink_bytes: int = 0  # count_bytes() of every train message as sent (all nodes)
-    downlink_raw_bytes: int = 0  # the same messages with the global model's weights
     dense_downloads: int = 0  # with compressed downloads: nodes sent the whole model (new or out of sync)
     chain_downloads: int = 0  # ... nodes sent the payloads they missed (more than this round's)
     patch_downloads: int = 0  # ... nodes sent the elements changed since their version
@@ -29,6 +50,41 @@ class RoundStats:
     first_visits: int = 0  # ... of which to nodes that never trained before
     gaps: list[int] = field(default_factory=list)  # rounds since each other node's previous turn
     aggregated: bool = False  # False when too few replies were accepted to update the model
+
+    def node(self, node: int) -> Transfer:
+        """The transfer record of ``node`` (created on first use)."""
+        transfer = self.transfers.get(node)
+        if transfer is None:
+            transfer = self.transfers[node] = Transfer(node)
+        return transfer
+
+    @property
+    def replies(self) -> int:
+        return sum(t.replies for t in self.transfers.values())
+
+    @property
+    def accepted(self) -> int:
+        return sum(t.accepted for t in self.transfers.values())
+
+    @property
+    def uplink_bytes(self) -> int:
+        """The accepted replies as carried."""
+        return sum(t.up_bytes for t in self.transfers.values() if t.accepted)
+
+    @property
+    def raw_bytes(self) -> int:
+        """The accepted replies with the weights the clients trained."""
+        return sum(t.up_raw_bytes for t in self.transfers.values() if t.accepted)
+
+    @property
+    def downlink_bytes(self) -> int:
+        """Every train message as sent."""
+        return sum(t.down_bytes for t in self.transfers.values())
+
+    @property
+    def downlink_raw_bytes(self) -> int:
+        """The same messages with the global model's weights."""
+        return sum(t.down_raw_bytes for t in self.transfers.values())
 
     def turn(self, turns: dict[int, int], node: int) -> int | None:
         """Count ``node``'s turn in this round; ``turns`` (node -> its last round) is updated.
@@ -51,7 +107,18 @@ class RoundStats:
         return self.raw_bytes / self.uplink_bytes if self.uplink_bytes else float("nan")
 
 
+def reply_seconds(sent: Message | None, reply: Message) -> float:
+    """Seconds from a message's creation to its reply's: the node's time on it (nan if unknown)."""
+    if sent is None:
+        return float("nan")
+    start, end = sent.metadata.created_at, reply.metadata.created_at
+    return end - start if start > 0 and end >= start else float("nan")
+
+
 def content_bytes(msg: Message) -> int:
+    """Flower's count of a message's content (0 for an error reply, which has none)."""
+    if not msg.has_content():
+        return 0
     return sum(record_bytes(record) for record in msg.content.values())
 
 

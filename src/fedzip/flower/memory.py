@@ -169,15 +169,15 @@ class UpdateMemory:
     def correct(
         self,
         server_round: int,
-        accepted: Sequence[tuple[int, Message, bytes, int]],
+        accepted: Sequence[tuple[int, Message, bytes]],
         reference: dict[str, np.ndarray],
         weights_key: str,
         weighted_by: str | None,
     ) -> None:
-        """Replace the weights of each accepted reply (index, reply, payload, bytes) by what the
+        """Replace the weights of each accepted reply (index, reply, payload) by what the
         memory makes of its update; ``weighted_by``: the metric the inner strategy weights by."""
         entries = []
-        for _, reply, payload, _ in accepted:
+        for _, reply, payload in accepted:
             metrics = next(iter(reply.content.metric_records.values()), {})
             weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
             entries.append((reply.metadata.src_node_id, weight, payload, decode(payload)))

@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import (
 )
 
 from ..abc import Compressor
-from .replies import inner_chain
+from .wrapper import inner_chain
 
 _CLIENT_SIDE_DP = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyClientSideAdaptiveClipping)
 

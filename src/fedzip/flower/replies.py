@@ -16,6 +16,7 @@ from ..abc import Compressor
 from ..errors import FormatError
 from ..payload import decode_records
 from . import protocol
+from .wrapper import inner_chain
 
 
 class Rejected(Exception):
@@ -130,14 +131,6 @@ def check_header(
             )
 
 
-def inner_chain(strategy: Strategy) -> list[Strategy]:
-    """``strategy`` and the strategies it wraps, outermost first."""
-    chain = [strategy]
-    while isinstance(getattr(chain[-1], "strategy", None), Strategy) and len(chain) < 64:
-        chain.append(chain[-1].strategy)
-    return chain
-
-
 def weighting_key(strategy: Strategy) -> str | None:
     """The metric the inner strategy weights replies by (``num-examples`` for FedAvg and kin)."""
     for inner in inner_chain(strategy):
@@ -168,7 +161,7 @@ def consistent(kept: list, key: str | None, reject: Callable[..., None]) -> list
         ((name, record),) = reply.content.metric_records.items()
         return name, tuple(sorted(record))
 
-    layouts = [layout(reply) for _, reply, _, _ in kept]
+    layouts = [layout(reply) for _, reply, *_ in kept]
     majority = max(layouts, key=layouts.count)  # ties: the first seen
     out = []
     for item, shape in zip(kept, layouts, strict=True):

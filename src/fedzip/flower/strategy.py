@@ -22,11 +22,12 @@ from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
-from .accounting import RoundStats, content_bytes
+from .accounting import RoundStats, content_bytes, reply_seconds
 from .downlink import Broadcaster
 from .memory import UpdateMemory, check_memory
 from .options import check_client_dp, feedback_settings
-from .replies import NormGuard, Rejected, check_metrics, consistent, inner_chain, restore, weighting_key
+from .replies import NormGuard, Rejected, check_metrics, consistent, restore, weighting_key
+from .wrapper import StrategyWrapper
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
 
@@ -39,7 +40,7 @@ class ConfigurationError(RuntimeError):
     """
 
 
-class FedZipStrategy(Strategy):
+class FedZipStrategy(StrategyWrapper):
     """Wraps a Flower strategy so that client uploads travel compressed.
 
     Train messages carry the compressor's configuration to
@@ -122,13 +123,7 @@ class FedZipStrategy(Strategy):
         server_memory: str | None = None,
     ) -> None:
         super().__init__()
-        inner = strategy if strategy is not None else FedAvg()
-        if not isinstance(inner, Strategy):
-            raise ValueError(
-                f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(inner).__name__}"
-            )
-        if any(isinstance(s, FedZipStrategy) for s in inner_chain(inner)):
-            raise ValueError("FedZipStrategy cannot wrap another FedZipStrategy")
+        inner = self._check_inner(strategy if strategy is not None else FedAvg())
         if compressor is None:
             compressor = FedZip()
         codec = compressor if isinstance(compressor, Compressor) else get_compressor(compressor)
@@ -158,6 +153,7 @@ class FedZipStrategy(Strategy):
         check_memory(server_memory, feedback)
         self.memory = UpdateMemory(server_memory) if server_memory is not None else None
         self._sent: dict[int, int] = {}  # node -> replica version sent this round
+        self._messages: dict[int, Message] = {}  # node -> its train message this round
         self._pending: RoundStats | None = None  # this round's, from its train messages
         self._turns: dict[int, int] = {}  # node -> the last round it was asked to train
         self.compressor = codec
@@ -169,20 +165,6 @@ class FedZipStrategy(Strategy):
         self._current: ArrayRecord | None = None
         self._weights_key: str | None = None
         self.strategy = inner  # last: from here on, unknown attributes go to it
-
-    # Attributes of the inner strategy read and written through the wrapper.
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "strategy" or "strategy" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["strategy"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        inner = self.__dict__.get("strategy")
-        own = name in self.__dict__ or hasattr(type(self), name)
-        if inner is not None and not own and hasattr(inner, name):
-            setattr(inner, name, value)
-        else:
-            object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return f"FedZipStrategy({self.strategy!r}, {self.compressor!r}, error_feedback={self.error_feedback})"
@@ -247,7 +229,9 @@ class FedZipStrategy(Strategy):
             protocol.add_settings(content, codec, self.error_feedback, self.feedback_options, server_round)
         self._sent = {}
         stats = self._pending = RoundStats(server_round, sampled=len(messages))
-        stats.downlink_raw_bytes = sum(content_bytes(m) for m in messages)
+        self._messages = {m.metadata.dst_node_id: m for m in messages}
+        for message in messages:
+            stats.node(message.metadata.dst_node_id).down_raw_bytes += content_bytes(message)
         if self.broadcaster is not None and messages:
             self.broadcaster.advance(protocol.from_record(arrays))
         for message in messages:
@@ -264,7 +248,8 @@ class FedZipStrategy(Strategy):
             stats.patch_downloads += form == "patch"
             if previous is not None and server_round - previous > 1:
                 stats.returning_bytes += content_bytes(message)
-        stats.downlink_bytes = sum(content_bytes(m) for m in messages)
+        for message in messages:
+            stats.node(message.metadata.dst_node_id).down_bytes += content_bytes(message)
         return messages
 
     def aggregate_train(
@@ -283,6 +268,7 @@ class FedZipStrategy(Strategy):
             line = f"node {reply.metadata.src_node_id}: {reason}"
             log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, line)
             stats.failures.append(line)
+            stats.node(reply.metadata.src_node_id).reason = reason
             if setting:
                 configuration.append(reason)
             error = Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {reason}")
@@ -298,39 +284,43 @@ class FedZipStrategy(Strategy):
                 else:
                     self.broadcaster.confirm(node, version)
         weighted_by = weighting_key(self.strategy)  # the metric the inner strategy weights replies by
+        sent = self._messages
         for index, reply in enumerate(replies):
-            stats.replies += 1
+            transfer = stats.node(reply.metadata.src_node_id)
+            transfer.replies += 1
+            transfer.up_bytes += content_bytes(reply)
+            transfer.seconds = reply_seconds(sent.get(transfer.node), reply)
             if reply.has_error():
+                transfer.reason = reply.error.reason
                 stats.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
                 if reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION:
                     configuration.append(reply.error.reason)
                 forwarded[index] = reply
                 continue
-            carried = content_bytes(reply)
             try:
                 check_metrics(reply, weighted_by)
                 payload, norm = restore(reply, reference, self._weights_key, self.compressor)
             except Rejected as exc:
                 reject(index, reply, str(exc), exc.configuration)
                 continue
-            candidates.append((index, reply, payload, norm, carried))
+            candidates.append((index, reply, payload, norm))
 
-        bound = self._norms.largest([norm for *_, norm, _ in candidates])
+        bound = self._norms.largest([norm for *_, norm in candidates])
         kept = []
-        for index, reply, payload, norm, carried in candidates:
+        for index, reply, payload, norm in candidates:
             if norm > bound:
                 reject(index, reply, f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
             else:
-                kept.append((index, reply, payload, carried))
+                kept.append((index, reply, payload))
         order: dict[int, bytes] = {}
         accepted = consistent(kept, weighted_by, reject)
         if self.memory is not None:
             self.memory.correct(server_round, accepted, reference, self._weights_key, weighted_by)
-        for index, reply, payload, carried in accepted:
+        for index, reply, payload in accepted:
             order[index] = payload
-            stats.accepted += 1
-            stats.uplink_bytes += carried
-            stats.raw_bytes += content_bytes(reply)
+            transfer = stats.node(reply.metadata.src_node_id)
+            transfer.accepted = True
+            transfer.up_raw_bytes += content_bytes(reply)
             stats.payload_bytes += len(payload)
             if self.on_payload is not None:
                 try:
@@ -374,11 +364,3 @@ class FedZipStrategy(Strategy):
             return None, None
         stats.aggregated = True
         return result
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
