@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 import fedzip
@@ -43,15 +43,26 @@ def client(delta, with_mod):
     return lambda msg, context: fedzip_mod(msg, context, app)
 
 
-def train_round(strategy, weights, rng, server_round=1, with_mod=False, failing=(), corrupt=()):
+def unreachable(msg):
+    """The reply the SuperLink makes for a node that stopped sending heartbeats: its source is the link."""
+    reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, "Node Unavailable"), reply_to=msg)
+    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    return reply
+
+
+def train_round(strategy, weights, rng, server_round=1, with_mod=False, failing=(), corrupt=(), gone=()):
     """Send the round's train messages to NODES nodes and return the replies the server gets."""
     sent = strategy.configure_train(server_round, record(weights), ConfigRecord({}), FakeGrid(NODES))
     messages = sorted(sent, key=lambda m: m.metadata.dst_node_id)
     replies = []
     for msg in messages:
         node = msg.metadata.dst_node_id
+        msg.metadata.__dict__["_message_id"] = f"{server_round}-{node}"  # as a Grid sets it when sending
         if node in failing:
             replies.append(Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"), reply_to=msg))
+            continue
+        if node in gone:
+            replies.append(unreachable(msg))
             continue
         copy = Message(RecordDict(dict(msg.content.items())), dst_node_id=node, message_type="train")
         context = CONTEXTS.setdefault(
@@ -152,3 +163,24 @@ def test_where_the_tracker_may_go_and_what_it_refuses():
     tracker.fraction_train = 0.3  # the inner strategy's settings through the wrapper
     assert tracker.strategy.fraction_train == 0.3 and tracker.eta == 0.1
     assert tracker.table().startswith("Traffic (lte): 0 rounds")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_reply_the_superlink_made_for_an_unreachable_node_is_counted_for_that_node(rng, compressed):
+    CONTEXTS.clear()
+    weights = model(rng)
+    inner = FedAvg(min_available_nodes=NODES)
+    if compressed:
+        inner = FedZipStrategy(inner, compressor=fedzip.FedZip(keep=0.05), downlink=fedzip.FedZip(keep=0.1))
+    tracker = TrafficTracker(inner)
+    _, replies = train_round(tracker, weights, rng, with_mod=compressed, gone={2})
+    assert replies[2].metadata.src_node_id == SUPERLINK_NODE_ID
+    tracker.aggregate_train(1, replies)
+    rows = {t.node: t for _, _, t in tracker.rows}
+    assert sorted(rows) == [0, 1, 2]  # node 1 answered for itself only, though the link's id is 1 too
+    assert rows[2].status == "rejected" and rows[2].reason == "Node Unavailable" and rows[2].down_bytes > 0
+    assert [rows[n].status for n in (0, 1)] == ["accepted", "accepted"]
+    if compressed:
+        assert inner.history[-1].failures == ["node 2: Node Unavailable"]
+        assert inner.broadcaster.nodes[2] is None  # its copy is unknown: the next download is dense
+        assert inner.broadcaster.nodes[1] is not None

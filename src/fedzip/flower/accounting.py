@@ -107,6 +107,16 @@ class RoundStats:
         return self.raw_bytes / self.uplink_bytes if self.uplink_bytes else float("nan")
 
 
+def reply_nodes(replies: list[Message], sent: dict[int, Message]) -> list[int]:
+    """The node each reply answers for: the destination of the message it replies to.
+
+    A reply the SuperLink makes for a node it cannot reach (an error: "Node
+    Unavailable") carries the SuperLink's id as its source, not the node's.
+    """
+    by_id = {m.metadata.message_id: node for node, m in sent.items() if m.metadata.message_id}
+    return [by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies]
+
+
 def reply_seconds(sent: Message | None, reply: Message) -> float:
     """Seconds from a message's creation to its reply's: the node's time on it (nan if unknown)."""
     if sent is None:

@@ -22,7 +22,7 @@ from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
-from .accounting import RoundStats, content_bytes, reply_seconds
+from .accounting import RoundStats, content_bytes, reply_nodes, reply_seconds
 from .downlink import Broadcaster
 from .memory import UpdateMemory, check_memory
 from .options import check_client_dp, feedback_settings
@@ -264,19 +264,22 @@ class FedZipStrategy(StrategyWrapper):
         candidates: list[tuple[int, Message, bytes, float, int]] = []
         configuration: list[str] = []
 
+        replies = list(replies)
+        sent = self._messages
+        nodes = reply_nodes(replies, sent)
+
         def reject(index: int, reply: Message, reason: str, setting: bool = False) -> None:
-            line = f"node {reply.metadata.src_node_id}: {reason}"
+            line = f"node {nodes[index]}: {reason}"
             log(WARNING, "FedZipStrategy: rejected a reply in round %d: %s", server_round, line)
             stats.failures.append(line)
-            stats.node(reply.metadata.src_node_id).reason = reason
+            stats.node(nodes[index]).reason = reason
             if setting:
                 configuration.append(reason)
             error = Error(code=ErrorCode.UNKNOWN, reason=f"fedzip: {reason}")
             forwarded[index] = Message(error=error, metadata=reply.metadata)
 
-        replies = list(replies)
         if self.broadcaster is not None:
-            answered = {r.metadata.src_node_id: r for r in replies}
+            answered = dict(zip(nodes, replies, strict=True))
             for node, version in self._sent.items():
                 reply = answered.get(node)
                 if reply is None or reply.has_error():
@@ -284,15 +287,14 @@ class FedZipStrategy(StrategyWrapper):
                 else:
                     self.broadcaster.confirm(node, version)
         weighted_by = weighting_key(self.strategy)  # the metric the inner strategy weights replies by
-        sent = self._messages
         for index, reply in enumerate(replies):
-            transfer = stats.node(reply.metadata.src_node_id)
+            transfer = stats.node(nodes[index])
             transfer.replies += 1
             transfer.up_bytes += content_bytes(reply)
             transfer.seconds = reply_seconds(sent.get(transfer.node), reply)
             if reply.has_error():
                 transfer.reason = reply.error.reason
-                stats.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                stats.failures.append(f"node {nodes[index]}: {reply.error.reason}")
                 if reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION:
                     configuration.append(reply.error.reason)
                 forwarded[index] = reply
@@ -318,7 +320,7 @@ class FedZipStrategy(StrategyWrapper):
             self.memory.correct(server_round, accepted, reference, self._weights_key, weighted_by)
         for index, reply, payload in accepted:
             order[index] = payload
-            transfer = stats.node(reply.metadata.src_node_id)
+            transfer = stats.node(nodes[index])
             transfer.accepted = True
             transfer.up_raw_bytes += content_bytes(reply)
             stats.payload_bytes += len(payload)

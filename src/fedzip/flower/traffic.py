@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ..energy import Link, get_link
-from .accounting import Transfer, content_bytes, reply_seconds
+from .accounting import Transfer, content_bytes, reply_nodes, reply_seconds
 from .strategy import FedZipStrategy
 from .wrapper import StrategyWrapper, inner_chain
 
@@ -139,8 +139,7 @@ class TrafficTracker(StrategyWrapper):
     def _receiving(self, replies: Iterable[Message]) -> list[Message]:
         """Count the replies before the inner strategy sees them (a FedZipStrategy decodes in place)."""
         replies = list(replies)
-        for reply in replies:
-            node = reply.metadata.src_node_id
+        for node, reply in zip(reply_nodes(replies, self._sent), replies, strict=True):
             transfer = self._pending.setdefault(node, Transfer(node))
             size = content_bytes(reply)
             transfer.replies += 1
