@@ -90,7 +90,9 @@ def parse_codec(name: str) -> tuple[dict[str, Any], bool]:
 class ExperimentConfig:
     """Everything that defines a run; ``fedzip run --help`` documents each field."""
 
-    model: str = option("mlp", "cnn (the paper's, 1.2M parameters) or mlp")
+    model: str = option(
+        "mlp", "cnn (the paper's, 1.2M parameters), mlp, resnet (BatchNorm, 0.3M) or vit (transformer, 0.3M)"
+    )
     seed: int = option(0, "seed for partitioning, initialisation and training")
     link: str = option("lte", "radio link of the energy estimate: lte, wifi or 3g")
     energy_train_seconds: float = option(0.0, "client training time in the energy model (0: as measured)")
