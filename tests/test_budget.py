@@ -73,7 +73,10 @@ def test_allocation_follows_the_convex_hulls():
         "a": tensor_options("a", heavy_tailed(rng, (100, 40)), True, "dap"),
         "b": tensor_options("b", heavy_tailed(rng, (100, 40), scale=0.1), True, "dap"),
     }
-    for hull in options.values():
+    for front in options.values():
+        sizes, errors = [o.record_bytes for o in front], [o.error for o in front]
+        assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)  # no candidate beaten
+        hull = _hull(front)
         sizes = [o.record_bytes for o in hull]
         errors = [o.error for o in hull]
         assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)
@@ -149,3 +152,107 @@ def test_the_uniform_split_round_trips_its_config(rng):
     assert codec.get_config()["budget_split"] == "uniform"
     assert fedzip.get_compressor(codec.get_config()) == codec
     assert fedzip.get_compressor(fedzip.FedZip(budget_ratio=300).get_config()).budget_split == "error"
+
+
+def forms(codec, update):
+    return {name: option.form for name, option in codec.plan(update).items()}
+
+
+def least_error_alone(update, budget):
+    """The least squared error each representation reaches alone (top-z, dense) or with dense for
+    what it cannot send (factors), within ``budget`` bytes."""
+    errors = {}
+    for name, forms_ in (("top-z", ["top-z"]), ("dense", ["dense"]), ("factors", ["factors", "dense"])):
+        codec = fedzip.FedZip(budget_bytes=budget, representations=forms_)
+        errors[name] = squared_error(update, fedzip.decode(codec.encode(update)))
+    return errors
+
+
+def test_the_budget_sends_a_rank_one_matrix_as_factors(rng):
+    matrix = np.outer(rng.standard_normal(300), rng.standard_normal(80)).astype(np.float32)
+    matrix += rng.standard_normal(matrix.shape).astype(np.float32) * 1e-3
+    update = {"w": matrix}
+    codec = fedzip.FedZip(budget_bytes=600)
+    assert forms(codec, update) == {"w": "factors"}
+    error = squared_error(update, fedzip.decode(codec.encode(update)))
+    alone = least_error_alone(update, 600)
+    assert error <= min(alone.values()) and error < 0.1 * alone["top-z"]
+    assert error < 0.08 * float((matrix.astype(np.float64) ** 2).sum())  # the factors' levels, mostly
+
+
+def test_the_budget_sends_a_sparse_tensor_as_its_entries(rng):
+    sparse = np.zeros((200, 50), np.float32)
+    spots = rng.choice(sparse.size, 25, replace=False)
+    sparse.flat[spots] = rng.choice([-1.0, 1.0], 25) * rng.uniform(1, 2, 25)
+    update = {"w": sparse}
+    codec = fedzip.FedZip(budget_bytes=200, representations=["top-z", "dense", "factors"])
+    assert forms(codec, update) == {"w": "top-z"}
+    restored = fedzip.decode(codec.encode(update))["w"]
+    assert set(np.flatnonzero(restored)) == set(spots)  # every spike, in its place
+    assert squared_error(update, {"w": restored}) <= min(least_error_alone(update, 200).values())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_dense_noise_gets_the_least_error_of_any_representation(rng, bits):
+    """Noise has no low rank and no few large entries: what wins is Top-z at a large keep (zero is one
+    more level, its positions cost under a bit an entry), never worse than dense levels."""
+    noise = {"w": rng.standard_normal((200, 50)).astype(np.float32)}
+    budget = 10000 * bits // 8 + 60
+    codec = fedzip.FedZip(budget_bytes=budget, representations=["top-z", "dense", "factors"])
+    assert forms(codec, noise) != {"w": "factors"}
+    error = squared_error(noise, fedzip.decode(codec.encode(noise)))
+    alone = least_error_alone(noise, budget)
+    assert error <= min(alone.values()) * (1 + 1e-9)
+    assert alone["top-z"] <= alone["dense"]  # why dense is not a default representation
+
+
+def low_rank_model_update(rng):
+    """Updates as training makes them: a few strong directions in every matrix, heavy-tailed noise."""
+    update = model_update(rng)
+    for name in ("conv.weight", "dense.weight"):
+        shape = update[name].shape
+        rows, cols = shape[0], int(np.prod(shape[1:]))
+        strong = rng.standard_normal((rows, 3)) @ rng.standard_normal((3, cols)) * 0.02
+        update[name] = (update[name] + strong.reshape(shape)).astype(np.float32)
+    return update
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_budget_matches_or_beats_hand_picked_rank_2_at_its_bytes(seed):
+    update = low_rank_model_update(np.random.default_rng(seed))
+    picked = fedzip.FedZip(rank=2, clusters=3, iterations=4).encode(update)
+    codec = fedzip.FedZip(budget_bytes=len(picked))
+    payload = codec.encode(update)
+    assert len(payload) <= len(picked)
+    assert squared_error(update, fedzip.decode(payload)) <= squared_error(update, fedzip.decode(picked))
+    assert forms(codec, update)["dense.weight"] == "factors"
+
+
+def test_the_plan_says_what_each_tensor_became(rng):
+    update = low_rank_model_update(rng)
+    codec = fedzip.FedZip(budget_ratio=100)
+    plan = codec.plan(update)
+    assert list(plan) == list(update)
+    payload = codec.encode(update)
+    by_name = {t.name: t for t in fedzip.inspect(payload).tensors}
+    for name, option in plan.items():
+        assert option.form in ("top-z", "dense", "factors") and option.detail
+        assert option.error >= 0
+        assert (option.form == "top-z") == (by_name[name].encoding in ("huffman", "position", "dap"))
+    assert sum(o.record_bytes for o in plan.values()) < len(payload)  # plus the container's header
+    with pytest.raises(ValueError, match="'error' budget"):
+        fedzip.FedZip(keep=0.1).plan(update)
+
+
+def test_inspect_tells_each_tensors_form(rng):
+    update = low_rank_model_update(rng)
+    codec = fedzip.FedZip(budget_ratio=100)
+    plan = codec.plan(update)
+    report = fedzip.inspect(codec.encode(update))
+    for tensor in report.tensors:
+        option = plan[tensor.name]
+        if option.form == "factors":
+            assert tensor.form == option.detail  # "rank 3, 8 levels"
+        else:
+            assert tensor.form == option.detail.split(",")[0]  # "keep 0.238"
+    assert "rank " in str(report)

@@ -217,6 +217,7 @@ def test_config_round_trip_and_registry():
         "budget_split": None,
         "rank": None,
         "iterations": None,
+        "representations": None,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec
@@ -298,7 +299,7 @@ def test_more_subspace_iterations_find_closer_factors(rng):
     for bad in (0, 101, True, 2.0):
         with pytest.raises(ValueError, match="iterations must be"):
             fedzip.FedZip(rank=4, iterations=bad)
-    with pytest.raises(ValueError, match="give rank too"):
+    with pytest.raises(ValueError, match="give rank, or a budget"):
         fedzip.FedZip(iterations=4)
 
 
@@ -328,7 +329,14 @@ def test_an_encoding_id_or_name_is_registered_once():
         ({"clusters": 4, "budget_ratio": 100}, "chooses each tensor's clusters"),
         ({"budget_split": "uniform"}, "give budget_bytes or budget_ratio"),
         ({"budget_split": "error"}, "give budget_bytes or budget_ratio"),
-        ({"iterations": 2}, "give rank too"),
+        ({"iterations": 2}, "give rank, or a budget"),
+        ({"iterations": 2, "budget_ratio": 100, "representations": ["top-z"]}, "give rank, or a budget"),
+        ({"representations": ["factors", "dense"]}, "give budget_bytes or budget_ratio too"),
+        ({"budget_ratio": 100, "budget_split": "uniform", "representations": ["top-z"]}, "Top-z's own rule"),
+        ({"budget_ratio": 100, "representations": ["factors"]}, "cannot send vectors"),
+        ({"budget_ratio": 100, "representations": ["sketch"]}, "some of top-z, dense, factors"),
+        ({"budget_ratio": 100, "representations": "factors"}, "a list of names"),
+        ({"budget_ratio": 100, "representations": []}, "some of top-z, dense, factors"),
     ],
 )
 def test_options_the_mode_ignores_are_refused(options, message):
@@ -342,5 +350,8 @@ def test_equal_configs_mean_equal_behaviour():
     assert fedzip.FedZip(budget_ratio=100).get_config()["keep"] is None
     assert fedzip.FedZip() == fedzip.FedZip(keep=0.2, clusters=3)
     assert fedzip.FedZip(rank=2) == fedzip.FedZip(rank=2, iterations=2)
+    assert fedzip.FedZip(budget_ratio=100) == fedzip.FedZip(
+        budget_ratio=100, representations=["factors", "top-z", "top-z"], iterations=4
+    )
     uniform = fedzip.FedZip(budget_ratio=100, budget_split="uniform")
     assert uniform.clusters == 3 and uniform == fedzip.FedZip.from_config(uniform.get_config())

@@ -1,14 +1,22 @@
-"""A byte budget instead of a kept fraction: split it across tensors where it buys the most.
+"""A byte budget instead of a kept fraction: each tensor's representation and size, where they buy the most.
 
-For every tensor, candidate (kept entries, clusters) pairs are priced exactly
-(the record's bytes, from the encodings' own size plans) and scored by the
-squared error of what the receiver would rebuild: the energy of the entries
-left out plus the k-means error of those sent. Each tensor's candidates are
-cut to their lower convex hull (bytes against error), and the budget goes, one
-step at a time, to the step that removes the most error per byte: the
-Lagrangian allocation of rate-distortion theory, greedy on convex hulls. The
-payload never exceeds the budget; what the budget cannot buy stays in the
-error-feedback residual when one is used.
+For every tensor, candidates are priced exactly (the record's bytes, from the
+encodings' own size plans) and scored by the squared error of what the
+receiver would rebuild. The representations (``REPRESENTATIONS``):
+
+- ``top-z``: the largest entries, k-means-quantised, with their positions
+  (kept counts on a geometric grid, 1 to 16 clusters): the paper's method;
+- ``dense``: every entry quantised to 2 to 16 levels, no positions
+  (:func:`fedzip.factors.pack_dense`);
+- ``factors``: a matrix (a tensor of two or more dimensions, read as
+  ``shape[0]`` rows) as rank-r factors, every column quantised to 2 to 8
+  levels (:mod:`fedzip.factors`); every rank comes from one randomised SVD.
+
+Each tensor's candidates are cut to their lower convex hull (bytes against
+error), and the budget goes, one step at a time, to the step that removes the
+most error per byte: the Lagrangian allocation of rate-distortion theory,
+greedy on convex hulls. The payload never exceeds the budget; what the budget
+cannot buy stays in the error-feedback residual when one is used.
 """
 
 from __future__ import annotations
@@ -21,20 +29,32 @@ import numpy as np
 
 from . import encodings, wire
 from .encodings import Quantized
+from .factors import factor_rank, leading_factors, pack_dense, pack_leading
+from .packing import Packed
 from .quantize import quantize_many
 
+REPRESENTATIONS = ("top-z", "dense", "factors")
+# Not "dense" by default: Top-z at a large keep is dense quantisation with zero as one more level, its
+# positions cost at most about a bit an entry, and on Gaussian noise at 1 to 4 bits an entry it left
+# less error than dense levels at the same bytes (tests/test_budget.py); dense only doubles the work.
+DEFAULT_REPRESENTATIONS = ("top-z", "factors")
 # Kept fractions tried for every sparsified tensor (each also bounded by its nonzeros).
 FRACTIONS = tuple(float(f) for f in np.geomspace(1e-5, 1.0, 25))
 CLUSTER_CHOICES = (1, 2, 3, 4, 8, 16)
+DENSE_LEVELS = (2, 3, 4, 8, 16)
+RANKS = (1, 2, 3, 4, 6, 8, 12, 16)
+FACTOR_LEVELS = (2, 3, 4, 8)
 
 
 @dataclass(frozen=True)
 class Option:
     """One way to send a tensor: exactly what it costs and what it leaves out."""
 
-    quantized: Quantized
+    item: Quantized | Packed  # Packed: factors or dense levels (body encoding fedzip.factors.ENCODING_ID)
     record_bytes: int
     error: float  # squared error of the rebuilt tensor
+    form: str  # one of REPRESENTATIONS
+    detail: str  # its size: "keep 0.0031, 3 clusters", "rank 2, 3 levels", "4 levels"
 
 
 def _price(name: str, q: Quantized, encoding: str) -> int:
@@ -43,41 +63,75 @@ def _price(name: str, q: Quantized, encoding: str) -> int:
     return wire.record_bytes(name, q.shape, q.kept, q.centroids.size, bits)
 
 
-def tensor_options(
-    name: str, array: np.ndarray, sparsify: bool, encoding: str, max_bytes: int | None = None
-) -> list[Option]:
-    """The tensor's candidates on their lower convex hull, cheapest first.
+def _packed_option(
+    name: str, array: np.ndarray, flat64: np.ndarray, packed: Packed, form: str, detail: str
+) -> Option:
+    size = wire.record_bytes(name, array.shape, packed.kept, packed.params.size, packed.body_bits)
+    error = float(np.sum((flat64 - packed.values.astype(np.float64)) ** 2))
+    return Option(packed, size, error, form, detail)
 
-    Kept counts that could not fit in ``max_bytes`` (every kept entry costs at
-    least one bit) are not tried.
+
+def tensor_options(
+    name: str,
+    array: np.ndarray,
+    sparsify: bool,
+    encoding: str,
+    max_bytes: int | None = None,
+    representations: tuple[str, ...] = ("top-z",),
+    iterations: int = 4,
+) -> list[Option]:
+    """The tensor's candidates in ``representations`` that no cheaper one beats, cheapest first.
+
+    A tensor that is not sparsified (a bias, unless ``sparsify_1d``) has its
+    nonzero entries quantised in place of Top-z's candidates. Candidates that
+    could not fit in ``max_bytes`` are not tried.
     """
     flat = array.reshape(-1)
     values64 = flat.astype(np.float64)
     total = float(np.dot(values64, values64))
     nonzero = int(np.count_nonzero(flat))
-    if sparsify and nonzero:
-        largest = nonzero if max_bytes is None else max(1, min(nonzero, 8 * max_bytes))
-        order = _largest_first(np.abs(values64), largest)
-        counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
-    else:
-        order = np.flatnonzero(flat)
-        counts = [nonzero]
     candidates = []
-    for count in counts:
-        positions = np.sort(order[:count]) if sparsify else order
-        kept = values64[positions]
-        left_out = total - float(np.dot(kept, kept))
-        choices = tuple(k for k in CLUSTER_CHOICES if k <= max(count, 1))
-        for centroids, labels in quantize_many(kept, choices).values():
-            error = max(left_out, 0.0) + float(np.sum((kept - centroids.astype(np.float64)[labels]) ** 2))
-            q = Quantized(array.shape, array.dtype, positions, labels, centroids)
-            candidates.append(Option(q, _price(name, q, encoding), error))
+    if "top-z" in representations or not sparsify:
+        if sparsify and nonzero:
+            largest = nonzero if max_bytes is None else max(1, min(nonzero, 8 * max_bytes))
+            order = _largest_first(np.abs(values64), largest)
+            counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
+        else:
+            order = np.flatnonzero(flat)
+            counts = [nonzero]
+        for count in counts:
+            positions = np.sort(order[:count]) if sparsify else order
+            kept = values64[positions]
+            left_out = total - float(np.dot(kept, kept))
+            choices = tuple(k for k in CLUSTER_CHOICES if k <= max(count, 1))
+            for k, (centroids, labels) in quantize_many(kept, choices).items():
+                error = max(left_out, 0.0) + float(np.sum((kept - centroids.astype(np.float64)[labels]) ** 2))
+                q = Quantized(array.shape, array.dtype, positions, labels, centroids)
+                detail = f"keep {count / max(flat.size, 1):.3g}, {k} clusters"
+                candidates.append(Option(q, _price(name, q, encoding), error, "top-z", detail))
+    fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
+    if "dense" in representations and flat.size:
+        for levels in DENSE_LEVELS:
+            option = _packed_option(
+                name, array, values64, pack_dense(flat, levels), "dense", f"{levels} levels"
+            )
+            candidates += [option] if fits(option) else []
+    top = max((r for r in RANKS if factor_rank(array.shape, r) == r), default=0)
+    if "factors" in representations and top:
+        left, right = leading_factors(array, top, iterations)
+        for rank in (r for r in RANKS if r <= top):
+            for levels in FACTOR_LEVELS:
+                packed = pack_leading(left, right, rank, levels)
+                option = _packed_option(
+                    name, array, values64, packed, "factors", f"rank {rank}, {levels} levels"
+                )
+                candidates += [option] if fits(option) else []
     if not candidates:  # an empty or all-zero tensor
         q = Quantized(
             array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
         )
-        candidates.append(Option(q, _price(name, q, encoding), total))
-    return _hull(candidates)
+        candidates.append(Option(q, _price(name, q, encoding), total, "top-z", "nothing"))
+    return _pareto(candidates)
 
 
 def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
@@ -93,13 +147,19 @@ def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
     return top[np.lexsort((top, -magnitude[top]))]
 
 
+def _pareto(options: list[Option]) -> list[Option]:
+    """Cheapest first, each with less error than every cheaper one."""
+    front: list[Option] = []
+    for option in sorted(options, key=lambda o: (o.record_bytes, o.error)):
+        if not front or option.error < front[-1].error:
+            front.append(option)
+    return front
+
+
 def _hull(options: list[Option]) -> list[Option]:
     """Lower convex hull of (bytes, error): each step buys less error per byte than the one before."""
-    options = sorted(options, key=lambda o: (o.record_bytes, o.error))
     frontier: list[Option] = []
-    for option in options:
-        if frontier and option.error >= frontier[-1].error:
-            continue  # costs at least as much and is no better
+    for option in _pareto(options):
         while len(frontier) >= 2:
             a, b = frontier[-2], frontier[-1]
             # b is above the line from a to option: never the best use of its bytes
@@ -114,10 +174,16 @@ def _hull(options: list[Option]) -> list[Option]:
 
 
 def allocate(per_tensor: dict[str, list[Option]], budget: int) -> dict[str, Option]:
-    """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes."""
+    """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes.
+
+    Greedy on the convex hulls first (the step that removes the most error per byte); then the bytes
+    the hulls' steps could not use go, one tensor at a time, to the candidate off the hull that
+    removes the most error and still fits.
+    """
     overhead = wire.container_bytes(len(per_tensor))
-    chosen = {name: 0 for name in per_tensor}
-    spent = overhead + sum(options[0].record_bytes for options in per_tensor.values())
+    hulls = {name: _hull(options) for name, options in per_tensor.items()}
+    chosen = {name: 0 for name in hulls}
+    spent = overhead + sum(options[0].record_bytes for options in hulls.values())
     if spent > budget:
         raise ValueError(
             f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
@@ -126,24 +192,37 @@ def allocate(per_tensor: dict[str, list[Option]], budget: int) -> dict[str, Opti
     heap: list[tuple[float, str]] = []
 
     def push(name: str) -> None:
-        options, index = per_tensor[name], chosen[name]
+        options, index = hulls[name], chosen[name]
         if index + 1 < len(options):
             step, nxt = options[index], options[index + 1]
             gain = (step.error - nxt.error) / max(nxt.record_bytes - step.record_bytes, 1)
             heapq.heappush(heap, (-gain, name))
 
-    for name in per_tensor:
+    for name in hulls:
         push(name)
     while heap:
         _, name = heapq.heappop(heap)
-        options, index = per_tensor[name], chosen[name]
+        options, index = hulls[name], chosen[name]
         extra = options[index + 1].record_bytes - options[index].record_bytes
         if spent + extra > budget:
             continue  # this tensor's next step does not fit; cheaper steps of others may
         chosen[name] = index + 1
         spent += extra
         push(name)
-    return {name: per_tensor[name][index] for name, index in chosen.items()}
+    result = {name: hulls[name][index] for name, index in chosen.items()}
+    while True:  # fill what is left
+        best, gain = None, 0.0
+        for name, options in per_tensor.items():
+            current = result[name]
+            room = budget - spent + current.record_bytes
+            fitting = [o for o in options if o.record_bytes <= room]
+            if fitting and current.error - fitting[-1].error > gain:
+                best, gain = (name, fitting[-1]), current.error - fitting[-1].error
+        if best is None:
+            return result
+        name, option = best
+        spent += option.record_bytes - result[name].record_bytes
+        result[name] = option
 
 
 def largest_uniform_keep(

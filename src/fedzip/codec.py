@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Real
 
 import numpy as np
 
-from . import encodings, wire
+from . import budget, encodings, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
+from .budget import DEFAULT_REPRESENTATIONS, REPRESENTATIONS
 from .encodings import Quantized
 from .errors import FormatError
 from .factors import ENCODING_ID as FACTORS_ID
@@ -23,6 +25,30 @@ ENCODINGS = (*encodings.CHOICES, "auto")  # auto: the smallest per tensor
 
 
 BUDGET_SPLITS = ("error", "uniform")
+
+
+def _representations(chosen: Sequence[str] | None, split: str) -> list[str] | None:
+    """The representations an ``"error"`` budget chooses from, in a fixed order; None for ``"uniform"``."""
+    if split == "uniform":
+        if chosen is not None:
+            raise ValueError("a 'uniform' budget is Top-z's own rule: drop representations")
+        return None
+    if chosen is None:
+        return list(DEFAULT_REPRESENTATIONS)
+    if isinstance(chosen, str) or not all(isinstance(r, str) for r in chosen):
+        raise ValueError(
+            f"representations must be a list of names such as ['top-z', 'factors'], got {chosen!r}"
+        )
+    unknown = sorted(set(chosen) - set(REPRESENTATIONS))
+    if unknown or not chosen:
+        raise ValueError(
+            f"representations must be some of {', '.join(REPRESENTATIONS)}, got {list(chosen)!r}"
+        )
+    if set(chosen) == {"factors"}:
+        raise ValueError(
+            "factors cannot send vectors or small tensors: add 'dense' or 'top-z' to representations"
+        )
+    return [r for r in REPRESENTATIONS if r in chosen]
 
 
 @register
@@ -40,10 +66,11 @@ class FedZip(Compressor):
         sparsify_1d: also sparsify tensors with fewer than two dimensions
             (biases); the paper leaves them dense.
         budget_bytes: a payload size never to exceed instead of a kept
-            fraction: each tensor's kept count and clusters (1, 2, 3, 4, 8 or
-            16) are chosen to minimise the squared error of the whole update
-            within the budget (:mod:`fedzip.budget`); ``keep`` and
-            ``clusters`` are then refused (they would not be used).
+            fraction: each tensor's representation (``representations``) and
+            its size (kept entries, rank, levels) are chosen to minimise the
+            squared error of the whole update within the budget
+            (:mod:`fedzip.budget`); ``keep`` and ``clusters`` are then refused
+            (they would not be used).
         budget_ratio: the same, with the budget set per update as its size in
             its own dtypes divided by this ratio (e.g. 1000 for 1000x).
         budget_split: how a budget is spent (only with one). ``"error"`` (the default): per
@@ -52,12 +79,18 @@ class FedZip(Compressor):
             sparsified tensor with ``clusters`` clusters, the largest that fits
             the budget (with error feedback on small models this trained
             better than ``"error"``, which can starve large layers).
+        representations: with an ``"error"`` budget, the forms a tensor may take: ``"top-z"``
+            (largest entries and their positions), ``"dense"`` (every entry at 2 to 16 levels) and
+            ``"factors"`` (a matrix as rank-r factors); ``["top-z", "factors"]`` when not given
+            (:data:`fedzip.budget.DEFAULT_REPRESENTATIONS` says why not dense). ``["top-z"]`` is the
+            budget of fedzip 0.1.
         rank: in place of Top-z, send every weight matrix as rank-``rank``
             factors (:mod:`fedzip.factors`): each factor column
             k-means-quantised to ``clusters`` levels, labels Huffman-coded, no
             positions. Tensors too small to gain and vectors go as without it.
             None (the default) is the paper's method. Not with a budget.
-        iterations: with ``rank`` (only), steps of subspace iteration per matrix (2 when not given);
+        iterations: with ``rank``, or a budget that may choose factors, steps of subspace
+            iteration per matrix (2 with ``rank``, 4 with a budget, when not given);
             more find factors closer to the best rank-``rank`` ones, for more
             encoding time and no bytes (the project's download probe: with
             4 in place of 2, a rank-2 upload of the paper CNN leaves out 85%
@@ -77,6 +110,7 @@ class FedZip(Compressor):
         budget_split: str | None = None,
         rank: int | None = None,
         iterations: int | None = None,
+        representations: Sequence[str] | None = None,
     ) -> None:
         if budget_bytes is not None and (
             isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
@@ -109,6 +143,7 @@ class FedZip(Compressor):
                 )
             if budget_split == "uniform" and clusters is None:
                 clusters = 3
+            representations = _representations(representations, budget_split)
         else:
             if budget_split is not None:
                 raise ValueError(
@@ -116,6 +151,11 @@ class FedZip(Compressor):
                 )
             keep = 0.2 if keep is None else keep
             clusters = 3 if clusters is None else clusters
+            if representations is not None:
+                raise ValueError(
+                    "representations are what a budget chooses from: give budget_bytes or budget_ratio too, "
+                    "or drop representations"
+                )
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, Real) or not 0 < keep <= 1):
             raise ValueError(f"keep must be a number in (0, 1] (the fraction of entries kept), got {keep!r}")
         if (
@@ -140,10 +180,17 @@ class FedZip(Compressor):
             if clusters == "auto" or clusters < 2:
                 raise ValueError(f"rank needs 2 to {MAX_CLUSTERS} clusters for the factors, got {clusters!r}")
             iterations = 2 if iterations is None else iterations
-            if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100:
-                raise ValueError(f"iterations must be an int from 1 to 100, got {iterations!r}")
+        elif representations is not None and "factors" in representations:
+            iterations = 4 if iterations is None else iterations
         elif iterations is not None:
-            raise ValueError("iterations is a setting of the factors: give rank too, or drop iterations")
+            raise ValueError(
+                "iterations is a setting of the factors: give rank, or a budget that may choose factors, "
+                "or drop iterations"
+            )
+        if iterations is not None and (
+            isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100
+        ):
+            raise ValueError(f"iterations must be an int from 1 to 100, got {iterations!r}")
         self.keep = None if keep is None else float(keep)
         self.clusters = clusters
         self.encoding = encoding
@@ -153,10 +200,11 @@ class FedZip(Compressor):
         self.budget_split = budget_split
         self.rank = rank
         self.iterations = iterations
+        self.representations = representations
 
     def body_encodings(self) -> frozenset[int]:
         ids = set(encodings.NAMES) if self.encoding == "auto" else {encodings.IDS[self.encoding]}
-        if self.rank is not None:
+        if self.rank is not None or set(self.representations or ()) & {"dense", "factors"}:
             ids.add(FACTORS_ID)
         return frozenset(ids)
 
@@ -175,12 +223,10 @@ class FedZip(Compressor):
         centroids, labels = quantize(flat[positions], self.clusters)
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 
-    def _quantize_all(self, update: Update) -> dict[str, Quantized]:
+    def _quantize_all(self, update: Update) -> dict[str, Quantized | Packed]:
         arrays = check_update(update)
         if self.budget_bytes is None and self.budget_ratio is None:
             return {name: self.quantize(name, array) for name, array in arrays.items()}
-        from . import budget
-
         for name, array in arrays.items():
             check_values(name, array)
         limit = self.budget_bytes
@@ -189,11 +235,29 @@ class FedZip(Compressor):
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(arrays, sparsified, self.clusters, self.encoding, limit)
+        return {name: option.item for name, option in self.plan(arrays, limit).items()}
+
+    def plan(self, update: Update, limit: int | None = None) -> dict[str, budget.Option]:
+        """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and
+        error (:class:`fedzip.budget.Option`). ``limit``: the budget in bytes (default: this codec's)."""
+        if self.budget_split != "error":
+            raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
+        arrays = check_update(update)
+        if limit is None:
+            limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
         options = {
-            name: budget.tensor_options(name, array, self._sparsified(array), self.encoding, max_bytes=limit)
+            name: budget.tensor_options(
+                name,
+                array,
+                self._sparsified(array),
+                self.encoding,
+                max_bytes=limit,
+                representations=tuple(self.representations),
+                iterations=self.iterations or 4,
+            )
             for name, array in arrays.items()
         }
-        return {name: option.quantized for name, option in budget.allocate(options, limit).items()}
+        return budget.allocate(options, limit)
 
     def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
         """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored."""
@@ -296,5 +360,9 @@ def transcode(payload: bytes, encoding: str, max_elements: int | None = None) ->
     return wire.write(records)
 
 
+def _describe(rec: wire.Record) -> str:
+    return f"keep {rec.kept / rec.size:.3g}"
+
+
 for _encoding, _name in encodings.NAMES.items():
-    register_encoding(_encoding, _name, _fedzip_body)
+    register_encoding(_encoding, _name, _fedzip_body, _describe)

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from . import huffman, wire
-from .bitio import BitWriter
+from .bitio import BitReader, BitWriter
 from .errors import FormatError
 from .packing import Packed, close_body, from_writer, open_body
 from .payload import register_encoding
@@ -109,6 +109,34 @@ def pack_factors(array: np.ndarray, rank: int, clusters: int, iterations: int, s
     return _packed(labels, np.concatenate([left_centroids, right_centroids]), clusters, rank, rows)
 
 
+def leading_factors(
+    array: np.ndarray, rank: int, iterations: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Factors ``left`` (orthonormal columns) and ``right`` with ``array ~ left @ right.T``, ordered by
+    singular value, so that their first r columns are a rank-r approximation for every r <= rank.
+
+    Subspace iteration at ``rank`` (as :func:`pack_factors`), then the small SVD of the projected
+    matrix (a randomised SVD): the budget prices every rank from one factorisation.
+    """
+    rows = array.shape[0]
+    matrix = array.reshape(rows, -1).astype(np.promote_types(array.dtype, np.float32), copy=False)
+    right = np.random.default_rng(seed).standard_normal((matrix.shape[1], rank))
+    left = np.zeros((rows, rank))
+    for _ in range(iterations):
+        left = np.linalg.qr((matrix @ right.astype(matrix.dtype)).astype(np.float64))[0]
+        right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
+    u, singular, vt = np.linalg.svd(right, full_matrices=False)  # right = u S vt
+    return left @ vt.T, u * singular
+
+
+def pack_leading(left: np.ndarray, right: np.ndarray, rank: int, clusters: int) -> Packed:
+    """The first ``rank`` columns of :func:`leading_factors`' factors, quantised as :func:`pack_factors`'."""
+    left_centroids, left_labels = _quantise(left[:, :rank], clusters)
+    right_centroids, right_labels = _quantise(right[:, :rank], clusters)
+    labels = np.concatenate([left_labels, right_labels])
+    return _packed(labels, np.concatenate([left_centroids, right_centroids]), clusters, rank, left.shape[0])
+
+
 def pack_dense(flat: np.ndarray, clusters: int) -> Packed:
     """A flat tensor as one vector quantised to ``clusters`` levels (the rank-0 form)."""
     centroids, labels = _quantise(flat.reshape(-1, 1), clusters)
@@ -147,4 +175,10 @@ def _factors_body(rec: wire.Record) -> tuple[np.ndarray, int]:
     return close_body(rec, reader, values), 0
 
 
-register_encoding(ENCODING_ID, "lowrank", _factors_body)
+def _describe(rec: wire.Record) -> str:
+    reader = BitReader(rec.body, rec.body_bits)
+    levels, rank = reader.read(8) + 1, reader.read(16)
+    return f"rank {rank}, {levels} levels" if rank else f"dense, {levels} levels"
+
+
+register_encoding(ENCODING_ID, "lowrank", _factors_body, _describe)

@@ -33,6 +33,7 @@ class TensorReport:
     position_bits: int
     label_bits: int
     padding_bits: int
+    form: str = ""  # what the record holds, as its encoding describes it: "keep 0.01", "rank 2, 3 levels"
 
     @property
     def total_bits(self) -> int:
@@ -66,13 +67,13 @@ class Inspection:
         lines = [
             f"fedzip payload v{self.version}: {self.total_bytes} bytes, {self.elements} elements, "
             f"{self.ratio:.1f}x vs float32 (container {self.container_bytes} bytes)",
-            f"{'tensor':<24} {'shape':<16} {'enc':<8} {'kept':>9} {'k':>3} "
+            f"{'tensor':<24} {'shape':<16} {'enc':<8} {'form':<17} {'kept':>9} {'k':>3} "
             f"{'header':>7} {'centr.':>7} {'position':>10} {'label':>9} bits",
         ]
         for t in self.tensors:
             lines.append(
                 f"{t.name[:24]:<24} {'x'.join(map(str, t.shape)) or '()':<16} {t.encoding:<8} "
-                f"{t.kept:>9} {t.clusters:>3} {t.header_bits:>7} {t.centroid_bits:>7} "
+                f"{t.form[:17]:<17} {t.kept:>9} {t.clusters:>3} {t.header_bits:>7} {t.centroid_bits:>7} "
                 f"{t.position_bits:>10} {t.label_bits:>9}"
             )
         return "\n".join(lines)
@@ -82,13 +83,17 @@ BodyDecoder = Callable[[wire.Record], tuple[np.ndarray, int]]
 """Decodes a record's body: (flat values of the record's dtype, position bits)."""
 
 _BODY_DECODERS: dict[int, BodyDecoder] = {}
+_DESCRIBERS: dict[int, Callable[[wire.Record], str]] = {}
 
 
 ENCODING_NAMES: dict[int, str] = {}
 
 
-def register_encoding(encoding: int, name: str, decoder: BodyDecoder) -> None:
-    """Make ``decode`` understand tensor records of this encoding id.
+def register_encoding(
+    encoding: int, name: str, decoder: BodyDecoder, describe: Callable[[wire.Record], str] | None = None
+) -> None:
+    """Make ``decode`` understand tensor records of this encoding id; ``describe`` says, for
+    :func:`inspect`, what a record holds (from a record that decodes).
 
     Each id and each name is taken once: a second registration would change
     what existing payloads decode to, so it raises ValueError.
@@ -101,6 +106,8 @@ def register_encoding(encoding: int, name: str, decoder: BodyDecoder) -> None:
         raise ValueError(f"encoding name {name!r} is taken; choose another")
     _BODY_DECODERS[encoding] = decoder
     ENCODING_NAMES[encoding] = name
+    if describe is not None:
+        _DESCRIBERS[encoding] = describe
 
 
 def encoding_name(encoding: int) -> str:
@@ -175,6 +182,7 @@ def inspect(payload: bytes) -> Inspection:
                 position_bits=position_bits,
                 label_bits=rec.body_bits - position_bits,
                 padding_bits=8 * body_bytes - rec.body_bits,
+                form=_DESCRIBERS[rec.encoding](rec) if rec.encoding in _DESCRIBERS and rec.size else "",
             )
         )
     return Inspection(wire.VERSION, len(payload), len(payload) - used, tensors)
