@@ -256,3 +256,20 @@ def test_inspect_tells_each_tensors_form(rng):
         else:
             assert tensor.form == option.detail.split(",")[0]  # "keep 0.238"
     assert "rank " in str(report)
+
+
+def test_factor_candidates_are_priced_exactly_without_being_built(rng):
+    """Bytes from label counts and error from one product per level count: as the built records."""
+    from fedzip import wire
+    from fedzip.budget import _factor_options
+
+    array = low_rank_model_update(rng)["dense.weight"]
+    energy = float((array.astype(np.float64) ** 2).sum())
+    options = _factor_options("w", array, energy, iterations=4)
+    assert {o.detail.split(",")[0] for o in options} == {f"rank {r}" for r in (1, 2, 3, 4, 6, 8, 12, 16)}
+    for option in options:
+        packed = option.build()
+        size = wire.record_bytes("w", array.shape, packed.kept, packed.params.size, packed.body_bits)
+        assert option.record_bytes == size
+        exact = float(((array.reshape(-1).astype(np.float64) - packed.values) ** 2).sum())
+        assert option.error == pytest.approx(exact, rel=1e-4, abs=1e-9 * energy)

@@ -32,6 +32,8 @@ def test_bench_writes_results(tmp_path, capsys):
                 "dap,position",
                 "--baselines",
                 "stc,signsgd",
+                "--representations",
+                "fedzip-rank-2,fedzip-budget-1000x",
                 "--out",
                 str(tmp_path),
             ]
@@ -39,7 +41,21 @@ def test_bench_writes_results(tmp_path, capsys):
         == 0
     )
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["codec"] for r in rows] == ["zstd-1", "fedzip-dap", "fedzip-position", "stc", "signsgd"] * 2
+    codecs = [
+        "zstd-1",
+        "fedzip-dap",
+        "fedzip-position",
+        "fedzip-rank-2",
+        "fedzip-budget-1000x",
+        "stc",
+        "signsgd",
+    ]
+    assert [r["codec"] for r in rows] == codecs * 2
+    for row in rows:
+        if row["codec"] == "fedzip-budget-1000x":
+            assert row["ratio"] > 900 and row["vs_entropy_bound"] is None  # never over its budget
+        if row["codec"] == "fedzip-rank-2":
+            assert row["ratio"] > 100 and row["decode_mb_s"] > 0
     for row in rows:
         if row["codec"] == "stc":
             assert row["ratio"] > 100 and row["vs_entropy_bound"] is None
@@ -53,6 +69,7 @@ def test_bench_writes_results(tmp_path, capsys):
     assert (tmp_path / "bench.csv").read_text().startswith("update,parameters,codec")
     assert "fedzip-dap" in (tmp_path / "bench.md").read_text()
     assert "fedzip-dap" in capsys.readouterr().out
+    assert main(["bench", "--representations", "fedzip-rank-9"]) == 2
 
 
 def test_bench_feedback_measures_memory_in_place(tmp_path, capsys):

@@ -125,6 +125,19 @@ class BenchRow:
         return asdict(self)
 
 
+def representation_codecs(names: Iterable[str]) -> list[tuple[str, Compressor]]:
+    """The codecs of ``names`` among REPRESENTATION_ROWS: each of the budget's representations alone
+    (Top-z is the encodings' rows), and the budget choosing among them."""
+    return [(name, REPRESENTATION_ROWS[name]()) for name in names]
+
+
+REPRESENTATION_ROWS: dict[str, Callable[[], Compressor]] = {
+    "fedzip-rank-2": lambda: FedZip(rank=2, clusters=3, iterations=4),
+    "fedzip-dense-16x": lambda: FedZip(budget_ratio=16, representations=["dense"]),
+    "fedzip-budget-1000x": lambda: FedZip(budget_ratio=1000),
+}
+
+
 def bench_update(
     label: str,
     update: dict[str, np.ndarray],
@@ -134,8 +147,10 @@ def bench_update(
     repeat: int = 3,
     progress: Callable[[str], None] | None = None,
     baselines: Iterable[str] = (),
+    representations: Iterable[str] = (),
 ) -> list[BenchRow]:
-    """Benchmark each FedZip encoding, the named baseline compressors and zstd level 1 on one update."""
+    """Benchmark each FedZip encoding, the named representation rows (:data:`REPRESENTATION_ROWS`),
+    the named baseline compressors and zstd level 1 on one update."""
     import zstandard
 
     parameters = sum(a.size for a in update.values())
@@ -163,6 +178,7 @@ def bench_update(
     codecs: list[tuple[str, Compressor]] = [
         (f"fedzip-{e}", FedZip(keep=keep, clusters=clusters, encoding=e)) for e in encodings
     ]
+    codecs += representation_codecs(representations)
     for name in baselines:
         config = {"id": name, "keep": keep} if name in ("topk", "stc") else {"id": name}
         codecs.append((name, get_compressor(config)))
@@ -174,7 +190,8 @@ def bench_update(
         if any(not np.array_equal(restored[k], expected[k]) for k in expected):
             raise AssertionError(f"{name} did not decode to its own approximation")
         kept = sum(int(np.count_nonzero(v)) for v in expected.values())
-        bound = entropy_bound_bits(codec, update) if isinstance(codec, FedZip) else None
+        top_z = isinstance(codec, FedZip) and codec.rank is None and codec.budget_split is None
+        bound = entropy_bound_bits(codec, update) if top_z else None
         rows.append(
             BenchRow(
                 label,
@@ -201,18 +218,29 @@ def run(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     baselines: Iterable[str] = (),
+    representations: Iterable[str] = (),
 ) -> list[BenchRow]:
     """The standard benchmark: the paper CNN's update and a large one."""
-    encodings, baselines = list(encodings), list(baselines)
+    encodings, baselines, representations = list(encodings), list(baselines), list(representations)
     rows = bench_update(
-        "paper-cnn", paper_cnn_update(seed), encodings, keep, clusters, repeat, progress, baselines
+        "paper-cnn",
+        paper_cnn_update(seed),
+        encodings,
+        keep,
+        clusters,
+        repeat,
+        progress,
+        baselines,
+        representations,
     )
     if parameters:
         if progress:
             progress(f"generating a {parameters:,}-parameter update")
         update = heavy_tailed_update(large_shapes(parameters), seed)
         label = f"{sum(a.size for a in update.values()) / 1e6:.1f}M"
-        rows += bench_update(label, update, encodings, keep, clusters, repeat, progress, baselines)
+        rows += bench_update(
+            label, update, encodings, keep, clusters, repeat, progress, baselines, representations
+        )
     return rows
 
 

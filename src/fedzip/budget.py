@@ -21,17 +21,19 @@ cannot buy stays in the error-feedback residual when one is used.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import encodings, wire
+from . import encodings, huffman, wire
 from .encodings import Quantized
 from .factors import factor_rank, leading_factors, pack_dense, pack_leading
 from .packing import Packed
-from .quantize import quantize_many
+from .quantize import quantize, quantize_many
 
 REPRESENTATIONS = ("top-z", "dense", "factors")
 # Not "dense" by default: Top-z at a large keep is dense quantisation with zero as one more level, its
@@ -50,11 +52,15 @@ FACTOR_LEVELS = (2, 3, 4, 8)
 class Option:
     """One way to send a tensor: exactly what it costs and what it leaves out."""
 
-    item: Quantized | Packed  # Packed: factors or dense levels (body encoding fedzip.factors.ENCODING_ID)
+    item: Quantized | Packed | Callable[[], Packed]  # factors: built when chosen (see build())
     record_bytes: int
     error: float  # squared error of the rebuilt tensor
     form: str  # one of REPRESENTATIONS
     detail: str  # its size: "keep 0.0031, 3 clusters", "rank 2, 3 levels", "4 levels"
+
+    def build(self) -> Quantized | Packed:
+        """What the codec writes: the quantised tensor, or its factors or levels."""
+        return self.item() if callable(self.item) else self.item
 
 
 def _price(name: str, q: Quantized, encoding: str) -> int:
@@ -116,22 +122,53 @@ def tensor_options(
                 name, array, values64, pack_dense(flat, levels), "dense", f"{levels} levels"
             )
             candidates += [option] if fits(option) else []
-    top = max((r for r in RANKS if factor_rank(array.shape, r) == r), default=0)
-    if "factors" in representations and top:
-        left, right = leading_factors(array, top, iterations)
-        for rank in (r for r in RANKS if r <= top):
-            for levels in FACTOR_LEVELS:
-                packed = pack_leading(left, right, rank, levels)
-                option = _packed_option(
-                    name, array, values64, packed, "factors", f"rank {rank}, {levels} levels"
-                )
-                candidates += [option] if fits(option) else []
+    if "factors" in representations:
+        candidates += [o for o in _factor_options(name, array, total, iterations) if fits(o)]
     if not candidates:  # an empty or all-zero tensor
         q = Quantized(
             array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
         )
         candidates.append(Option(q, _price(name, q, encoding), total, "top-z", "nothing"))
     return _pareto(candidates)
+
+
+def _factor_options(name: str, array: np.ndarray, energy: float, iterations: int) -> list[Option]:
+    """Rank-r factors at every rank of ``RANKS`` worth factoring and every level count, priced
+    without building them: a column is quantised alike at every rank, so one product per level
+    count gives every rank's error, ``|M|^2 - 2 sum_j l_j.M r_j + sum_ij (L'L)_ij (R'R)_ij``,
+    and label counts give the Huffman stream's bits. Each Option builds its factors when asked."""
+    top = max((r for r in RANKS if factor_rank(array.shape, r) == r), default=0)
+    if not top:
+        return []
+    rows = array.shape[0]
+    matrix = array.reshape(rows, -1)
+    left, right = leading_factors(array, top, iterations)
+    options = []
+    for levels in FACTOR_LEVELS:
+        columns = [_quantise_column(left[:, j], levels) for j in range(top)]
+        columns += [_quantise_column(right[:, j], levels) for j in range(top)]
+        dequantised = [centroids[labels].astype(np.float64) for centroids, labels in columns]
+        left_q, right_q = np.stack(dequantised[:top], 1), np.stack(dequantised[top:], 1)
+        projected = (matrix @ right_q.astype(matrix.dtype)).astype(np.float64)  # M r_j, one product
+        cross = np.einsum("ij,ij->j", left_q, projected)
+        gram = (left_q.T @ left_q) * (right_q.T @ right_q)
+        counts = [np.bincount(labels, minlength=levels) for _, labels in columns]
+        for rank in (r for r in RANKS if r <= top):
+            error = energy - 2 * float(cross[:rank].sum()) + float(gram[:rank, :rank].sum())
+            used = sum(counts[:rank]) + sum(counts[top : top + rank])
+            bits = 24 + huffman.stream_bits(used)
+            size = wire.record_bytes(
+                name, array.shape, rank * (rows + matrix.shape[1]), 2 * rank * levels, bits
+            )
+            build = functools.partial(pack_leading, left, right, rank, levels)
+            options.append(Option(build, size, max(error, 0.0), "factors", f"rank {rank}, {levels} levels"))
+    return options
+
+
+def _quantise_column(column: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A factor column as :func:`fedzip.factors.pack_leading` quantises it: (centroids, labels)."""
+    centroids, labels = quantize(column, levels)
+    return centroids, labels.astype(np.int64)
 
 
 def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:

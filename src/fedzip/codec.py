@@ -235,7 +235,7 @@ class FedZip(Compressor):
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(arrays, sparsified, self.clusters, self.encoding, limit)
-        return {name: option.item for name, option in self.plan(arrays, limit).items()}
+        return {name: option.build() for name, option in self.plan(arrays, limit).items()}
 
     def plan(self, update: Update, limit: int | None = None) -> dict[str, budget.Option]:
         """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..bench import REPRESENTATION_ROWS
 from ..codec import ENCODINGS, FedZip
 from ..encodings import CHOICES
 from ..fl.options import clusters
@@ -34,6 +35,12 @@ def add_command(commands: Any) -> None:
         "--baselines",
         default=",".join(BASELINES),
         help=f"comma-separated baseline compressors to measure too (default {','.join(BASELINES)}; '' for none)",
+    )
+    bench.add_argument(
+        "--representations",
+        default=",".join(REPRESENTATION_ROWS),
+        help="comma-separated rows of the budget's representations and the budget itself "
+        f"(default {','.join(REPRESENTATION_ROWS)}; '' for none)",
     )
     bench.add_argument("--repeat", type=positive_int, default=3, help="timing runs, best kept (default 3)")
     bench.add_argument("--seed", type=positive_int, default=0)
@@ -78,6 +85,12 @@ def _bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise CliError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    representations = [r.strip() for r in args.representations.split(",") if r.strip()]
+    unknown = sorted(set(representations) - set(REPRESENTATION_ROWS))
+    if unknown:
+        raise CliError(
+            f"unknown representation row(s) {', '.join(unknown)}; choose from {', '.join(REPRESENTATION_ROWS)}"
+        )
     console = Console(stderr=True)
     if args.fl:
         _bench_fl(args, console)
@@ -117,6 +130,7 @@ def _bench(args: argparse.Namespace) -> None:
             seed=args.seed,
             progress=lambda message: status.update(f"benchmarking {message}"),
             baselines=baselines,
+            representations=representations,
         )
     title = f"fedzip bench: keep={args.keep}, clusters={args.clusters}, best of {args.repeat}"
     headers = [
