@@ -307,3 +307,32 @@ def test_compare_runs_a_plan_each_run_with_its_own_options(tmp_path, capsys):
     # options belong to the plan: a command-line option next to --plan is refused
     assert main(["compare", "--plan", str(plan), "--rounds", "3", "--out", str(out)]) == 2
     assert "--rounds cannot be given with it" in capsys.readouterr().err
+
+
+class SilentGrid:
+    """Nodes that are listed but never answer: what a strategy sees when the engine's workers died."""
+
+    def __init__(self, nodes):
+        self.nodes, self.rounds = list(range(1, nodes + 1)), 0
+
+    def get_node_ids(self):
+        return self.nodes
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.rounds += bool(list(messages))  # train messages (the runner evaluates on the server)
+        return []
+
+    def __getattr__(self, name):
+        raise AttributeError(name)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_run_that_gets_no_reply_stops_after_three_rounds(tmp_path):
+    from fedzip.fl import apps
+
+    cfg = small_run(tmp_path, model="mlp", server={"clients": 2, "rounds": 50}, data={"train_limit": 600})
+    grid = SilentGrid(2)
+    with pytest.raises(RuntimeError, match="no node replied in rounds 1-3"):
+        apps.serve(grid, cfg, out=tmp_path)
+    assert grid.rounds == apps.SILENT_ROUNDS  # not 50 rounds of waiting
+    assert [int(r["round"]) for r in read_metrics(tmp_path)] == [0, 1, 2, 3]  # what finished is written

@@ -32,6 +32,8 @@ from .config import ExperimentConfig
 from .options import from_run_config
 from .store import TRANSCODED, RoundRecord, write_results
 
+SILENT_ROUNDS = 3  # rounds in a row without any reply after which a run stops
+
 
 def client_settings(cfg: ExperimentConfig) -> dict[str, int | float | str]:
     """What every client needs to know, sent in the train message's ConfigRecord."""
@@ -346,6 +348,14 @@ def serve(
             write_results(out, cfg, records, time.perf_counter() - started, plot=False)
         if on_round:
             on_round(record)
+        recent = records[-SILENT_ROUNDS:]
+        if len(recent) == SILENT_ROUNDS and recent[0].round > 0 and not any(r.clients for r in recent):
+            # An engine whose workers died (or a federation whose every node left) answers nothing, and
+            # each round would wait round_timeout for it: stop, with what was finished written.
+            raise RuntimeError(
+                f"no node replied in rounds {recent[0].round}-{server_round}: every node is gone or the "
+                "engine failed (see its log); the finished rounds are written"
+            )
         metrics = {"accuracy": accuracy, "loss": loss}
         if len(val_y):
             metrics |= {"val-accuracy": record.val_accuracy, "val-loss": record.val_loss}
