@@ -5,7 +5,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fedzip
@@ -129,6 +129,7 @@ def test_config_round_trip_and_error_feedback(rng):
 
 @settings(max_examples=20)
 @given(seed=st.integers(0, 2**16), budget=st.integers(700, 40_000))
+@example(seed=749, budget=2782)  # bisection alone stopped one entry short (bytes are not monotone in keep)
 def test_the_uniform_split_is_top_z_with_the_largest_keep_that_fits(seed, budget):
     """budget_split="uniform": the same kept fraction in every sparsified tensor, as FedZip(keep=...) would,
     and one more entry per tensor would not fit."""

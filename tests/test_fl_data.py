@@ -71,7 +71,7 @@ def test_invalid_partition_spec():
 def test_paper_cnn_has_the_papers_parameter_count():
     assert models.parameter_count(models.build("cnn")) == 1_199_882
     with pytest.raises(ValueError):
-        models.build("resnet")
+        models.build("resnet50")
 
 
 def test_the_validation_set_is_held_out_of_training_and_seeded():

@@ -1,6 +1,7 @@
 """The package users install: built as a wheel, it holds the library alone and works with numpy alone."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    """The wheel, built from a private copy of what it is made of: test workers building at once in
+    the source tree would share its build/ folder."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -27,12 +34,13 @@ def wheel(tmp_path_factory):
             "-q",
             "-w",
             str(out),
-            str(ROOT),
+            str(source),
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     (path,) = out.glob("fedzip-*.whl")
     return path
 

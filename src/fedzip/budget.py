@@ -322,4 +322,15 @@ def largest_uniform_keep(
             best, low = chosen, middle
         else:
             high = middle
+    # Bytes are not quite monotone in keep (the codes' tables change with the counts): bisection can
+    # stop short of a keep that fits, so one more entry in the largest tensor is tried while it does.
+    if orders:
+        largest = max(orders, key=lambda n: orders[n][0].size)
+        size = orders[largest][0].size
+        for _ in range(64):
+            count = best[largest].kept
+            chosen, spent = build((count + 1) / size)
+            if spent > budget or chosen[largest].kept <= count:
+                break
+            best = chosen
     return best
