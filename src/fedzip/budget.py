@@ -31,9 +31,9 @@ import numpy as np
 
 from . import encodings, huffman, wire
 from .encodings import Quantized
-from .factors import factor_rank, leading_factors, pack_dense, pack_leading
+from .factors import factor_rank, leading_factors, pack_columns, pack_dense, quantise_columns
 from .packing import Packed
-from .quantize import quantize, quantize_many
+from .quantize import quantize_many
 
 REPRESENTATIONS = ("top-z", "dense", "factors")
 # Not "dense" by default: Top-z at a large keep is dense quantisation with zero as one more level, its
@@ -145,14 +145,15 @@ def _factor_options(name: str, array: np.ndarray, energy: float, iterations: int
     left, right = leading_factors(array, top, iterations)
     options = []
     for levels in FACTOR_LEVELS:
-        columns = [_quantise_column(left[:, j], levels) for j in range(top)]
-        columns += [_quantise_column(right[:, j], levels) for j in range(top)]
-        dequantised = [centroids[labels].astype(np.float64) for centroids, labels in columns]
+        left_columns, right_columns = quantise_columns(left, levels), quantise_columns(right, levels)
+        dequantised = [
+            centroids[labels].astype(np.float64) for centroids, labels in left_columns + right_columns
+        ]
         left_q, right_q = np.stack(dequantised[:top], 1), np.stack(dequantised[top:], 1)
         projected = (matrix @ right_q.astype(matrix.dtype)).astype(np.float64)  # M r_j, one product
         cross = np.einsum("ij,ij->j", left_q, projected)
         gram = (left_q.T @ left_q) * (right_q.T @ right_q)
-        counts = [np.bincount(labels, minlength=levels) for _, labels in columns]
+        counts = [np.bincount(labels, minlength=levels) for _, labels in left_columns + right_columns]
         for rank in (r for r in RANKS if r <= top):
             error = energy - 2 * float(cross[:rank].sum()) + float(gram[:rank, :rank].sum())
             used = sum(counts[:rank]) + sum(counts[top : top + rank])
@@ -160,15 +161,10 @@ def _factor_options(name: str, array: np.ndarray, energy: float, iterations: int
             size = wire.record_bytes(
                 name, array.shape, rank * (rows + matrix.shape[1]), 2 * rank * levels, bits
             )
-            build = functools.partial(pack_leading, left, right, rank, levels)
+            # built from the columns quantised here: the chosen factors cost no second k-means
+            build = functools.partial(pack_columns, left_columns[:rank] + right_columns[:rank], levels, rows)
             options.append(Option(build, size, max(error, 0.0), "factors", f"rank {rank}, {levels} levels"))
     return options
-
-
-def _quantise_column(column: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """A factor column as :func:`fedzip.factors.pack_leading` quantises it: (centroids, labels)."""
-    centroids, labels = quantize(column, levels)
-    return centroids, labels.astype(np.int64)
 
 
 def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:

@@ -45,14 +45,19 @@ ENCODING_ID = 22
 MAX_RANK = 64
 
 
-def _quantise(columns: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per column: ``clusters`` float32 centroids (padded by repeating the last) and the labels."""
-    centroids, labels = [], []
+def quantise_columns(columns: np.ndarray, clusters: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per column: ``clusters`` float32 centroids (padded by repeating the last) and its labels."""
+    out = []
     for column in columns.T:
         found, assigned = quantize(column, clusters)
-        centroids.append(np.pad(found, (0, clusters - found.size), mode="edge"))
-        labels.append(assigned)
-    return np.concatenate(centroids), np.concatenate(labels)
+        out.append((np.pad(found, (0, clusters - found.size), mode="edge"), assigned))
+    return out
+
+
+def _quantise(columns: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """All columns' centroids and labels, concatenated in column order."""
+    parts = quantise_columns(columns, clusters)
+    return np.concatenate([c for c, _ in parts]), np.concatenate([labels for _, labels in parts])
 
 
 def _reconstruct(
@@ -103,10 +108,7 @@ def pack_factors(array: np.ndarray, rank: int, clusters: int, iterations: int, s
     for _ in range(iterations):
         left = np.linalg.qr((matrix @ right.astype(matrix.dtype)).astype(np.float64))[0]
         right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
-    left_centroids, left_labels = _quantise(left, clusters)
-    right_centroids, right_labels = _quantise(right, clusters)
-    labels = np.concatenate([left_labels, right_labels])
-    return _packed(labels, np.concatenate([left_centroids, right_centroids]), clusters, rank, rows)
+    return pack_columns(quantise_columns(left, clusters) + quantise_columns(right, clusters), clusters, rows)
 
 
 def leading_factors(
@@ -129,12 +131,12 @@ def leading_factors(
     return left @ vt.T, u * singular
 
 
-def pack_leading(left: np.ndarray, right: np.ndarray, rank: int, clusters: int) -> Packed:
-    """The first ``rank`` columns of :func:`leading_factors`' factors, quantised as :func:`pack_factors`'."""
-    left_centroids, left_labels = _quantise(left[:, :rank], clusters)
-    right_centroids, right_labels = _quantise(right[:, :rank], clusters)
-    labels = np.concatenate([left_labels, right_labels])
-    return _packed(labels, np.concatenate([left_centroids, right_centroids]), clusters, rank, left.shape[0])
+def pack_columns(columns: list[tuple[np.ndarray, np.ndarray]], clusters: int, rows: int) -> Packed:
+    """Factors from their quantised columns (:func:`quantise_columns`): the left factor's ``rank``
+    columns of ``rows`` entries, then the right factor's."""
+    rank = len(columns) // 2
+    centroids = np.concatenate([c for c, _ in columns])
+    return _packed(np.concatenate([labels for _, labels in columns]), centroids, clusters, rank, rows)
 
 
 def pack_dense(flat: np.ndarray, clusters: int) -> Packed:

@@ -27,6 +27,14 @@ class Transfer:
     seconds: float = float("nan")  # from the message's creation to the reply's (training, on the node)
     reason: str = ""  # why the reply was not accepted
 
+    def answer(self, reply: Message, sent: Message | None) -> None:
+        """Count ``reply``, the node's answer to ``sent`` (its message this round, if known)."""
+        self.replies += 1
+        self.up_bytes += content_bytes(reply)
+        self.seconds = reply_seconds(sent, reply)
+        if reply.has_error():
+            self.reason = reply.error.reason
+
     @property
     def status(self) -> str:
         if not self.replies:

@@ -22,7 +22,7 @@ from ..feedback import ErrorFeedback
 from ..registry import get_compressor
 from ..schedule import KeepWarmup
 from . import protocol
-from .accounting import RoundStats, content_bytes, reply_nodes, reply_seconds
+from .accounting import RoundStats, content_bytes, reply_nodes
 from .downlink import Broadcaster
 from .memory import UpdateMemory, check_memory
 from .options import check_client_dp, feedback_settings
@@ -289,11 +289,8 @@ class FedZipStrategy(StrategyWrapper):
         weighted_by = weighting_key(self.strategy)  # the metric the inner strategy weights replies by
         for index, reply in enumerate(replies):
             transfer = stats.node(nodes[index])
-            transfer.replies += 1
-            transfer.up_bytes += content_bytes(reply)
-            transfer.seconds = reply_seconds(sent.get(transfer.node), reply)
+            transfer.answer(reply, sent.get(transfer.node))
             if reply.has_error():
-                transfer.reason = reply.error.reason
                 stats.failures.append(f"node {nodes[index]}: {reply.error.reason}")
                 if reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION:
                     configuration.append(reply.error.reason)

@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ..energy import Link, get_link
-from .accounting import Transfer, content_bytes, reply_nodes, reply_seconds
+from .accounting import Transfer, content_bytes, reply_nodes
 from .strategy import FedZipStrategy
 from .wrapper import StrategyWrapper, inner_chain
 
@@ -141,15 +141,10 @@ class TrafficTracker(StrategyWrapper):
         replies = list(replies)
         for node, reply in zip(reply_nodes(replies, self._sent), replies, strict=True):
             transfer = self._pending.setdefault(node, Transfer(node))
-            size = content_bytes(reply)
-            transfer.replies += 1
-            transfer.up_bytes += size
-            transfer.seconds = reply_seconds(self._sent.get(node), reply)
-            if reply.has_error():
-                transfer.reason = reply.error.reason
-            else:
+            transfer.answer(reply, self._sent.get(node))
+            if not reply.has_error():  # uncompressed: carried and raw alike
                 transfer.accepted = True
-                transfer.up_raw_bytes += size
+                transfer.up_raw_bytes = transfer.up_bytes
         return replies
 
     def configure_train(
