@@ -331,12 +331,13 @@ def test_an_encoding_id_or_name_is_registered_once():
         ({"budget_split": "error"}, "give budget_bytes or budget_ratio"),
         ({"iterations": 2}, "give rank, or a budget"),
         ({"iterations": 2, "budget_ratio": 100, "representations": ["top-z"]}, "give rank, or a budget"),
-        ({"representations": ["factors", "dense"]}, "give budget_bytes or budget_ratio too"),
+        ({"representations": ["factors", "top-z"]}, "give budget_bytes or budget_ratio too"),
         ({"budget_ratio": 100, "budget_split": "uniform", "representations": ["top-z"]}, "Top-z's own rule"),
         ({"budget_ratio": 100, "representations": ["factors"]}, "cannot send vectors"),
-        ({"budget_ratio": 100, "representations": ["sketch"]}, "some of top-z, dense, factors"),
+        ({"budget_ratio": 100, "representations": ["sketch"]}, "some of top-z, factors"),
+        ({"budget_ratio": 100, "representations": ["dense"]}, "Top-z keeping every entry"),
         ({"budget_ratio": 100, "representations": "factors"}, "a list of names"),
-        ({"budget_ratio": 100, "representations": []}, "some of top-z, dense, factors"),
+        ({"budget_ratio": 100, "representations": []}, "some of top-z, factors"),
     ],
 )
 def test_options_the_mode_ignores_are_refused(options, message):

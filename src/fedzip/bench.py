@@ -133,7 +133,7 @@ def representation_codecs(names: Iterable[str]) -> list[tuple[str, Compressor]]:
 
 REPRESENTATION_ROWS: dict[str, Callable[[], Compressor]] = {
     "fedzip-rank-2": lambda: FedZip(rank=2, clusters=3, iterations=4),
-    "fedzip-dense-16x": lambda: FedZip(budget_ratio=16, representations=["dense"]),
+    "fedzip-budget-16x": lambda: FedZip(budget_ratio=16),
     "fedzip-budget-1000x": lambda: FedZip(budget_ratio=1000),
 }
 

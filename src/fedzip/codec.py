@@ -39,15 +39,18 @@ def _representations(chosen: Sequence[str] | None, split: str) -> list[str] | No
         raise ValueError(
             f"representations must be a list of names such as ['top-z', 'factors'], got {chosen!r}"
         )
+    if "dense" in chosen:
+        raise ValueError(
+            "'dense' is Top-z keeping every entry (no positions travel then): the budget tries it under "
+            "'top-z'; give representations=['top-z', 'factors'] or drop the option"
+        )
     unknown = sorted(set(chosen) - set(REPRESENTATIONS))
     if unknown or not chosen:
         raise ValueError(
             f"representations must be some of {', '.join(REPRESENTATIONS)}, got {list(chosen)!r}"
         )
     if set(chosen) == {"factors"}:
-        raise ValueError(
-            "factors cannot send vectors or small tensors: add 'dense' or 'top-z' to representations"
-        )
+        raise ValueError("factors cannot send vectors or small tensors: add 'top-z' to representations")
     return [r for r in REPRESENTATIONS if r in chosen]
 
 
@@ -80,9 +83,8 @@ class FedZip(Compressor):
             the budget (with error feedback on small models this trained
             better than ``"error"``, which can starve large layers).
         representations: with an ``"error"`` budget, the forms a tensor may take: ``"top-z"``
-            (largest entries and their positions), ``"dense"`` (every entry at 2 to 16 levels) and
-            ``"factors"`` (a matrix as rank-r factors); ``["top-z", "factors"]`` when not given
-            (:data:`fedzip.budget.DEFAULT_REPRESENTATIONS` says why not dense). ``["top-z"]`` is the
+            (largest entries and their positions; keeping all of them is dense quantisation) and
+            ``"factors"`` (a matrix as rank-r factors); both when not given. ``["top-z"]`` is the
             budget of fedzip 0.1.
         rank: in place of Top-z, send every weight matrix as rank-``rank``
             factors (:mod:`fedzip.factors`): each factor column
@@ -204,7 +206,7 @@ class FedZip(Compressor):
 
     def body_encodings(self) -> frozenset[int]:
         ids = set(encodings.NAMES) if self.encoding == "auto" else {encodings.IDS[self.encoding]}
-        if self.rank is not None or set(self.representations or ()) & {"dense", "factors"}:
+        if self.rank is not None or "factors" in (self.representations or ()):
             ids.add(FACTORS_ID)
         return frozenset(ids)
 
@@ -235,7 +237,7 @@ class FedZip(Compressor):
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(arrays, sparsified, self.clusters, self.encoding, limit)
-        return {name: option.build() for name, option in self.plan(arrays, limit).items()}
+        return {name: item for name, (_, item) in self._choose(arrays, limit).items()}
 
     def plan(self, update: Update, limit: int | None = None) -> dict[str, budget.Option]:
         """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and
@@ -245,6 +247,11 @@ class FedZip(Compressor):
         arrays = check_update(update)
         if limit is None:
             limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
+        return {name: option for name, (option, _) in self._choose(arrays, limit).items()}
+
+    def _choose(
+        self, arrays: dict[str, np.ndarray], limit: int
+    ) -> dict[str, tuple[budget.Option, Quantized | Packed]]:
         options = {
             name: budget.tensor_options(
                 name,
@@ -257,7 +264,8 @@ class FedZip(Compressor):
             )
             for name, array in arrays.items()
         }
-        return budget.allocate(options, limit)
+        shapes = {name: array.shape for name, array in arrays.items()}
+        return budget.settle(options, budget.allocate(options, limit), limit, self.encoding, shapes)
 
     def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
         """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored."""

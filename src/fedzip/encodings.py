@@ -59,7 +59,7 @@ def _huffman_counts(q: Quantized) -> np.ndarray:
     return np.concatenate(([q.size - q.kept], counts)).astype(np.int64)
 
 
-def _address_width(size: int) -> int:
+def address_width(size: int) -> int:
     return max(size - 1, 0).bit_length()
 
 
@@ -74,7 +74,7 @@ def plan(encoding: int, q: Quantized, label_plan: tuple[int, int]) -> int:
     if q.kept == q.size:
         position_bits = 0
     elif encoding == POSITION:
-        position_bits = q.kept * _address_width(q.size)
+        position_bits = q.kept * address_width(q.size)
     else:
         position_bits = gaps.plan(_gaps(q.positions), q.size)[2]
     return position_bits + label_plan[1]
@@ -105,7 +105,7 @@ def write(writer: BitWriter, encoding: int, q: Quantized, label_plan: tuple[int,
         return
     if q.kept < q.size:
         if encoding == POSITION:
-            writer.write_array(q.positions, _address_width(q.size))
+            writer.write_array(q.positions, address_width(q.size))
         else:
             deltas = _gaps(q.positions)
             method, param, _ = gaps.plan(deltas, q.size)
@@ -137,7 +137,7 @@ def read(
     elif kept == size:
         positions = np.arange(size, dtype=np.int64)
     elif encoding == POSITION:
-        positions = reader.read_array(kept, _address_width(size)).astype(np.int64)
+        positions = reader.read_array(kept, address_width(size)).astype(np.int64)
         if np.any(np.diff(positions) <= 0):
             raise FormatError("kept addresses are not strictly increasing")
     else:

@@ -63,10 +63,9 @@ def optimal_segments_upto(points: np.ndarray, weights: np.ndarray, k: int) -> di
     return out
 
 
-def _lloyd(values: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Lloyd iterations on sorted weighted ``values`` using prefix sums."""
-    cw = np.concatenate(([0.0], np.cumsum(weights)))
-    cs = np.concatenate(([0.0], np.cumsum(weights * values)))
+def _lloyd(values: np.ndarray, cw: np.ndarray, cs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Lloyd iterations on sorted ``values`` with prefix sums of their weights (``cw``) and of
+    weight times value (``cs``)."""
     cuts = None
     for _ in range(_LLOYD_ITERATIONS):
         mids = (centroids[:-1] + centroids[1:]) / 2
@@ -85,8 +84,13 @@ def cluster_centroids(sorted_values: np.ndarray, k: int) -> np.ndarray:
     return cluster_centroids_many(sorted_values, (k,))[k]
 
 
-def cluster_centroids_many(sorted_values: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """:func:`cluster_centroids` for several cluster counts, sharing one dynamic program."""
+def cluster_centroids_many(
+    sorted_values: np.ndarray, ks: tuple[int, ...], points: int = EXACT_POINTS
+) -> dict[int, np.ndarray]:
+    """:func:`cluster_centroids` for several cluster counts, sharing one dynamic program.
+
+    ``points``: the dynamic program's size (exact up to this many distinct values, bins above);
+    its cost grows with its square. The byte budget prices its many candidates with fewer."""
     x = sorted_values.astype(np.float64, copy=False)
     distinct = np.concatenate(([True], x[1:] != x[:-1]))
     uniq = x[distinct]
@@ -95,7 +99,7 @@ def cluster_centroids_many(sorted_values: np.ndarray, ks: tuple[int, ...]) -> di
     if not rest:
         return out
     counts = np.diff(np.concatenate((np.flatnonzero(distinct), [x.size]))).astype(np.float64)
-    if uniq.size <= EXACT_POINTS:
+    if uniq.size <= points:
         segments = optimal_segments_upto(uniq, counts, max(rest))
         cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
         cw = np.concatenate(([0.0], np.cumsum(counts)))
@@ -105,7 +109,7 @@ def cluster_centroids_many(sorted_values: np.ndarray, ks: tuple[int, ...]) -> di
         return out
     # Bins of equal count resolve the dense middle; bins of equal width in
     # value resolve the tails, where a few outliers dominate the error.
-    half = EXACT_POINTS // 2
+    half = points // 2
     by_count = np.linspace(0, x.size, half + 1).astype(np.int64)
     by_value = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[1:-1], side="left")
     edges = np.unique(np.concatenate((by_count, by_value)))
@@ -114,10 +118,12 @@ def cluster_centroids_many(sorted_values: np.ndarray, ks: tuple[int, ...]) -> di
     segments = optimal_segments_upto(bin_means, bin_weights, max(rest))
     cs = np.concatenate(([0.0], np.cumsum(bin_weights * bin_means)))
     cw = np.concatenate(([0.0], np.cumsum(bin_weights)))
+    value_cw = np.concatenate(([0.0], np.cumsum(counts)))
+    value_cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
     for k in rest:
         bounds = segments[k]
         seeds = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
-        out[k] = _lloyd(uniq, counts, seeds)
+        out[k] = _lloyd(uniq, value_cw, value_cs, seeds)
     return out
 
 
@@ -127,13 +133,15 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted((c[:-1] + c[1:]) / 2, values.astype(np.float64), side="left")
 
 
-def quantize_many(values: np.ndarray, ks: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def quantize_many(
+    values: np.ndarray, ks: tuple[int, ...], points: int = EXACT_POINTS
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """:func:`quantize` for several cluster counts at the cost of about one."""
     if values.size == 0:
         return {k: (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)) for k in ks}
     sorted_values = np.sort(values.astype(np.float64))
     out = {}
-    for k, found in cluster_centroids_many(sorted_values, tuple(ks)).items():
+    for k, found in cluster_centroids_many(sorted_values, tuple(ks), points).items():
         centroids = np.unique(found.astype(np.float32))
         out[k] = (centroids, assign(values, centroids).astype(np.uint8))
     return out

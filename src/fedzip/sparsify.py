@@ -10,7 +10,7 @@ import numpy as np
 _SMALL = 1 << 16
 _SAMPLE = 1 << 15
 # Work in chunks that stay in cache instead of allocating |x| for a whole tensor.
-_CHUNK = 1 << 16
+CHUNK = 1 << 16
 
 
 def keep_count(size: int, keep: float) -> int:
@@ -23,9 +23,9 @@ def keep_count(size: int, keep: float) -> int:
 def peak_magnitude(flat: np.ndarray) -> float:
     """Largest absolute value of 1-D ``flat`` (NaN if it holds a NaN), in cache-sized chunks."""
     peak = 0.0
-    buffer = np.empty(min(flat.size, _CHUNK), dtype=flat.dtype)
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
+    buffer = np.empty(min(flat.size, CHUNK), dtype=flat.dtype)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
         value = float(np.abs(chunk, out=buffer[: chunk.size]).max())
         if value != value:
             return value
@@ -78,11 +78,11 @@ def _candidates(flat: np.ndarray, count: int) -> np.ndarray | None:
     if rank <= 0:
         return None
     estimate = np.partition(sample, rank)[rank]
-    magnitude = np.empty(min(n, _CHUNK), dtype=flat.dtype)
-    selected = np.empty(min(n, _CHUNK), dtype=bool)
+    magnitude = np.empty(min(n, CHUNK), dtype=flat.dtype)
+    selected = np.empty(min(n, CHUNK), dtype=bool)
     found = []
-    for start in range(0, n, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
+    for start in range(0, n, CHUNK):
+        chunk = flat[start : start + CHUNK]
         size = chunk.size
         np.abs(chunk, out=magnitude[:size])
         np.greater_equal(magnitude[:size], estimate, out=selected[:size])
