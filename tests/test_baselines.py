@@ -333,3 +333,36 @@ def test_lowrank_with_error_feedback_loses_nothing_over_rounds(rng):
     # the residual shrinks the gap: the sum of what was sent points where the updates point
     total = sum(u["w"] for u in updates)
     assert np.vdot(sent, total) > 0.5 * np.linalg.norm(sent) * np.linalg.norm(total)
+
+
+def test_orthonormal_spans_the_columns_and_survives_dependent_ones(rng):
+    from fedzip.factors import orthonormal
+
+    columns = rng.standard_normal((500, 12)) @ np.diag(np.geomspace(1, 1e-4, 12))
+    basis = orthonormal(columns)
+    assert np.allclose(basis.T @ basis, np.eye(12), atol=1e-10)
+    assert np.allclose(basis @ (basis.T @ columns), columns, atol=1e-10)  # the same span
+    dependent = np.concatenate((columns[:, :3], columns[:, :3]), axis=1)  # a singular Gram matrix
+    basis = orthonormal(dependent)
+    assert basis.shape == (500, 6) and np.all(np.isfinite(basis))
+    assert np.allclose(basis @ (basis.T @ dependent), dependent, atol=1e-10)
+    assert np.all(np.isfinite(orthonormal(np.zeros((50, 2)))))
+
+
+def test_leading_factors_are_ordered_and_nested(rng):
+    """Every rank r of the budget comes from the first r columns of one factorisation."""
+    from fedzip.factors import leading_factors
+
+    strengths = np.array([5.0, 3.0, 2.0, 1.0])
+    matrix = (rng.standard_normal((120, 4)) * strengths) @ rng.standard_normal((4, 90))
+    matrix = (matrix + 0.01 * rng.standard_normal(matrix.shape)).astype(np.float32)
+    left, right = leading_factors(matrix, 8, iterations=4)
+    assert np.allclose(left.T @ left, np.eye(8), atol=1e-8)
+    norms = np.linalg.norm(right, axis=0)
+    assert np.all(np.diff(norms) <= 1e-9)  # singular values, largest first
+    exact = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+    assert np.allclose(norms[:4], exact[:4], rtol=1e-4)
+    for rank in (1, 2, 4):
+        best = float((exact[rank:] ** 2).sum())
+        error = float(((matrix - left[:, :rank] @ right[:, :rank].T) ** 2).sum())
+        assert error == pytest.approx(best, rel=1e-3)

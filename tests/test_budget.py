@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import fedzip
 from conftest import heavy_tailed
-from fedzip.budget import _hull, allocate, tensor_options
+from fedzip.budget import _hull, allocate
+from fedzip.candidates import tensor_options
 
 
 def squared_error(update, restored):
@@ -213,7 +214,7 @@ def test_dense_noise_is_quantised_with_most_of_its_entries(rng, bits):
 def test_top_z_candidates_are_priced_without_being_built(rng):
     """Every Top-z candidate's error is the built one's; its bytes bound the built record's from above,
     within the slack of the gap code's bound."""
-    from fedzip.budget import _price
+    from fedzip.candidates import price as _price
 
     array = heavy_tailed(rng, (300, 200))
     array.flat[rng.choice(array.size, 500, replace=False)] = 0.0
@@ -300,7 +301,7 @@ def test_inspect_tells_each_tensors_form(rng):
 def test_factor_candidates_are_priced_exactly_without_being_built(rng):
     """Bytes from label counts and error from one product per level count: as the built records."""
     from fedzip import wire
-    from fedzip.budget import _factor_options
+    from fedzip.candidates import _factor_options
 
     array = low_rank_model_update(rng)["dense.weight"]
     energy = float((array.astype(np.float64) ** 2).sum())

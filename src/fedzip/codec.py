@@ -7,7 +7,7 @@ from numbers import Real
 
 import numpy as np
 
-from . import budget, encodings, wire
+from . import budget, candidates, encodings, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
 from .budget import DEFAULT_REPRESENTATIONS, REPRESENTATIONS
@@ -239,9 +239,9 @@ class FedZip(Compressor):
             return budget.largest_uniform_keep(arrays, sparsified, self.clusters, self.encoding, limit)
         return {name: item for name, (_, item) in self._choose(arrays, limit).items()}
 
-    def plan(self, update: Update, limit: int | None = None) -> dict[str, budget.Option]:
+    def plan(self, update: Update, limit: int | None = None) -> dict[str, candidates.Option]:
         """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and
-        error (:class:`fedzip.budget.Option`). ``limit``: the budget in bytes (default: this codec's)."""
+        error (:class:`fedzip.candidates.Option`). ``limit``: the budget in bytes (default: this codec's)."""
         if self.budget_split != "error":
             raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
         arrays = check_update(update)
@@ -251,9 +251,9 @@ class FedZip(Compressor):
 
     def _choose(
         self, arrays: dict[str, np.ndarray], limit: int
-    ) -> dict[str, tuple[budget.Option, Quantized | Packed]]:
+    ) -> dict[str, tuple[candidates.Option, Quantized | Packed]]:
         options = {
-            name: budget.tensor_options(
+            name: candidates.tensor_options(
                 name,
                 array,
                 self._sparsified(array),
