@@ -218,6 +218,7 @@ def test_config_round_trip_and_registry():
         "rank": None,
         "iterations": None,
         "representations": None,
+        "known_layout": False,
     }
     assert fedzip.FedZip.from_config(config) == codec
     assert fedzip.get_compressor(config) == codec

@@ -1,6 +1,7 @@
 """The mod and the strategy wrapper, exchanging real Flower messages without an engine."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -782,3 +783,77 @@ def test_the_average_does_not_depend_on_the_order_replies_arrive_in(rng):
         arrays, _ = strategy.aggregate_train(1, [replies[i] for i in permutation])
         results.append(arrays["w"].numpy())
     assert all(np.array_equal(results[0], other) for other in results[1:])
+
+
+@pytest.mark.parametrize("memory", [None, "fedvarp", "ef21"])
+def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, memory):
+    """known_layout=True: the server decodes each reply with the global model's layout, less the
+    tensors passed through; float64 buffers, 0-d tensors and integer counters included."""
+    model = {
+        "conv.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "bn.running_var": np.ones(8, np.float64),
+        "bn.num_batches_tracked": np.array(0, np.int64),
+        "scale": np.array(1.0, np.float32),
+    }
+    deltas = [
+        {k: (rng.standard_normal(v.shape) * 0.01).astype(v.dtype) for k, v in model.items()} for _ in range(3)
+    ]
+
+    def client(delta):
+        def app(msg, context):
+            received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+            trained = {k: (received[k] + delta[k]).astype(model[k].dtype) for k in received}
+            trained["bn.num_batches_tracked"] = np.array(int(received["bn.num_batches_tracked"]) + 3)
+            content = {"arrays": protocol.to_record(trained), "metrics": MetricRecord({"num-examples": 10})}
+            return Message(RecordDict(content), reply_to=msg)
+
+        return app
+
+    results = {}
+    for known in (False, True):
+        random.seed(0)  # FedAvg samples the nodes: the same order in both runs
+        codec = fedzip.FedZip(keep=0.2, clusters=3, sparsify_1d=True, known_layout=known)
+        strategy = FedZipStrategy(
+            FedAvg(min_available_nodes=3, min_train_nodes=3),
+            compressor=codec,
+            error_feedback=memory is None,
+            server_memory=memory,
+            norm_bound=None,
+        )
+        current, contexts = dict(model), [context(i) for i in range(3)]
+        for server_round in (1, 2, 3):
+            replies = run_round(
+                strategy, current, [client(d) for d in deltas], contexts, server_round=server_round
+            )
+            arrays, _ = strategy.aggregate_train(server_round, replies)
+            assert strategy.history[-1].accepted == 3, strategy.history[-1].failures
+            current = {k: a.numpy() for k, a in arrays.items()}
+        results[known] = (current, sum(s.uplink_bytes for s in strategy.history))
+    (named, named_bytes), (keyed, keyed_bytes) = results[False], results[True]
+    for name in model:
+        np.testing.assert_array_equal(keyed[name], named[name])
+    assert keyed_bytes < named_bytes - 9 * 20  # three tensors' names, shapes and dtypes, 9 replies
+
+
+def test_a_keyed_reply_made_for_another_model_is_rejected_and_the_round_goes_on(rng):
+    model = global_model(rng)
+    delta = {k: np.full_like(v, 0.5) for k, v in model.items()}
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=2, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=1.0, clusters=1, sparsify_1d=True, known_layout=True),
+    )
+    replies = run_round(
+        strategy, model, [make_client(delta, 10), make_client(delta, 10)], [context(0), context(1)]
+    )
+    other = {"w": np.zeros((64, 31), np.float32), "b": np.zeros(32, np.float32)}  # another shape
+    forged = fedzip.FedZip(keep=1.0, clusters=1, sparsify_1d=True, known_layout=True).encode(other)
+    replies[1].content[protocol.PAYLOAD] = protocol.payload_record(forged)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), model["w"] + 0.5, rtol=1e-6)
+    stats = strategy.history[-1]
+    assert stats.accepted == 1 and "another model" in stats.failures[0]
+
+
+def test_downloads_refuse_the_keyed_container():
+    with pytest.raises(ValueError, match="known_layout is for uploads"):
+        FedZipStrategy(FedAvg(), downlink=fedzip.FedZip(keep=0.1, known_layout=True))

@@ -336,3 +336,27 @@ def test_a_run_that_gets_no_reply_stops_after_three_rounds(tmp_path):
         apps.serve(grid, cfg, out=tmp_path)
     assert grid.rounds == apps.SILENT_ROUNDS  # not 50 rounds of waiting
     assert [int(r["round"]) for r in read_metrics(tmp_path)] == [0, 1, 2, 3]  # what finished is written
+
+
+def test_a_residual_cnn_at_a_thousandth_in_keyed_payloads(tmp_path):
+    """ResNet's 60 tensors: their names alone are over 1000x's budget; keyed payloads fit it, the
+    integer counters pass through, and transcoding keeps the payloads keyed."""
+    from fedzip.fl import models
+
+    cfg = small_run(
+        tmp_path,
+        model="resnet",
+        server={"clients": 2, "rounds": 2},
+        data={"train_limit": 400, "test_limit": 200},
+        upload={"id": "fedzip", "budget_ratio": 1000.0, "known_layout": True},
+        transcode=True,
+    )
+    run_experiment(cfg, show_progress=False)
+    rows = read_metrics(tmp_path)
+    state = models.build("resnet", 10, 0).state_dict()
+    floats = sum(v.numel() * v.element_size() for v in state.values() if v.is_floating_point())
+    assert any(not v.is_floating_point() for v in state.values())  # num_batches_tracked
+    for row in rows[1:]:
+        assert int(row["accepted"]) == 2
+        assert int(row["payload_bytes"]) <= 2 * floats // 1000
+    assert 0.0 <= float(rows[-1]["accuracy"]) <= 1.0

@@ -47,15 +47,19 @@ class Compressor(ABC):
         """What ``decode(encode(update))`` returns, without the bytes."""
 
     def decode(
-        self, payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
+        self,
+        payload: bytes,
+        max_elements: int | None = None,
+        max_tensors: int | None = None,
+        layout: Update | None = None,
     ) -> dict[str, np.ndarray]:
-        """Inverse of :meth:`encode`; payloads describe themselves."""
-        return decode(payload, max_elements=max_elements, max_tensors=max_tensors)
+        """Inverse of :meth:`encode`; payloads describe themselves, or (keyed) need ``layout``."""
+        return decode(payload, max_elements=max_elements, max_tensors=max_tensors, layout=layout)
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         """The payload and what it decodes to (used by error feedback)."""
         payload = self.encode(update)
-        return payload, self.decode(payload)
+        return payload, self.decode(payload, layout=update)
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
         """Encode ``update`` and subtract, in place, what the payload carries.

@@ -58,14 +58,14 @@ def _hull(options: list[Option]) -> list[Option]:
     return frontier
 
 
-def allocate(per_tensor: dict[str, list[Option]], budget: int) -> dict[str, Option]:
+def allocate(per_tensor: dict[str, list[Option]], budget: int, keyed: bool = False) -> dict[str, Option]:
     """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes.
 
     Greedy on the convex hulls first (the step that removes the most error per byte); then the bytes
     the hulls' steps could not use go, one tensor at a time, to the candidate off the hull that
     removes the most error and still fits.
     """
-    overhead = wire.container_bytes(len(per_tensor))
+    overhead = wire.container_bytes(len(per_tensor), keyed)
     hulls = {name: _hull(options) for name, options in per_tensor.items()}
     chosen = {name: 0 for name in hulls}
     spent = overhead + sum(options[0].record_bytes for options in hulls.values())
@@ -116,18 +116,20 @@ def settle(
     budget: int,
     encoding: str,
     shapes: dict[str, tuple[int, ...]],
+    keyed: bool = False,
 ) -> dict[str, tuple[Option, Quantized | Packed]]:
     """Build the ``chosen`` options; the bytes their priced sizes over-counted then buy, one tensor at
     a time, the candidate that removes the most error and still fits, built and measured in turn."""
 
     def measure(name: str, item: Quantized | Packed) -> int:
+        label = None if keyed else name
         if isinstance(item, Quantized):
-            return price(name, item, encoding)
-        return wire.record_bytes(name, shapes[name], item.kept, item.params.size, item.body_bits)
+            return price(label, item, encoding)
+        return wire.record_bytes(label, shapes[name], item.kept, item.params.size, item.body_bits)
 
     built = {name: (option, option.build()) for name, option in chosen.items()}
     sizes = {name: measure(name, item) for name, (_, item) in built.items()}
-    spent = wire.container_bytes(len(built)) + sum(sizes.values())
+    spent = wire.container_bytes(len(built), keyed) + sum(sizes.values())
     for _ in range(2 * len(built)):
         best, gain = None, 0.0
         for name, options in per_tensor.items():
@@ -154,12 +156,14 @@ def largest_uniform_keep(
     encoding: str,
     budget: int,
     steps: int = 24,
+    keyed: bool = False,
 ) -> dict[str, Quantized]:
     """Top-z's own rule under a budget: one kept fraction for every sparsified tensor, as large as fits.
 
     Each tensor keeps its largest ``keep_count(size, keep)`` nonzero entries
     with ``clusters`` k-means clusters, exactly as ``FedZip(keep=keep)``
-    would; ``keep`` is found by bisection on its logarithm.
+    would; ``keep`` is found by bisection on its logarithm. ``keyed``: priced
+    for the keyed container.
     """
     from .quantize import quantize
     from .sparsify import keep_count
@@ -167,7 +171,7 @@ def largest_uniform_keep(
     cap = max(1, 8 * budget)  # every kept entry costs at least one bit
     orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fixed: dict[str, Quantized] = {}  # tensors sent whole: the same at every keep
-    fixed_bytes = wire.container_bytes(len(arrays))
+    fixed_bytes = wire.container_bytes(len(arrays), keyed)
     for name, array in arrays.items():
         flat = array.reshape(-1)
         if sparsified[name]:
@@ -177,7 +181,7 @@ def largest_uniform_keep(
             positions = np.flatnonzero(flat)
             centroids, labels = quantize(flat[positions], clusters)
             fixed[name] = Quantized(array.shape, array.dtype, positions, labels, centroids)
-            fixed_bytes += price(name, fixed[name], encoding)
+            fixed_bytes += price(None if keyed else name, fixed[name], encoding)
 
     def build(keep: float) -> tuple[dict[str, Quantized], int]:
         chosen = dict(fixed)
@@ -187,7 +191,7 @@ def largest_uniform_keep(
             centroids, labels = quantize(flat[positions], clusters)
             q = Quantized(arrays[name].shape, arrays[name].dtype, positions, labels, centroids)
             chosen[name] = q
-            total += price(name, q, encoding)
+            total += price(None if keyed else name, q, encoding)
         return {name: chosen[name] for name in arrays}, total
 
     smallest, spent = build(0.0)  # one entry per sparsified tensor

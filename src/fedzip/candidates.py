@@ -56,8 +56,9 @@ class Option:
         return self.item() if callable(self.item) else self.item
 
 
-def price(name: str, q: Quantized, encoding: str) -> int:
-    """Bytes of ``q``'s record in ``encoding`` (``auto``: the smallest), as the codec writes it."""
+def price(name: str | None, q: Quantized, encoding: str) -> int:
+    """Bytes of ``q``'s record in ``encoding`` (``auto``: the smallest), as the codec writes it
+    (``name`` None: in the keyed container)."""
     bits = encodings.choose(q, encoding)[2]
     return wire.record_bytes(name, q.shape, q.kept, q.centroids.size, bits)
 
@@ -162,7 +163,7 @@ class _Kept:
 
 
 def _topz_options(
-    name: str, array: np.ndarray, encoding: str, energy: float, index: np.ndarray, counts: list[int]
+    name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray, counts: list[int]
 ) -> list[Option]:
     """Top-z at every count of ``counts`` among the candidates at ``index`` and every cluster count.
 
@@ -214,7 +215,7 @@ def _build_topz(
 
 
 def tensor_options(
-    name: str,
+    name: str | None,
     array: np.ndarray,
     sparsify: bool,
     encoding: str,
@@ -222,7 +223,8 @@ def tensor_options(
     representations: tuple[str, ...] = ("top-z",),
     iterations: int = 4,
 ) -> list[Option]:
-    """The tensor's candidates in ``representations`` that no cheaper one beats, cheapest first.
+    """The tensor's candidates in ``representations`` that no cheaper one beats, cheapest first
+    (``name`` None: priced for the keyed container, which leaves names and shapes out).
 
     A tensor that is not sparsified (a bias, unless ``sparsify_1d``) has its
     nonzero entries quantised in place of Top-z's candidates. Kept counts that
@@ -242,15 +244,16 @@ def tensor_options(
     if "factors" in representations:
         fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
         candidates += [o for o in _factor_options(name, array, energy, iterations) if fits(o)]
-    if not candidates:  # an empty or all-zero tensor
-        q = Quantized(
-            array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
-        )
-        candidates.append(Option(q, price(name, q, encoding), energy, "top-z", "nothing"))
+    # nothing of the tensor (its whole update stays in the error-feedback residual): the least a
+    # tensor can cost, a few bytes, and the only option of an empty or all-zero one
+    q = Quantized(
+        array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    )
+    candidates.append(Option(q, price(name, q, encoding), energy, "top-z", "nothing"))
     return pareto(candidates)
 
 
-def _factor_options(name: str, array: np.ndarray, energy: float, iterations: int) -> list[Option]:
+def _factor_options(name: str | None, array: np.ndarray, energy: float, iterations: int) -> list[Option]:
     """Rank-r factors at every rank of ``RANKS`` worth factoring and every level count, priced
     without building them: a column is quantised alike at every rank, so one product gives every
     rank's and level count's error, ``|M|^2 - 2 sum_j l_j.M r_j + sum_ij (L'L)_ij (R'R)_ij``,

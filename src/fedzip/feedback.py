@@ -106,7 +106,7 @@ class ErrorFeedback:
             self.reset()
             raise
         if self.momentum and self.masking:
-            sent = self.codec.decode(payload)
+            sent = self.codec.decode(payload, layout=self.residual)
             for name, values in sent.items():
                 mask = values != 0
                 self.velocity[name][mask] = 0

@@ -8,7 +8,7 @@ container (:mod:`fedzip.wire`) and hand each record to its decoder.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ class Inspection:
 
     version: int
     total_bytes: int
-    container_bytes: int  # magic, version, tensor count and checksum
+    container_bytes: int  # magic, version, layout digest (keyed), tensor count and checksum
     tensors: list[TensorReport] = field(default_factory=list)
 
     @property
@@ -151,22 +151,28 @@ def decode_records(records: list[wire.Record]) -> dict[str, np.ndarray]:
 
 
 def decode(
-    payload: bytes, max_elements: int | None = None, max_tensors: int | None = None
+    payload: bytes,
+    max_elements: int | None = None,
+    max_tensors: int | None = None,
+    layout: Mapping[str, np.ndarray] | wire.Layout | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode any fedzip payload into name -> array (names, order, shapes, dtypes kept).
 
     ``max_elements`` and ``max_tensors`` refuse payloads that declare more
     elements in total or more tensors, before anything is allocated.
+    ``layout``: the model's arrays (or :func:`fedzip.wire.layout_of` them), needed
+    for a payload made with ``known_layout=True``, which leaves names and shapes out.
     Malformed input raises :class:`FormatError`.
     """
-    return decode_records(wire.read(payload, max_elements=max_elements, max_tensors=max_tensors))
+    return decode_records(wire.read(payload, max_elements, max_tensors, layout))
 
 
-def inspect(payload: bytes) -> Inspection:
-    """Decode ``payload`` and report where its bytes go, tensor by tensor."""
+def inspect(payload: bytes, layout: Mapping[str, np.ndarray] | wire.Layout | None = None) -> Inspection:
+    """Decode ``payload`` and report where its bytes go, tensor by tensor (``layout`` as for
+    :func:`decode`)."""
     tensors = []
     used = 0
-    for rec, _, position_bits in _decode_each(wire.read(payload)):
+    for rec, _, position_bits in _decode_each(wire.read(payload, layout=layout)):
         body_bytes = len(rec.body)
         used += rec.header_bytes + 4 * rec.centroids.size + body_bytes
         tensors.append(
@@ -185,4 +191,4 @@ def inspect(payload: bytes) -> Inspection:
                 form=_DESCRIBERS[rec.encoding](rec) if rec.encoding in _DESCRIBERS and rec.size else "",
             )
         )
-    return Inspection(wire.VERSION, len(payload), len(payload) - used, tensors)
+    return Inspection(payload[len(wire.MAGIC)], len(payload), len(payload) - used, tensors)

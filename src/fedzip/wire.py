@@ -7,14 +7,19 @@ Layout (all multi-byte numbers little-endian; varint = unsigned LEB128):
     encoding u8 | kept varint | clusters varint | centroids f32 x clusters
     body length in bits varint | body ceil(bits / 8) bytes
   CRC32 of everything before it, u32
+Version 2, the keyed container, is for a receiver that knows the model: an
+8-byte digest of the tensors' names, dtypes and shapes follows the version, and
+records start at the encoding byte; the receiver supplies that layout.
 See docs/format.md for the full description.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +28,8 @@ from .errors import FormatError
 
 MAGIC = b"FZIP"
 VERSION = 1
+KEYED = 2  # the keyed container: the layout's digest instead of names, dtypes and shapes
+DIGEST_BYTES = 8
 DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32), 2: np.dtype(np.float64)}
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 MAX_NDIM = 32
@@ -61,15 +68,45 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def record_bytes(name: str, shape: tuple[int, ...], kept: int, clusters: int, body_bits: int) -> int:
-    """Bytes one record takes in the container, as :func:`write` lays it out."""
-    encoded = len(name.encode("utf-8"))
-    dims = sum(len(_varint(d)) for d in shape)
+Layout = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+
+def layout_of(arrays: Mapping[str, np.ndarray] | Sequence[tuple[str, np.dtype, tuple[int, ...]]]) -> Layout:
+    """The (name, dtype, shape) of every tensor, in order: of a model's arrays, or as given."""
+    items = (
+        [(name, np.asarray(a).dtype, np.shape(a)) for name, a in arrays.items()]
+        if isinstance(arrays, Mapping)
+        else list(arrays)
+    )
+    return tuple((str(name), np.dtype(dtype), tuple(int(d) for d in shape)) for name, dtype, shape in items)
+
+
+def _names_and_shapes(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A version-1 record's fields before its encoding byte."""
+    encoded = name.encode("utf-8")
+    dims = b"".join(_varint(d) for d in shape)
+    return _varint(len(encoded)) + encoded + bytes((DTYPE_CODES[np.dtype(dtype)], len(shape))) + dims
+
+
+def digest(layout: Layout) -> bytes:
+    """What a keyed container carries of ``layout``: 8 bytes of BLAKE2b over the version-1 fields."""
+    try:
+        fields = b"".join(_names_and_shapes(*entry) for entry in layout)
+    except KeyError as exc:
+        raise ValueError(f"a tensor's dtype {exc.args[0]} has no code in the format") from exc
+    return hashlib.blake2b(_varint(len(layout)) + fields, digest_size=DIGEST_BYTES).digest()
+
+
+def record_bytes(name: str | None, shape: tuple[int, ...], kept: int, clusters: int, body_bits: int) -> int:
+    """Bytes one record takes in the container, as :func:`write` lays it out (``name`` None: in the
+    keyed container, which leaves names, dtypes and shapes out)."""
+    if name is None:
+        head = 0
+    else:
+        encoded = len(name.encode("utf-8"))
+        head = len(_varint(encoded)) + encoded + 2 + sum(len(_varint(d)) for d in shape)
     return (
-        len(_varint(encoded))
-        + encoded
-        + 2
-        + dims
+        head
         + 1
         + len(_varint(kept))
         + len(_varint(clusters))
@@ -79,22 +116,22 @@ def record_bytes(name: str, shape: tuple[int, ...], kept: int, clusters: int, bo
     )
 
 
-def container_bytes(tensors: int) -> int:
-    """Bytes of the container around ``tensors`` records: magic, version, count, checksum."""
-    return len(MAGIC) + 1 + len(_varint(tensors)) + _CRC.size
+def container_bytes(tensors: int, keyed: bool = False) -> int:
+    """Bytes of the container around ``tensors`` records: magic, version, digest when keyed, count,
+    checksum."""
+    return len(MAGIC) + 1 + (DIGEST_BYTES if keyed else 0) + len(_varint(tensors)) + _CRC.size
 
 
-def write(records: list[Record]) -> bytes:
+def write(records: list[Record], keyed: bool = False) -> bytes:
+    """The container of ``records``; ``keyed``: version 2, for a receiver that knows the layout."""
     out = bytearray(MAGIC)
-    out.append(VERSION)
+    out.append(KEYED if keyed else VERSION)
+    if keyed:
+        out += digest(tuple((rec.name, rec.dtype, rec.shape) for rec in records))
     out += _varint(len(records))
     for rec in records:
-        name = rec.name.encode("utf-8")
-        out += _varint(len(name)) + name
-        out.append(DTYPE_CODES[rec.dtype])
-        out.append(len(rec.shape))
-        for dim in rec.shape:
-            out += _varint(dim)
+        if not keyed:
+            out += _names_and_shapes(rec.name, rec.dtype, rec.shape)
         out.append(rec.encoding)
         out += _varint(rec.kept) + _varint(rec.centroids.size)
         out += rec.centroids.astype("<f4").tobytes()
@@ -143,50 +180,72 @@ _NO_CENTROIDS = np.zeros(0, dtype=np.float32)
 _NO_CENTROIDS.flags.writeable = False
 
 
-def read(payload: bytes, max_elements: int | None = None, max_tensors: int | None = None) -> list[Record]:
+def is_keyed(payload: bytes) -> bool:
+    """Whether ``payload`` is a keyed container (decoded only with its layout)."""
+    return (
+        len(payload) > len(MAGIC) and bytes(payload[: len(MAGIC)]) == MAGIC and payload[len(MAGIC)] == KEYED
+    )
+
+
+def read(
+    payload: bytes,
+    max_elements: int | None = None,
+    max_tensors: int | None = None,
+    layout: Mapping[str, np.ndarray] | Layout | None = None,
+) -> list[Record]:
     """Parse and check a container; raise :class:`FormatError` on any defect.
 
     ``max_elements`` and ``max_tensors`` refuse payloads declaring more,
-    before anything is allocated for them.
+    before anything is allocated for them. ``layout`` (a model's arrays, or
+    :func:`layout_of` them): the names, dtypes and shapes a keyed container
+    leaves out; it must be the one the payload was made for. A named
+    container does not need it and is read as it says.
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     data = bytes(payload)
     if len(data) < _MIN_SIZE or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not a fedzip payload (bad magic or too short)")
-    if data[len(MAGIC)] != VERSION:
-        raise FormatError(f"format version {data[len(MAGIC)]} is not supported (this fedzip reads {VERSION})")
+    version = data[len(MAGIC)]
+    if version not in (VERSION, KEYED):
+        raise FormatError(
+            f"format version {version} is not supported (this fedzip reads {VERSION} and {KEYED})"
+        )
     (crc,) = _CRC.unpack(data[-_CRC.size :])
     if zlib.crc32(data[: -_CRC.size]) != crc:
         raise FormatError("checksum mismatch: the payload is corrupted")
     cur = _Cursor(data, len(data) - _CRC.size)
     cur.pos = len(MAGIC) + 1
+    known: Layout | None = None
+    if version == KEYED:
+        if layout is None:
+            raise ValueError(
+                "this payload leaves out tensor names and shapes (a keyed container, made for a receiver "
+                "that knows the model): decode it with layout= the model's arrays"
+            )
+        known = layout_of(layout)
+        if cur.take(DIGEST_BYTES, "layout digest") != digest(known):
+            raise FormatError(
+                f"the payload was made for another model: its layout digest does not match these "
+                f"{len(known)} tensors' names, dtypes and shapes"
+            )
     count = cur.varint("tensor count")
     if count > cur.end - cur.pos:
         raise FormatError(f"{count} tensors declared in a payload of {len(data)} bytes")
     if max_tensors is not None and count > max_tensors:
         raise FormatError(f"payload declares {count} tensors, more than max_tensors={max_tensors}")
+    if known is not None and count != len(known):
+        raise FormatError(f"{count} tensors declared for a layout of {len(known)}")
     records: list[Record] = []
     names: set[str] = set()
     total = 0
     for index in range(count):
         start = cur.pos
-        try:
-            name = cur.take(cur.varint("name length"), "name").decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise FormatError(f"tensor {index}: name is not UTF-8") from exc
-        if name in names:
-            raise FormatError(f"tensor name {name!r} appears twice")
-        names.add(name)
-        code = cur.byte("dtype")
-        if code not in DTYPES:
-            raise FormatError(f"tensor {name!r}: unknown dtype code {code}")
-        ndim = cur.byte("ndim")
-        if ndim > MAX_NDIM:
-            raise FormatError(f"tensor {name!r}: {ndim} dimensions (at most {MAX_NDIM})")
-        shape = tuple(cur.varint("dimension") for _ in range(ndim))
-        if math.prod(d for d in shape if d) * DTYPES[code].itemsize >= 1 << 63:
-            raise FormatError(f"tensor {name!r}: shape {shape} is larger than any array can be")
+        if known is not None:
+            name, dtype, shape = known[index]
+            code = DTYPE_CODES[dtype]
+        else:
+            name, code, shape = _read_name_and_shape(cur, index, names)
         size = math.prod(shape)
         total += size
         if max_elements is not None and total > max_elements:
@@ -212,3 +271,23 @@ def read(payload: bytes, max_elements: int | None = None, max_tensors: int | Non
     if cur.pos != cur.end:
         raise FormatError(f"{cur.end - cur.pos} unexpected bytes after the last tensor")
     return records
+
+
+def _read_name_and_shape(cur: _Cursor, index: int, names: set[str]) -> tuple[str, int, tuple[int, ...]]:
+    try:
+        name = cur.take(cur.varint("name length"), "name").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"tensor {index}: name is not UTF-8") from exc
+    if name in names:
+        raise FormatError(f"tensor name {name!r} appears twice")
+    names.add(name)
+    code = cur.byte("dtype")
+    if code not in DTYPES:
+        raise FormatError(f"tensor {name!r}: unknown dtype code {code}")
+    ndim = cur.byte("ndim")
+    if ndim > MAX_NDIM:
+        raise FormatError(f"tensor {name!r}: {ndim} dimensions (at most {MAX_NDIM})")
+    shape = tuple(cur.varint("dimension") for _ in range(ndim))
+    if math.prod(d for d in shape if d) * DTYPES[code].itemsize >= 1 << 63:
+        raise FormatError(f"tensor {name!r}: shape {shape} is larger than any array can be")
+    return name, code, shape

@@ -26,6 +26,14 @@ def clusters(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def boolean(text: str) -> bool:
+    """``true`` or ``false`` (also 1/0, yes/no)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 # Codec options: (option of the compressor, type, help). --keep etc. set the upload codec's,
 # --downlink-keep etc. the download codec's; a compressor refuses an option it does not take.
 CODEC_OPTIONS = (
@@ -37,6 +45,7 @@ CODEC_OPTIONS = (
     ("budget_bytes", int, "fedzip: payload size never to exceed, chosen per tensor (replaces keep)"),
     ("budget_ratio", float, "fedzip: the same as a compression ratio, e.g. 1000"),
     ("budget_split", str, "fedzip budgets: error (per tensor, least squared error) or uniform"),
+    ("known_layout", boolean, "fedzip: true leaves tensor names and shapes out (the server knows the model)"),
 )
 DOWNLOAD_OPTIONS = ("keep", "clusters", "rank", "iterations", "budget_ratio")
 CODECS_HELP = ", ".join([*(n for n in available() if n != "fedzip"), *(f"fedzip-{e}" for e in ENCODINGS)]) + (

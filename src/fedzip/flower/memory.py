@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from .. import wire
 from ..abc import Compressor
 from ..payload import decode
 from . import protocol
@@ -72,6 +73,7 @@ class UpdateMemory:
         self._total = 0.0
         self.rounds: dict[int, int] = {}  # node -> the round of its entry
         self._gaps = [0, 0]  # sum and count of rounds between a node's entries
+        self.layout: wire.Layout | None = None  # the model's, for keyed payloads (known_layout=True)
 
     def forget(self, node: int) -> None:
         """Take ``node``'s entry out of the memory and its sum."""
@@ -105,7 +107,7 @@ class UpdateMemory:
         """The update remembered for ``node`` (empty when none)."""
         held: dict[str, np.ndarray] = {}
         for payload in self.payloads.get(node, ()):
-            for name, delta in decode(payload).items():
+            for name, delta in decode(payload, layout=self.layout).items():
                 held[name] = held[name] + delta if name in held else delta
         return held
 
@@ -140,7 +142,7 @@ class UpdateMemory:
             kept = (payload,)
             if self.mode == "ef21" and node in self.sent:  # the upload is update - estimate
                 kept = (self.sent[node], payload)
-                for name, delta in decode(self.sent.pop(node)).items():
+                for name, delta in decode(self.sent.pop(node), layout=self.layout).items():
                     update[name] = update[name] + delta if name in update else delta
             for name, delta in update.items():
                 total = self._sum.setdefault(name, np.zeros(delta.shape, dtype=np.float64))
@@ -180,7 +182,7 @@ class UpdateMemory:
         for _, reply, payload in accepted:
             metrics = next(iter(reply.content.metric_records.values()), {})
             weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
-            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload)))
+            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload, layout=self.layout)))
         for (_, reply, *_), update in zip(accepted, self.adjust(entries, server_round), strict=True):
             trained = protocol.from_record(reply.content[weights_key])
             for name, delta in update.items():

@@ -64,7 +64,7 @@ def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[st
 def _subtract_estimate(update: dict[str, np.ndarray], payload: bytes) -> None:
     """``update -= estimate`` (in place) for the tensors the estimate holds; ValueError if it does not fit."""
     limit = sum(a.size for a in update.values())
-    for name, value in decode(payload, max_elements=limit, max_tensors=len(update)).items():
+    for name, value in decode(payload, max_elements=limit, max_tensors=len(update), layout=update).items():
         if name not in update or update[name].shape != value.shape:
             raise ValueError(f"the server's estimate of {name!r} does not match the update")
         update[name] = np.subtract(update[name], value, dtype=update[name].dtype)

@@ -29,13 +29,15 @@ class Rejected(Exception):
 
 def restore(
     reply: Message, reference: dict[str, np.ndarray], weights_key: str | None, compressor: Compressor
-) -> tuple[bytes, float]:
+) -> tuple[bytes, float, wire.Layout | None]:
     """Replace the payload in ``reply`` by the client's trained weights (under ``weights_key``).
 
     Checks the record layout, the container, the tensors against ``reference``
     (the global model the client was sent) and ``compressor``'s encodings, and
-    the values once applied. Returns the payload and the norm of the update;
-    raises :class:`Rejected` saying why a reply cannot be used.
+    the values once applied. Returns the payload, the norm of the update and,
+    for a keyed payload, the layout it was decoded with (the model's tensors
+    less those passed through); raises :class:`Rejected` saying why a reply
+    cannot be used.
     """
     content = reply.content
     if protocol.PAYLOAD not in content.array_records:
@@ -59,9 +61,17 @@ def restore(
     except (ValueError, TypeError, KeyError) as exc:
         raise Rejected(f"unreadable record: {exc}") from exc
     max_elements = sum(a.size for a in reference.values())
+    layout = None
+    if wire.is_keyed(payload):
+        unknown = sorted(set(passthrough) - set(reference))
+        if unknown:
+            raise Rejected(
+                f"passthrough tensors {unknown[:5]} are not in the global model", configuration=True
+            )
+        layout = wire.layout_of({name: a for name, a in reference.items() if name not in passthrough})
     try:
-        records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference))
-    except FormatError as exc:
+        records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference), layout=layout)
+    except (FormatError, ValueError) as exc:  # ValueError: a layout with a dtype the format cannot name
         raise Rejected(f"malformed payload: {exc}") from exc
     check_header(records, passthrough, reference, compressor)
     try:
@@ -86,7 +96,7 @@ def restore(
     del content[protocol.PAYLOAD]
     content.pop(protocol.PASSTHROUGH, None)
     content[weights_key] = protocol.to_record(trained)
-    return payload, math.sqrt(squares)
+    return payload, math.sqrt(squares), layout
 
 
 def check_header(

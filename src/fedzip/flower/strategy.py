@@ -147,6 +147,11 @@ class FedZipStrategy(StrategyWrapper):
         self.broadcaster = None
         if downlink is not None:
             down = downlink if isinstance(downlink, Compressor) else get_compressor(downlink)
+            if getattr(down, "known_layout", False):
+                raise ValueError(
+                    "known_layout is for uploads: a download can change a tensor's dtype (FedAvg averages "
+                    "integer buffers in float64) and carries its own names; drop it from downlink"
+                )
             self.broadcaster = Broadcaster(down, downlink_history, bool(downlink_shared_start))
         elif downlink_shared_start:
             raise ValueError("downlink_shared_start needs a downlink compressor (downlink=...)")
@@ -298,7 +303,9 @@ class FedZipStrategy(StrategyWrapper):
                 continue
             try:
                 check_metrics(reply, weighted_by)
-                payload, norm = restore(reply, reference, self._weights_key, self.compressor)
+                payload, norm, layout = restore(reply, reference, self._weights_key, self.compressor)
+                if layout is not None and self.memory is not None:
+                    self.memory.layout = layout  # keyed payloads it keeps decode with the model's layout
             except Rejected as exc:
                 reject(index, reply, str(exc), exc.configuration)
                 continue

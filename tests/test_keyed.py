@@ -1,0 +1,157 @@
+"""The keyed container (``known_layout=True``): no names, dtypes or shapes on the wire, the receiver's
+model in their place."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fedzip
+from conftest import heavy_tailed
+from fedzip import wire
+
+
+def model_update(rng):
+    return {
+        "features.0.conv.weight": heavy_tailed(rng, (16, 3, 3, 3)),
+        "features.0.bn.weight": heavy_tailed(rng, (16,)),
+        "features.0.bn.running_var": heavy_tailed(rng, (16,), np.float64),
+        "classifier.dense.weight": heavy_tailed(rng, (64, 40), np.float16),
+        "scale": np.asarray(1.5, np.float32),
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"keep": 0.05, "clusters": 4},
+        {"keep": 0.05, "clusters": 4, "encoding": "auto"},
+        {"rank": 2},
+        {"budget_ratio": 10},
+        {"budget_ratio": 10, "budget_split": "uniform", "clusters": 3},
+    ],
+)
+def test_a_keyed_payload_decodes_with_the_model_to_what_the_named_one_does(rng, options):
+    update = model_update(rng)
+    named = fedzip.FedZip(**options).encode(update)
+    codec = fedzip.FedZip(**options, known_layout=True)
+    keyed = codec.encode(update)
+    assert wire.is_keyed(keyed) and not wire.is_keyed(named)
+    restored = fedzip.decode(keyed, layout=update)
+    assert list(restored) == list(update)
+    expected = codec.approximate(update)
+    for name, array in update.items():
+        assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
+        np.testing.assert_array_equal(restored[name], expected[name])
+    if "budget_ratio" not in options:  # the same records: the names, dtypes and shapes are the difference
+        assert all(np.array_equal(v, restored[k]) for k, v in fedzip.decode(named).items())
+        names = sum(len(wire._names_and_shapes(n, a.dtype, a.shape)) for n, a in update.items())
+        assert len(named) - len(keyed) == names - wire.DIGEST_BYTES
+
+
+def test_the_layout_can_be_given_as_names_dtypes_and_shapes(rng):
+    update = model_update(rng)
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(update)
+    layout = [(name, a.dtype, a.shape) for name, a in update.items()]
+    assert wire.layout_of(layout) == wire.layout_of(update)
+    assert list(fedzip.decode(payload, layout=layout)) == list(update)
+    assert fedzip.inspect(payload, layout=update).version == wire.KEYED
+
+
+def test_without_the_layout_a_keyed_payload_says_how_to_decode_it(rng):
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(model_update(rng))
+    with pytest.raises(ValueError, match="layout= the model's arrays") as info:
+        fedzip.decode(payload)
+    assert not isinstance(info.value, fedzip.FormatError)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda u: {**u, "scale": u["scale"].astype(np.float64)},  # a dtype
+        lambda u: {**u, "features.0.bn.weight": np.zeros(17, np.float32)},  # a shape
+        lambda u: {("x" + k if k == "scale" else k): v for k, v in u.items()},  # a name
+        lambda u: dict(reversed(list(u.items()))),  # the order
+        lambda u: {k: v for k, v in u.items() if k != "scale"},  # one tensor fewer
+    ],
+)
+def test_a_keyed_payload_refuses_another_models_layout(rng, change):
+    update = model_update(rng)
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(update)
+    with pytest.raises(fedzip.FormatError, match="another model"):
+        fedzip.decode(payload, layout=change(update))
+
+
+def test_a_named_payload_ignores_the_layout(rng):
+    update = model_update(rng)
+    payload = fedzip.FedZip(keep=0.1).encode(update)
+    other = {"unrelated": np.zeros(3, np.float32)}
+    assert list(fedzip.decode(payload, layout=other)) == list(update)
+
+
+def test_a_layout_with_a_dtype_the_format_cannot_name_is_a_value_error(rng):
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(model_update(rng))
+    with pytest.raises(ValueError, match="no code in the format"):
+        fedzip.decode(payload, layout={"counter": np.zeros(3, np.int64)})
+
+
+def test_every_truncation_and_mutation_of_a_keyed_payload_fails_cleanly(rng):
+    update = model_update(rng)
+    payload = fedzip.FedZip(keep=0.05, clusters=4, known_layout=True).encode(update)
+    for end in range(len(payload)):
+        with pytest.raises(fedzip.FormatError):
+            fedzip.decode(payload[:end], layout=update)
+    body = payload[:-4]
+    for _ in range(1000):
+        data = bytearray(body)
+        data[rng.integers(5, len(data))] = rng.integers(256)
+        try:  # behind a valid checksum: fails cleanly or has the layout's shapes
+            out = fedzip.decode(bytes(data) + struct.pack("<I", zlib.crc32(bytes(data))), layout=update)
+        except fedzip.FormatError:
+            continue
+        assert [(k, v.shape, v.dtype) for k, v in out.items()] == [
+            (k, v.shape, v.dtype) for k, v in update.items()
+        ]
+
+
+def test_the_option_is_part_of_the_config_and_checked():
+    codec = fedzip.FedZip(budget_ratio=1000, known_layout=True)
+    assert codec.get_config()["known_layout"] is True
+    assert fedzip.get_compressor(codec.get_config()) == codec
+    with pytest.raises(ValueError, match="known_layout must be True or False"):
+        fedzip.FedZip(known_layout="yes")
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**16), budget=st.integers(150, 20_000), split=st.sampled_from(["error", "uniform"])
+)
+def test_a_keyed_budget_is_never_exceeded_and_spends_the_names_bytes(seed, budget, split):
+    rng = np.random.default_rng(seed)
+    update = model_update(rng)
+    options = (
+        {"budget_bytes": budget}
+        if split == "error"
+        else {"budget_bytes": budget, "budget_split": split, "clusters": 3}
+    )
+    try:
+        keyed = fedzip.FedZip(**options, known_layout=True).encode(update)
+    except ValueError:  # below the smallest keyed payload
+        return
+    assert len(keyed) <= budget
+    fedzip.decode(keyed, layout=update)
+
+
+def test_on_a_small_model_only_the_keyed_container_fits_a_thousandth(rng):
+    """Sixty tensors of 4,096 parameters each: their names alone exceed 1000x's budget."""
+    update = {f"blocks.{i}.body.{j}.weight": heavy_tailed(rng, (64, 64)) for i in range(15) for j in range(4)}
+    codec = fedzip.FedZip(budget_ratio=1000)
+    with pytest.raises(ValueError, match="below the smallest payload"):
+        codec.encode(update)
+    keyed = fedzip.FedZip(budget_ratio=1000, known_layout=True).encode(update)
+    assert len(keyed) <= sum(a.nbytes for a in update.values()) // 1000
+    restored = fedzip.decode(keyed, layout=update)
+    assert any(np.count_nonzero(v) for v in restored.values())
