@@ -109,6 +109,21 @@ def test_inspect_command(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_inspect_reads_a_keyed_payload_with_the_models_layout(tmp_path, capsys):
+    update = {"w": np.ones((10, 10), np.float32), "b": np.ones(10, np.float64)}
+    path, model = tmp_path / "update.fz", tmp_path / "model.npz"
+    path.write_bytes(fedzip.FedZip(keep=0.1, known_layout=True).encode(update))
+    np.savez(model, **update)
+    assert main(["inspect", str(path)]) == 2
+    assert "layout=" in capsys.readouterr().err
+    assert main(["inspect", str(path), "--layout", str(model), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == 2 and [t["name"] for t in report["tensors"]] == ["w", "b"]
+    np.savez(model, b=update["b"], w=update["w"])  # another order: another layout
+    assert main(["inspect", str(path), "--layout", str(model)]) == 2
+    assert "another model" in capsys.readouterr().err
+
+
 def test_invalid_options_give_one_line(capsys):
     def one_line():
         err = capsys.readouterr().err.strip()

@@ -7,7 +7,8 @@ images in process so that updates look like a run's, then ``--clients`` clients 
 each (batch 10, SGD 0.05). For each client's float update: the bytes and relative squared error
 (|u - C(u)|^2 / |u|^2) of ``FedZip(rank=2, clusters=3, iterations=4)``, and of
 ``FedZip(budget_bytes=<those bytes>)`` (Top-z or factors per tensor) and of a Top-z-only budget at
-the same bytes; then the budget at 1000x and 300x where they fit, with the forms it chose.
+the same bytes; then the budget at 1000x and 300x where they fit, in named and in keyed payloads
+(``known_layout=True``: no tensor names), with the forms it chose.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def local_update(model, weights, images, labels, seed):
 
 def measure(codec: FedZip, update: dict[str, np.ndarray]) -> tuple[int, float, str]:
     payload, sent = codec.encode_with_approximation(update)
+    assert all(np.array_equal(v, sent[k]) for k, v in codec.decode(payload, layout=update).items())
     forms = ""
     if codec.budget_split == "error":
         chosen = [o.form for o in codec.plan(update).values()]
@@ -73,7 +75,9 @@ def main() -> None:
                 ("budget, same bytes", FedZip(budget_bytes=rank_bytes)),
                 ("Top-z budget, same bytes", FedZip(budget_bytes=rank_bytes, representations=["top-z"])),
                 ("budget 1000x", FedZip(budget_ratio=1000)),
+                ("budget 1000x, keyed", FedZip(budget_ratio=1000, known_layout=True)),
                 ("budget 300x", FedZip(budget_ratio=300)),
+                ("budget 300x, keyed", FedZip(budget_ratio=300, known_layout=True)),
             ):
                 try:
                     rows.append((label, *measure(codec, update)))

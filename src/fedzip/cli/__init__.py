@@ -19,7 +19,16 @@ def _inspect(args: argparse.Namespace) -> None:
     path = Path(args.payload)
     if not path.is_file():
         raise CliError(f"no such file: {path}")
-    report = inspect(path.read_bytes())
+    layout = None
+    if args.layout:
+        import numpy as np
+
+        source = Path(args.layout)
+        if not source.is_file():
+            raise CliError(f"no such file: {source}")
+        with np.load(source) as arrays:  # the model's arrays, in their order
+            layout = {name: arrays[name] for name in arrays.files}
+    report = inspect(path.read_bytes(), layout=layout)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
 
 
@@ -34,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="per-tensor breakdown of a payload file")
     inspect.add_argument("payload", help="a file holding one fedzip payload")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--layout", help="an .npz of the model's arrays, for a keyed payload (made with known_layout=True)"
+    )
     inspect.set_defaults(func=_inspect)
     return parser
 
