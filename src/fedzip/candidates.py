@@ -39,6 +39,10 @@ FACTOR_LEVELS = (2, 3, 4, 8)
 # grows with the square, and Lloyd iterations over every kept value refine what it finds.
 PRICING_POINTS = 128
 _LLOYD_ITERATIONS = 100
+# A tensor's Top-z counts are priced up to this many times its share of the budget by size (and
+# at least MIN_PRICED entries): on the probe's real updates the budget never gave a tensor more.
+SHARE_LIMIT = 8.0
+MIN_PRICED = 4096
 
 
 @dataclass(frozen=True)
@@ -165,17 +169,16 @@ class _Kept:
 def _topz_options(
     name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray, counts: list[int]
 ) -> list[Option]:
-    """Top-z at every count of ``counts`` among the candidates at ``index`` and every cluster count.
+    """Top-z at every count of ``counts`` among the candidates at ``index`` (ascending addresses) and
+    every cluster count.
 
-    The candidates are sorted by value once; the kept set of a count is everything at or above its
-    magnitude threshold, the two ends of that order, so k-means, the exact squared error and the
+    The candidates' values are sorted once; the kept set of a count is every candidate at or above
+    its magnitude threshold, the two ends of that order, so k-means, the exact squared error and the
     label counts come from prefix sums, without gathering the set. Ties at a threshold are kept
     together (the count can come out a little larger).
     """
     flat = array.reshape(-1)
-    values = flat[index]
-    order = np.argsort(values)
-    index, ascending = index[order], values[order].astype(np.float64)
+    ascending = np.sort(flat[index]).astype(np.float64)  # sorted in its own dtype: SIMD, exact
     sums = np.concatenate(([0.0], np.cumsum(ascending)))
     squares = np.concatenate(([0.0], np.cumsum(ascending * ascending)))
     magnitudes = np.abs(ascending)
@@ -200,17 +203,17 @@ def _topz_options(
                 encoding, flat.size, np.concatenate(([flat.size - kept.size], n)), labels
             )
             size = wire.record_bytes(name, array.shape, kept.size, c.size, bits)
-            build = functools.partial(_build_topz, array, index, low, high, centroids)
+            build = functools.partial(_build_topz, array, index, threshold, centroids)
             detail = f"keep {kept.size / flat.size:.3g}, {c.size} clusters"
             options.append(Option(build, size, error, "top-z", detail))
     return options
 
 
-def _build_topz(
-    array: np.ndarray, index: np.ndarray, low: int, high: int, centroids: np.ndarray
-) -> Quantized:
-    positions = np.sort(np.concatenate((index[:low], index[high:])))
-    labels = assign(array.reshape(-1)[positions], centroids).astype(np.uint8)
+def _build_topz(array: np.ndarray, index: np.ndarray, threshold: float, centroids: np.ndarray) -> Quantized:
+    """The candidates at ``index`` (ascending addresses) at or above ``threshold`` in magnitude."""
+    flat = array.reshape(-1)
+    positions = index[np.abs(flat[index]) >= threshold]
+    labels = assign(flat[positions], centroids).astype(np.uint8)
     return Quantized(array.shape, array.dtype, positions, labels, centroids)
 
 
@@ -222,20 +225,30 @@ def tensor_options(
     max_bytes: int | None = None,
     representations: tuple[str, ...] = ("top-z",),
     iterations: int = 4,
+    share: float = 1.0,
 ) -> list[Option]:
     """The tensor's candidates in ``representations`` that no cheaper one beats, cheapest first
     (``name`` None: priced for the keyed container, which leaves names and shapes out).
 
     A tensor that is not sparsified (a bias, unless ``sparsify_1d``) has its
     nonzero entries quantised in place of Top-z's candidates. Kept counts that
-    could not fit in ``max_bytes`` are not tried.
+    could not fit in ``max_bytes`` are not tried, nor, for a tensor holding
+    ``share`` of the update's entries, counts costing more than ``SHARE_LIMIT``
+    times that share of the budget: otherwise every tensor of a large model
+    would price counts up to the whole budget, and the work would grow with
+    the square of the model's size.
     """
     flat = array.reshape(-1)
     energy, nonzero = _energy(flat)
     candidates: list[Option] = []
     if nonzero and ("top-z" in representations or not sparsify):
         if sparsify:
-            largest = nonzero if max_bytes is None else min(nonzero, _affordable(flat.size, max_bytes))
+            largest = nonzero
+            if max_bytes is not None:
+                within = max(
+                    MIN_PRICED, _affordable(flat.size, math.ceil(max_bytes * min(1.0, SHARE_LIMIT * share)))
+                )
+                largest = min(nonzero, within)
             index = top_entries(flat, largest)
             counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
         else:

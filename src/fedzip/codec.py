@@ -263,6 +263,7 @@ class FedZip(Compressor):
     def _choose(
         self, arrays: dict[str, np.ndarray], limit: int
     ) -> dict[str, tuple[candidates.Option, Quantized | Packed]]:
+        total = sum(array.size for array in arrays.values())
         options = {
             name: candidates.tensor_options(
                 None if self.known_layout else name,
@@ -272,6 +273,7 @@ class FedZip(Compressor):
                 max_bytes=limit,
                 representations=tuple(self.representations),
                 iterations=self.iterations or 4,
+                share=array.size / max(total, 1),
             )
             for name, array in arrays.items()
         }
