@@ -19,13 +19,9 @@ import math
 import numpy as np
 
 from . import wire
-from .candidates import REPRESENTATIONS, Option, pareto, price, tensor_options
+from .candidates import Option, pareto, price
 from .encodings import Quantized
 from .packing import Packed
-
-__all__ = ["DEFAULT_REPRESENTATIONS", "REPRESENTATIONS", "Option", "allocate", "settle", "tensor_options"]
-
-DEFAULT_REPRESENTATIONS = REPRESENTATIONS
 
 
 def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from . import budget, candidates, encodings, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .bitio import BitReader, BitWriter
-from .budget import DEFAULT_REPRESENTATIONS, REPRESENTATIONS
+from .candidates import REPRESENTATIONS
 from .encodings import Quantized
 from .errors import FormatError
 from .factors import ENCODING_ID as FACTORS_ID
@@ -34,7 +34,7 @@ def _representations(chosen: Sequence[str] | None, split: str) -> list[str] | No
             raise ValueError("a 'uniform' budget is Top-z's own rule: drop representations")
         return None
     if chosen is None:
-        return list(DEFAULT_REPRESENTATIONS)
+        return list(REPRESENTATIONS)
     if isinstance(chosen, str) or not all(isinstance(r, str) for r in chosen):
         raise ValueError(
             f"representations must be a list of names such as ['top-z', 'factors'], got {chosen!r}"
