@@ -313,3 +313,14 @@ def test_factor_candidates_are_priced_exactly_without_being_built(rng):
         assert option.record_bytes == size
         exact = float(((array.reshape(-1).astype(np.float64) - packed.values) ** 2).sum())
         assert option.error == pytest.approx(exact, rel=1e-4, abs=1e-9 * energy)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), budget=st.integers(1500, 20_000))
+def test_more_forms_never_leave_more_error_than_top_z_alone(seed, budget):
+    """The greedy walk is no exact knapsack; the codec keeps the better of both forms and each alone."""
+    update = low_rank_model_update(np.random.default_rng(seed))
+    both = squared_error(update, fedzip.decode(fedzip.FedZip(budget_bytes=budget).encode(update)))
+    top_z = fedzip.FedZip(budget_bytes=budget, representations=["top-z"])
+    alone = squared_error(update, fedzip.decode(top_z.encode(update)))
+    assert both <= alone * 1.01
