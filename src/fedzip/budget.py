@@ -106,6 +106,33 @@ def allocate(per_tensor: dict[str, list[Option]], budget: int, keyed: bool = Fal
         result[name] = option
 
 
+def choose(
+    per_tensor: dict[str, list[Option]],
+    budget: int,
+    encoding: str,
+    shapes: dict[str, tuple[int, ...]],
+    keyed: bool = False,
+) -> dict[str, tuple[Option, Quantized | Packed]]:
+    """Every tensor's option within ``budget``, built (:func:`allocate`, then :func:`settle`).
+
+    The greedy walk is no exact knapsack: with several forms it can end a little worse than one
+    form alone (measured: 0.805 against Top-z alone's 0.798 relative error on a CNN update), so
+    the walk also runs on each form alone (a tensor may still send nothing) and the least total
+    error is kept.
+    """
+    chosen = allocate(per_tensor, budget, keyed)
+    forms = sorted({o.form for options in per_tensor.values() for o in options if o.detail != "nothing"})
+    for form in forms if len(forms) > 1 else ():
+        alone = {
+            name: [o for o in options if o.form == form or o.detail == "nothing"] or options
+            for name, options in per_tensor.items()
+        }
+        other = allocate(alone, budget, keyed)
+        if sum(o.error for o in other.values()) < sum(o.error for o in chosen.values()):
+            chosen = other
+    return settle(per_tensor, chosen, budget, encoding, shapes, keyed)
+
+
 def settle(
     per_tensor: dict[str, list[Option]],
     chosen: dict[str, Option],
