@@ -110,11 +110,12 @@ class _Kept:
     """The kept set of one threshold: the candidates sorted by value, less the middle ``[low, high)``
     (the entries smaller in magnitude), addressed by its own index ``0..size``."""
 
-    def __init__(self, ascending: np.ndarray, sums: np.ndarray, squares: np.ndarray, low: int, high: int):
-        self.ascending, self.sums, self.squares, self.low, self.high = ascending, sums, squares, low, high
+    def __init__(self, ascending: np.ndarray, sums: np.ndarray, low: int, high: int):
+        self.ascending, self.sums, self.low, self.high = ascending, sums, low, high  # sums: prefix sums
         self.size = low + ascending.size - high
 
     def real(self, index: np.ndarray) -> np.ndarray:
+        """The position in ``ascending`` of the kept set's ``index`` (an end: ``size`` maps past it)."""
         return np.where(index <= self.low, index, index + (self.high - self.low))
 
     def own(self, real: np.ndarray) -> np.ndarray:
@@ -188,7 +189,7 @@ def _topz_options(
     for threshold in dict.fromkeys(thresholds.tolist()):  # the largest count first: ranks ascend
         low = int(np.searchsorted(ascending, -threshold, side="right"))
         high = int(np.searchsorted(ascending, threshold, side="left"))
-        kept = _Kept(ascending, sums, squares, low, high)
+        kept = _Kept(ascending, sums, low, high)
         left_out = max(energy - float(kept.prefix(squares, np.array([kept.size]))[0]), 0.0)
         choices = tuple(k for k in CLUSTER_CHOICES if k <= kept.size)
         for found in kept.centroids(choices).values():
