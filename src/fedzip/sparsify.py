@@ -53,10 +53,10 @@ def top_entries(flat: np.ndarray, count: int) -> np.ndarray:
     threshold = np.partition(values, values.size - count)[values.size - count]
     if threshold == 0:
         return candidates[np.flatnonzero(values)]
-    above = np.flatnonzero(values > threshold)
-    ties = np.flatnonzero(values == threshold)[: count - above.size]
-    chosen = np.concatenate((above, ties))
-    chosen.sort()
+    chosen = np.flatnonzero(values > threshold)  # ascending, as flatnonzero gives them
+    ties = np.flatnonzero(values == threshold)[: count - chosen.size]
+    if ties.size:  # two ascending runs: a merge (timsort), not a sort from scratch
+        chosen = np.sort(np.concatenate((chosen, ties)), kind="stable")
     return candidates[chosen]
 
 
