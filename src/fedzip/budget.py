@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from . import wire
-from .candidates import Option, pareto, price
+from .candidates import Option, TopzBuild, pareto, price
 from .encodings import Quantized
 from .packing import Packed
 
@@ -169,7 +171,45 @@ def settle(
         size = measure(name, item)
         spent += size - sizes[name]
         built[name], sizes[name] = (option, item), size
+    # Kept counts come on a grid, and a bound's slack can be most of a step: what is left buys more
+    # entries of the Top-z tensors that leave the most out, at counts between the grid's.
+    for name in sorted(built, key=lambda n: -built[n][0].error)[:STRETCHED]:
+        option, item = built[name]
+        if not isinstance(option.item, TopzBuild) or budget - spent <= 0:
+            continue
+        grown = _stretch(name, option, sizes[name] + budget - spent, measure)
+        if grown is not None:
+            spent += grown[2] - sizes[name]
+            built[name], sizes[name] = (grown[0], grown[1]), grown[2]
     return built
+
+
+STRETCHED = 4  # tensors whose kept sets settle may grow
+
+
+def _stretch(
+    name: str, option: Option, room: int, measure: Callable[[str, Quantized | Packed], int]
+) -> tuple[Option, Quantized, int] | None:
+    """The largest kept set of ``option``'s tensor (same centroids, lower threshold) whose record
+    fits ``room`` bytes, by bisection on the threshold with every size measured; None if none."""
+    build: TopzBuild = option.item  # type: ignore[assignment]
+    thresholds = build.thresholds()
+    best, low, high = None, 0, thresholds.size - 1
+    while low <= high:
+        middle = (low + high) // 2
+        grown = replace(build, threshold=float(thresholds[middle]))
+        item = grown()
+        size = measure(name, item)
+        if size <= room:
+            best, low = (grown, item, size), middle + 1
+        else:
+            high = middle - 1
+    if best is None:
+        return None
+    grown, item, size = best
+    kept = f"keep {item.kept / max(item.size, 1):.3g}, {item.centroids.size} clusters"
+    error = max(option.error - build.gain(grown.threshold), 0.0)
+    return Option(grown, size, error, option.form, kept), item, size
 
 
 def largest_uniform_keep(

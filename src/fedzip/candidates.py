@@ -204,18 +204,43 @@ def _topz_options(
                 encoding, flat.size, np.concatenate(([flat.size - kept.size], n)), labels
             )
             size = wire.record_bytes(name, array.shape, kept.size, c.size, bits)
-            build = functools.partial(_build_topz, array, index, threshold, centroids)
+            build = TopzBuild(array, index, threshold, centroids)
             detail = f"keep {kept.size / flat.size:.3g}, {c.size} clusters"
             options.append(Option(build, size, error, "top-z", detail))
     return options
 
 
-def _build_topz(array: np.ndarray, index: np.ndarray, threshold: float, centroids: np.ndarray) -> Quantized:
-    """The candidates at ``index`` (ascending addresses) at or above ``threshold`` in magnitude."""
-    flat = array.reshape(-1)
-    positions = index[np.abs(flat[index]) >= threshold]
-    labels = assign(flat[positions], centroids).astype(np.uint8)
-    return Quantized(array.shape, array.dtype, positions, labels, centroids)
+@dataclass(frozen=True)
+class TopzBuild:
+    """Builds a Top-z candidate: the candidates at ``index`` (ascending addresses) at or above
+    ``threshold`` in magnitude, labelled by ``centroids``."""
+
+    array: np.ndarray
+    index: np.ndarray
+    threshold: float
+    centroids: np.ndarray
+
+    def __call__(self) -> Quantized:
+        flat = self.array.reshape(-1)
+        positions = self.index[np.abs(flat[self.index]) >= self.threshold]
+        labels = assign(flat[positions], self.centroids).astype(np.uint8)
+        return Quantized(self.array.shape, self.array.dtype, positions, labels, self.centroids)
+
+    def thresholds(self) -> np.ndarray:
+        """The candidates' magnitudes below this threshold, largest first: the thresholds that keep
+        one more candidate each (ties together)."""
+        magnitudes = np.abs(self.array.reshape(-1)[self.index]).astype(np.float64)
+        below = np.unique(magnitudes[magnitudes < self.threshold])
+        return below[::-1]
+
+    def gain(self, threshold: float) -> float:
+        """Squared error removed by lowering the threshold to ``threshold``: each entry added stops
+        being left out and is sent as its nearest centroid."""
+        values = self.array.reshape(-1)[self.index].astype(np.float64)
+        added = values[(np.abs(values) >= threshold) & (np.abs(values) < self.threshold)]
+        c = self.centroids.astype(np.float64)
+        sent = c[assign(added, self.centroids)] if c.size else np.zeros_like(added)
+        return float(np.sum(added * added - (added - sent) ** 2))
 
 
 def tensor_options(
