@@ -226,17 +226,21 @@ class TopzBuild:
         labels = assign(flat[positions], self.centroids).astype(np.uint8)
         return Quantized(self.array.shape, self.array.dtype, positions, labels, self.centroids)
 
+    @functools.cached_property
+    def values(self) -> np.ndarray:
+        """The candidates' values (float64), read once for growing the kept set."""
+        return self.array.reshape(-1)[self.index].astype(np.float64)
+
     def thresholds(self) -> np.ndarray:
         """The candidates' magnitudes below this threshold, largest first: the thresholds that keep
         one more candidate each (ties together)."""
-        magnitudes = np.abs(self.array.reshape(-1)[self.index]).astype(np.float64)
-        below = np.unique(magnitudes[magnitudes < self.threshold])
-        return below[::-1]
+        magnitudes = np.abs(self.values)
+        return np.unique(magnitudes[magnitudes < self.threshold])[::-1]
 
     def gain(self, threshold: float) -> float:
         """Squared error removed by lowering the threshold to ``threshold``: each entry added stops
         being left out and is sent as its nearest centroid."""
-        values = self.array.reshape(-1)[self.index].astype(np.float64)
+        values = self.values
         added = values[(np.abs(values) >= threshold) & (np.abs(values) < self.threshold)]
         c = self.centroids.astype(np.float64)
         sent = c[assign(added, self.centroids)] if c.size else np.zeros_like(added)

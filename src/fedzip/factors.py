@@ -127,14 +127,26 @@ def pack_factors(array: np.ndarray, rank: int, clusters: int, iterations: int, s
     rank = factor_rank(array.shape, rank)
     if rank == 0:
         return pack_dense(array.reshape(-1), clusters)
+    left, right = _subspace_iteration(array, rank, iterations, seed)
+    return pack_columns(
+        quantise_columns(left, clusters) + quantise_columns(right, clusters), clusters, array.shape[0]
+    )
+
+
+def _subspace_iteration(
+    array: np.ndarray, rank: int, iterations: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``iterations`` steps of ``left = orth(M @ right); right = M.T @ left`` from a start drawn with
+    ``seed`` (deterministic encoding), ``M`` the array as ``shape[0]`` rows."""
     rows = array.shape[0]
     # float16 products lose too much; float32 and float64 are used as they come
     matrix = array.reshape(rows, -1).astype(np.promote_types(array.dtype, np.float32), copy=False)
     right = np.random.default_rng(seed).standard_normal((matrix.shape[1], rank))
+    left = np.zeros((rows, rank))
     for _ in range(iterations):
         left = orthonormal((matrix @ right.astype(matrix.dtype)).astype(np.float64))
         right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
-    return pack_columns(quantise_columns(left, clusters) + quantise_columns(right, clusters), clusters, rows)
+    return left, right
 
 
 def leading_factors(
@@ -146,13 +158,7 @@ def leading_factors(
     Subspace iteration at ``rank`` (as :func:`pack_factors`), then the small SVD of the projected
     matrix (a randomised SVD): the budget prices every rank from one factorisation.
     """
-    rows = array.shape[0]
-    matrix = array.reshape(rows, -1).astype(np.promote_types(array.dtype, np.float32), copy=False)
-    right = np.random.default_rng(seed).standard_normal((matrix.shape[1], rank))
-    left = np.zeros((rows, rank))
-    for _ in range(iterations):
-        left = orthonormal((matrix @ right.astype(matrix.dtype)).astype(np.float64))
-        right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
+    left, right = _subspace_iteration(array, rank, iterations, seed)
     # right = U S V': rotating both factors by V keeps left @ right.T, orders the columns by singular
     # value and leaves right's columns orthogonal (U S); V from the small Gram matrix V S^2 V'
     squares, rotation = np.linalg.eigh(right.T @ right)
