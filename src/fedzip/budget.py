@@ -177,7 +177,7 @@ def settle(
         option, item = built[name]
         if not isinstance(option.item, TopzBuild) or budget - spent <= 0:
             continue
-        grown = _stretch(name, option, sizes[name] + budget - spent, measure)
+        grown = _stretch(name, option, sizes[name], sizes[name] + budget - spent, measure)
         if grown is not None:
             spent += grown[2] - sizes[name]
             built[name], sizes[name] = (grown[0], grown[1]), grown[2]
@@ -185,31 +185,70 @@ def settle(
 
 
 STRETCHED = 4  # tensors whose kept sets settle may grow
+GROWTH_BUILDS = 4  # builds a growing kept set may take
 
 
 def _stretch(
-    name: str, option: Option, room: int, measure: Callable[[str, Quantized | Packed], int]
+    name: str, option: Option, size: int, room: int, measure: Callable[[str, Quantized | Packed], int]
 ) -> tuple[Option, Quantized, int] | None:
     """The largest kept set of ``option``'s tensor (same centroids, lower threshold) whose record
-    fits ``room`` bytes, by bisection on the threshold with every size measured; None if none."""
+    fits ``room`` bytes, or None; ``size``: its record's measured bytes.
+
+    A grown set's bytes are predicted from the pool's bound, interpolated between the records
+    measured so far (the bound over-counts by a varying fraction); each prediction is built and
+    measured, a few times at most.
+    """
     build: TopzBuild = option.item  # type: ignore[assignment]
-    thresholds = build.thresholds()
-    best, low, high = None, 0, thresholds.size - 1
-    while low <= high:
-        middle = (low + high) // 2
-        grown = replace(build, threshold=float(thresholds[middle]))
+    pool, centroids = build.pool, build.centroids
+    seen = [(option.record_bytes, size)]  # (bound, measured)
+    # an entry sent as its nearest centroid removes error only if it is more than half that
+    # centroid's size (same sign): the kept set grows no lower than half each sign's smallest
+    positive, negative = centroids[centroids > 0], centroids[centroids < 0]
+    if not positive.size or not negative.size:
+        return None
+    floor = max(float(positive.min()), -float(negative.max())) / 2
+    best, fits, over = None, build.threshold, floor  # thresholds: measured to fit, measured not to
+
+    def predicted(threshold: float) -> float:
+        bound = pool.cost(*pool.kept(threshold), centroids)[0]
+        below = [p for p in seen if p[0] <= bound]
+        above = [p for p in seen if p[0] > bound]
+        if below and above:
+            (b0, m0), (b1, m1) = max(below), min(above)
+            return m0 + (m1 - m0) * (bound - b0) / (b1 - b0)
+        b0, m0 = max(below) if below else min(above)
+        return bound * m0 / b0
+
+    aim = room  # lowered by each overshoot, so that a jump in the measured sizes is not chased
+    for _ in range(GROWTH_BUILDS):
+        low, high = over, fits  # the largest kept set predicted to fit lies between
+        if predicted(low) <= aim:
+            high = low
+        for _ in range(48):
+            middle = (low + high) / 2
+            if predicted(middle) <= aim:
+                high = middle
+            else:
+                low = middle
+        threshold = pool.smallest_kept(high)
+        if threshold >= fits:
+            break
+        grown = replace(build, threshold=threshold)
         item = grown()
-        size = measure(name, item)
-        if size <= room:
-            best, low = (grown, item, size), middle + 1
+        measured = measure(name, item)
+        bound, error = pool.cost(*pool.kept(threshold), centroids)
+        seen.append((bound, measured))
+        if measured > room:
+            over, aim = threshold, aim - (measured - room)
+        elif error < option.error:
+            best, fits, aim = (grown, item, measured, error), threshold, room
         else:
-            high = middle - 1
+            over = threshold
     if best is None:
         return None
-    grown, item, size = best
+    grown, item, measured, error = best
     kept = f"keep {item.kept / max(item.size, 1):.3g}, {item.centroids.size} clusters"
-    error = max(option.error - build.gain(grown.threshold), 0.0)
-    return Option(grown, size, error, option.form, kept), item, size
+    return Option(grown, measured, error, option.form, kept), item, measured
 
 
 def largest_uniform_keep(

@@ -167,45 +167,96 @@ class _Kept:
         return out
 
 
-def _topz_options(
-    name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray, counts: list[int]
-) -> list[Option]:
-    """Top-z at every count of ``counts`` among the candidates at ``index`` (ascending addresses) and
-    every cluster count.
+class Pool:
+    """A tensor's Top-z candidates sorted by value, with the prefix sums that price any threshold: the
+    kept set of a threshold is every candidate at or above it in magnitude, the two ends of the
+    order, so k-means, the exact squared error and the label counts need no gathering."""
 
-    The candidates' values are sorted once; the kept set of a count is every candidate at or above
-    its magnitude threshold, the two ends of that order, so k-means, the exact squared error and the
-    label counts come from prefix sums, without gathering the set. Ties at a threshold are kept
-    together (the count can come out a little larger).
-    """
-    flat = array.reshape(-1)
-    ascending = np.sort(flat[index]).astype(np.float64)  # sorted in its own dtype: SIMD, exact
-    sums = np.concatenate(([0.0], np.cumsum(ascending)))
-    squares = np.concatenate(([0.0], np.cumsum(ascending * ascending)))
-    magnitudes = np.abs(ascending)
-    ranks = sorted({magnitudes.size - c for c in counts})
-    thresholds = np.partition(magnitudes, ranks)[ranks]
+    def __init__(self, name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray):
+        self.name, self.shape, self.size, self.encoding, self.energy = (
+            name,
+            array.shape,
+            array.size,
+            encoding,
+            energy,
+        )
+        # sorted in its own dtype (SIMD, exact), summed in float64
+        self.ascending = np.sort(array.reshape(-1)[index]).astype(np.float64)
+        self.sums = np.concatenate(([0.0], np.cumsum(self.ascending)))
+        self.squares = np.concatenate(([0.0], np.cumsum(self.ascending * self.ascending)))
+
+    def thresholds(self, counts: list[int]) -> list[float]:
+        """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
+        return list(dict.fromkeys(self.largest_magnitude(c) for c in sorted(set(counts), reverse=True)))
+
+    def largest_magnitude(self, count: int) -> float:
+        """The ``count``-th largest magnitude (1 <= count <= candidates): the negatives' magnitudes
+        ascend from the end of their part and the others' from its start, so two sorted runs meet."""
+        ascending = self.ascending
+        negatives = int(np.searchsorted(ascending, 0.0, side="left"))
+        positives = ascending.size - negatives
+        # take i of the count from the negatives (their i largest magnitudes: ascending[:i]) and the
+        # rest from the others' top; the right i takes each run's entries down to the same magnitude
+        low, high = max(0, count - positives), min(count, negatives)
+        while low < high:
+            i = (low + high) // 2
+            # the (i+1)-th negative is larger than the smallest positive taken: take more negatives
+            if -ascending[i] > ascending[ascending.size - (count - i)]:
+                low = i + 1
+            else:
+                high = i
+        i = low
+        smallest = []
+        if i:
+            smallest.append(-ascending[i - 1])
+        if count - i:
+            smallest.append(ascending[ascending.size - (count - i)])
+        return float(min(smallest))
+
+    def kept(self, threshold: float) -> tuple[_Kept, float]:
+        """The kept set at ``threshold`` and the squared error of what it leaves out."""
+        low = int(np.searchsorted(self.ascending, -threshold, side="right"))
+        high = int(np.searchsorted(self.ascending, threshold, side="left"))
+        kept = _Kept(self.ascending, self.sums, low, high)
+        return kept, max(self.energy - float(kept.prefix(self.squares, np.array([kept.size]))[0]), 0.0)
+
+    def cost(self, kept: _Kept, left_out: float, centroids: np.ndarray) -> tuple[int, float]:
+        """Bytes (at most) and exact squared error of ``kept`` labelled by ``centroids`` (ascending)."""
+        c = centroids.astype(np.float64)
+        cuts = kept.cuts(c)
+        n = np.diff(cuts)
+        s, q = np.diff(kept.prefix(self.sums, cuts)), np.diff(kept.prefix(self.squares, cuts))
+        error = left_out + max(float(np.sum(q - 2 * c * s + n * c * c)), 0.0)
+        labels = 0 if c.size < 2 else huffman.GROUP_BITS + huffman.stream_bits(n)
+        bits = _body_bits_at_most(
+            self.encoding, self.size, np.concatenate(([self.size - kept.size], n)), labels
+        )
+        return wire.record_bytes(self.name, self.shape, kept.size, c.size, bits), error
+
+    def smallest_kept(self, threshold: float) -> float:
+        """The smallest magnitude at or above ``threshold`` (a threshold keeping the same set that the
+        array's own dtype represents exactly); ``threshold`` when none is."""
+        low = int(np.searchsorted(self.ascending, -threshold, side="right"))
+        high = int(np.searchsorted(self.ascending, threshold, side="left"))
+        ends = ([-self.ascending[low - 1]] if low else []) + (
+            [self.ascending[high]] if high < self.ascending.size else []
+        )
+        return float(min(ends)) if ends else threshold
+
+
+def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray, counts: list[int]) -> list[Option]:
+    """Top-z at every count of ``counts`` among the candidates at ``index`` (ascending addresses) and
+    every cluster count, priced from ``pool``. Ties at a threshold are kept together (the count can
+    come out a little larger)."""
     options = []
-    for threshold in dict.fromkeys(thresholds.tolist()):  # the largest count first: ranks ascend
-        low = int(np.searchsorted(ascending, -threshold, side="right"))
-        high = int(np.searchsorted(ascending, threshold, side="left"))
-        kept = _Kept(ascending, sums, low, high)
-        left_out = max(energy - float(kept.prefix(squares, np.array([kept.size]))[0]), 0.0)
+    for threshold in pool.thresholds(counts):
+        kept, left_out = pool.kept(threshold)
         choices = tuple(k for k in CLUSTER_CHOICES if k <= kept.size)
         for found in kept.centroids(choices).values():
             centroids = np.unique(found.astype(np.float32))
-            c = centroids.astype(np.float64)
-            cuts = kept.cuts(c)
-            n = np.diff(cuts)
-            s, q = np.diff(kept.prefix(sums, cuts)), np.diff(kept.prefix(squares, cuts))
-            error = left_out + max(float(np.sum(q - 2 * c * s + n * c * c)), 0.0)
-            labels = 0 if c.size < 2 else huffman.GROUP_BITS + huffman.stream_bits(n)
-            bits = _body_bits_at_most(
-                encoding, flat.size, np.concatenate(([flat.size - kept.size], n)), labels
-            )
-            size = wire.record_bytes(name, array.shape, kept.size, c.size, bits)
-            build = TopzBuild(array, index, threshold, centroids)
-            detail = f"keep {kept.size / flat.size:.3g}, {c.size} clusters"
+            size, error = pool.cost(kept, left_out, centroids)
+            build = TopzBuild(array, index, threshold, centroids, pool)
+            detail = f"keep {kept.size / array.size:.3g}, {centroids.size} clusters"
             options.append(Option(build, size, error, "top-z", detail))
     return options
 
@@ -213,38 +264,19 @@ def _topz_options(
 @dataclass(frozen=True)
 class TopzBuild:
     """Builds a Top-z candidate: the candidates at ``index`` (ascending addresses) at or above
-    ``threshold`` in magnitude, labelled by ``centroids``."""
+    ``threshold`` in magnitude, labelled by ``centroids``; ``pool`` prices other thresholds."""
 
     array: np.ndarray
     index: np.ndarray
     threshold: float
     centroids: np.ndarray
+    pool: Pool
 
     def __call__(self) -> Quantized:
         flat = self.array.reshape(-1)
         positions = self.index[np.abs(flat[self.index]) >= self.threshold]
         labels = assign(flat[positions], self.centroids).astype(np.uint8)
         return Quantized(self.array.shape, self.array.dtype, positions, labels, self.centroids)
-
-    @functools.cached_property
-    def values(self) -> np.ndarray:
-        """The candidates' values (float64), read once for growing the kept set."""
-        return self.array.reshape(-1)[self.index].astype(np.float64)
-
-    def thresholds(self) -> np.ndarray:
-        """The candidates' magnitudes below this threshold, largest first: the thresholds that keep
-        one more candidate each (ties together)."""
-        magnitudes = np.abs(self.values)
-        return np.unique(magnitudes[magnitudes < self.threshold])[::-1]
-
-    def gain(self, threshold: float) -> float:
-        """Squared error removed by lowering the threshold to ``threshold``: each entry added stops
-        being left out and is sent as its nearest centroid."""
-        values = self.values
-        added = values[(np.abs(values) >= threshold) & (np.abs(values) < self.threshold)]
-        c = self.centroids.astype(np.float64)
-        sent = c[assign(added, self.centroids)] if c.size else np.zeros_like(added)
-        return float(np.sum(added * added - (added - sent) ** 2))
 
 
 def tensor_options(
@@ -283,7 +315,7 @@ def tensor_options(
             counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
         else:
             index, counts = np.flatnonzero(flat), [nonzero]
-        candidates += _topz_options(name, array, encoding, energy, index, counts)
+        candidates += _topz_options(Pool(name, array, encoding, energy, index), array, index, counts)
     if "factors" in representations:
         fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
         candidates += [o for o in _factor_options(name, array, energy, iterations) if fits(o)]
