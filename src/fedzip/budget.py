@@ -210,7 +210,7 @@ def _stretch(
     best, fits, over = None, build.threshold, floor  # thresholds: measured to fit, measured not to
 
     def predicted(threshold: float) -> float:
-        bound = pool.cost(*pool.kept(threshold), centroids)[0]
+        bound = pool.cost(pool.kept(threshold), centroids)[0]
         below = [p for p in seen if p[0] <= bound]
         above = [p for p in seen if p[0] > bound]
         if below and above:
@@ -236,7 +236,7 @@ def _stretch(
         grown = replace(build, threshold=threshold)
         item = grown()
         measured = measure(name, item)
-        bound, error = pool.cost(*pool.kept(threshold), centroids)
+        bound, error = pool.cost(pool.kept(threshold), centroids)
         seen.append((bound, measured))
         if measured > room:
             over, aim = threshold, aim - (measured - room)

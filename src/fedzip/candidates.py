@@ -183,7 +183,6 @@ class Pool:
         # sorted in its own dtype (SIMD, exact), summed in float64
         self.ascending = np.sort(array.reshape(-1)[index]).astype(np.float64)
         self.sums = np.concatenate(([0.0], np.cumsum(self.ascending)))
-        self.squares = np.concatenate(([0.0], np.cumsum(self.ascending * self.ascending)))
 
     def thresholds(self, counts: list[int]) -> list[float]:
         """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
@@ -213,20 +212,21 @@ class Pool:
             smallest.append(ascending[ascending.size - (count - i)])
         return float(min(smallest))
 
-    def kept(self, threshold: float) -> tuple[_Kept, float]:
-        """The kept set at ``threshold`` and the squared error of what it leaves out."""
+    def kept(self, threshold: float) -> _Kept:
+        """The kept set at ``threshold``."""
         low = int(np.searchsorted(self.ascending, -threshold, side="right"))
         high = int(np.searchsorted(self.ascending, threshold, side="left"))
-        kept = _Kept(self.ascending, self.sums, low, high)
-        return kept, max(self.energy - float(kept.prefix(self.squares, np.array([kept.size]))[0]), 0.0)
+        return _Kept(self.ascending, self.sums, low, high)
 
-    def cost(self, kept: _Kept, left_out: float, centroids: np.ndarray) -> tuple[int, float]:
+    def cost(self, kept: _Kept, centroids: np.ndarray) -> tuple[int, float]:
         """Bytes (at most) and exact squared error of ``kept`` labelled by ``centroids`` (ascending)."""
         c = centroids.astype(np.float64)
         cuts = kept.cuts(c)
         n = np.diff(cuts)
-        s, q = np.diff(kept.prefix(self.sums, cuts)), np.diff(kept.prefix(self.squares, cuts))
-        error = left_out + max(float(np.sum(q - 2 * c * s + n * c * c)), 0.0)
+        s = np.diff(kept.prefix(self.sums, cuts))
+        # the left-out entries' squares plus each cluster's sum(v - c)^2 = Q - 2cS + nc^2: the kept
+        # squares Q cancel, so no prefix sum of squares is needed
+        error = max(self.energy - float(np.sum(c * (2 * s - n * c))), 0.0)
         labels = 0 if c.size < 2 else huffman.GROUP_BITS + huffman.stream_bits(n)
         bits = _body_bits_at_most(
             self.encoding, self.size, np.concatenate(([self.size - kept.size], n)), labels
@@ -250,11 +250,11 @@ def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray, counts: list
     come out a little larger)."""
     options = []
     for threshold in pool.thresholds(counts):
-        kept, left_out = pool.kept(threshold)
+        kept = pool.kept(threshold)
         choices = tuple(k for k in CLUSTER_CHOICES if k <= kept.size)
         for found in kept.centroids(choices).values():
             centroids = np.unique(found.astype(np.float32))
-            size, error = pool.cost(kept, left_out, centroids)
+            size, error = pool.cost(kept, centroids)
             build = TopzBuild(array, index, threshold, centroids, pool)
             detail = f"keep {kept.size / array.size:.3g}, {centroids.size} clusters"
             options.append(Option(build, size, error, "top-z", detail))
