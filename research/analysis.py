@@ -134,6 +134,13 @@ class Point:
         are not points of an uplink curve or picks of an uplink target."""
         return self.group.config.download is None
 
+    @property
+    def stateless(self) -> bool:
+        """Whether the clients keep nothing between rounds: no residual, and no replica of the model
+        for compressed downloads (the server may remember their uploads)."""
+        config = self.group.config
+        return config.download is None and not config.error_feedback.enabled
+
     @cached_property
     def delta(self) -> np.ndarray:
         """Final test accuracy minus that of FedAvg trained alike, paired by seed (empty without one)."""

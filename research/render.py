@@ -238,7 +238,8 @@ def _span(low: float, high: float) -> str:
 
 
 def _target_label(row: TargetRow) -> str:
-    return f"≥{row.ratio:g}x" + (" up + down" if row.both_ways else "") + " within 1 pt"
+    kind = " up + down" if row.both_ways else " with no client state" if row.stateless else ""
+    return f"≥{row.ratio:g}x{kind} within 1 pt"
 
 
 def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | None) -> list[str]:
@@ -261,8 +262,8 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
         best = row.pick
         if best is None:
             lines.append(
-                f"| {_target_label(row)} | no FedZip run at ≥{row.ratio:g}x{' both ways' if row.both_ways else ''} "
-                "yet | – | – | – | – | – | – |"
+                f"| {_target_label(row)} | no FedZip run at ≥{row.ratio:g}x{' both ways' if row.both_ways else ''}"
+                f"{' without client state' if row.stateless else ''} yet | – | – | – | – | – | – |"
             )
             continue
         reached = _reached(row.spent, row.reached, best.seeds)

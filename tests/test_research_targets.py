@@ -231,6 +231,28 @@ def test_the_both_ways_target_counts_downloads_and_picks_on_validation():
     assert "p/one" in row and row.endswith("(fewer than 3 seeds: no claim) |")
 
 
+def test_when_clients_are_sampled_the_targets_are_1000x_up_300x_both_ways_and_300x_without_state():
+    cfg = Settings(rounds=3, clients=100, fraction=0.1)
+    fedavg = fedavg_reference(cfg)
+    # the best at 1000x keeps residuals (error feedback): it cannot be the stateless pick
+    with_state = run_seeds("ef", cfg.replace(rank=2, error_feedback=True), [(0.895, 0.90)] * 3, 1100.0)
+    stateless = run_seeds("rank-6", cfg.replace(rank=6), [(0.885, 0.89)] * 3, 380.0)
+    too_small = run_seeds("rank-16", cfg.replace(rank=16), [(0.90, 0.90)] * 3, 150.0)
+    runs = {"fedavg": fedavg, "ef": with_state, "rank-6": stateless, "rank-16": too_small}
+    lines = targets(cfg, runs)
+    assert not [line for line in lines if line.startswith(("| ≥1085x", "| ≥2000x", "| ≥500x"))]
+    assert "p/ef" in target_row(lines, "| ≥1000x within 1 pt") and target_row(lines, "| ≥1000x").endswith(
+        "| yes |"
+    )
+    row = target_row(lines, "| ≥300x with no client state within 1 pt")
+    assert "p/rank-6" in row and "-1.50" in row and row.endswith("| no |")
+    assert "no FedZip run at ≥300x both ways" in target_row(lines, "| ≥300x up + down")
+    # every client every round: the full-participation targets
+    assert target_row(
+        targets(Settings(rounds=3), {"fedavg": fedavg_reference(Settings(rounds=3))}), "| ≥1085x"
+    )
+
+
 def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
     cfg = Settings(rounds=3)
     fedavg = fedavg_reference(cfg)

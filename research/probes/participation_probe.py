@@ -1,13 +1,15 @@
-"""What rank-2 uploads leave out of a round's average, by clients' share size (no Flower).
+"""What compressed uploads leave out of a round's average, by clients' share size (no Flower).
 
-    python research/probes/participation_probe.py [--clients 100 1000] [--warm 30]
+    python research/probes/participation_probe.py [--clients 100 1000] [--warm 30] [--codecs rank-2 budget-1000]
 
 The cross-device setting (all 55,000 training images, Dirichlet(0.3), paper CNN, seed 0). The
 model is first trained by FedAvg for ``--warm`` rounds of 10 clients (in process) so that
 updates look like mid-run ones; then 10 sampled clients train one epoch each from it. Printed,
-per number of clients: the share of each client's update that its rank-2 upload keeps
+per number of clients and codec: the share of each client's update that its upload keeps
 (1 - |u - C(u)|^2 / |u|^2, mean over clients) and the relative error of the round's average,
-|mean(u) - mean(C(u))| / |mean(u)|: what the server's step misses.
+|mean(u) - mean(C(u))| / |mean(u)|: what the server's step misses. Codecs (``--codecs``):
+``rank-2`` (FedZip(rank=2, clusters=3, iterations=4)), ``budget-N`` (FedZip(budget_ratio=N)),
+``budget-N-keyed`` (the same, known_layout=True), ``rank-N``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--warm", type=int, default=30, help="FedAvg rounds before measuring")
+    parser.add_argument("--codecs", nargs="+", default=["rank-2"], help="rank-N, budget-N, budget-N-keyed")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    codec = FedZip(rank=2, clusters=3, iterations=4)
+    codecs = {name: codec_for(name) for name in args.codecs}
     split = datamod.split_for(None, 5000, 0, 0, 0)
     data = split.train_test
     for count in args.clients:
@@ -68,20 +71,36 @@ def main() -> None:
         chosen = rng.choice(count, size=10, replace=False)
         updates = [update(int(c), 99_991 + int(c)) for c in chosen]
         floats = [{k: v for k, v in u.items() if v.dtype == np.float32} for u in updates]
-        approximations = [codec.approximate(u) for u in floats]
-        kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
         mean = {k: np.mean([u[k].astype(np.float64) for u in floats], axis=0) for k in floats[0]}
-        mean_approx = {
-            k: np.mean([a[k].astype(np.float64) for a in approximations], axis=0) for k in floats[0]
-        }
         images = np.mean([len(shares[int(c)]) for c in chosen])
         print(
-            f"{count} clients ({images:.0f} images each on average): rank-2 keeps "
-            f"{100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average of "
-            f"10 misses {100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm; "
-            f"|mean update| / mean |update| = {norm(mean) / np.mean([norm(u) for u in floats]):.2f} "
-            f"({time.perf_counter() - began:.0f} s)"
+            f"{count} clients ({images:.0f} images each on average): |mean update| / mean |update| = "
+            f"{norm(mean) / np.mean([norm(u) for u in floats]):.2f} ({time.perf_counter() - began:.0f} s)"
         )
+        for name, codec in codecs.items():
+            approximations = [codec.approximate(u) for u in floats]
+            ratio = np.mean([4 * sum(v.size for v in u.values()) / len(codec.encode(u)) for u in floats])
+            kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
+            mean_approx = {
+                k: np.mean([a[k].astype(np.float64) for a in approximations], axis=0) for k in floats[0]
+            }
+            print(
+                f"  {name} ({ratio:.0f}x): keeps {100 * np.mean(kept):.1f}% of a client's update "
+                f"(min {100 * np.min(kept):.1f}%); the average of 10 misses "
+                f"{100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm"
+            )
+
+
+def codec_for(name: str) -> FedZip:
+    """``rank-N``, ``budget-N`` or ``budget-N-keyed`` as a FedZip codec."""
+    form, _, rest = name.partition("-")
+    keyed = rest.endswith("-keyed")
+    value = rest.removesuffix("-keyed")
+    if form == "rank" and not keyed:
+        return FedZip(rank=int(value), clusters=3, iterations=4)
+    if form == "budget":
+        return FedZip(budget_ratio=float(value), known_layout=keyed)
+    raise ValueError(f"codec {name!r}: use rank-N, budget-N or budget-N-keyed")
 
 
 if __name__ == "__main__":
