@@ -28,6 +28,7 @@ column in the same order (``2 * rank * clusters`` in all).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -185,7 +186,7 @@ def _packed(labels: np.ndarray, centroids: np.ndarray, clusters: int, rank: int,
     writer.write(clusters - 1, 8)
     writer.write(rank, 16)
     huffman.write_stream(writer, labels, clusters)
-    values = _reconstruct(labels.astype(np.int64), centroids, clusters, rows, rank)
+    values = functools.partial(_reconstruct, labels.astype(np.int64), centroids, clusters, rows, rank)
     return from_writer(centroids, labels.size, writer, values)
 
 

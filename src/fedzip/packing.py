@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -13,14 +13,34 @@ from .errors import FormatError
 NO_PARAMS = np.zeros(0, dtype=np.float32)
 
 
-class Packed(NamedTuple):
-    """One tensor as a baseline sends it."""
+class Packed:
+    """One tensor as a baseline sends it.
 
-    params: np.ndarray  # float32 side information (scales, norms), stored as the record's centroids
-    kept: int  # entries the body carries explicitly
-    body: bytes
-    body_bits: int
-    values: np.ndarray  # flat, what the receiver will reconstruct (float32)
+    ``values`` (flat float32, what the receiver will reconstruct) may be given as a function that
+    computes them: only error feedback and ``approximate`` ask, and rebuilding a product of factors
+    costs a fifth of encoding them.
+    """
+
+    __slots__ = ("params", "kept", "body", "body_bits", "_values")
+
+    def __init__(
+        self,
+        params: np.ndarray,
+        kept: int,
+        body: bytes,
+        body_bits: int,
+        values: np.ndarray | Callable[[], np.ndarray],
+    ):
+        self.params = params  # float32 side information (scales, norms), stored as the record's centroids
+        self.kept = kept  # entries the body carries explicitly
+        self.body, self.body_bits = body, body_bits
+        self._values = values
+
+    @property
+    def values(self) -> np.ndarray:
+        if callable(self._values):
+            self._values = self._values()
+        return self._values
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:
@@ -38,7 +58,9 @@ def packed_record(name: str, array: np.ndarray, encoding: int, packed: Packed) -
     )
 
 
-def from_writer(params: np.ndarray, kept: int, writer: BitWriter, values: np.ndarray) -> Packed:
+def from_writer(
+    params: np.ndarray, kept: int, writer: BitWriter, values: np.ndarray | Callable[[], np.ndarray]
+) -> Packed:
     return Packed(params, kept, writer.getvalue(), writer.nbits, values)
 
 
