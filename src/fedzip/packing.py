@@ -21,7 +21,7 @@ class Packed:
     costs a fifth of encoding them.
     """
 
-    __slots__ = ("params", "kept", "body", "body_bits", "_values")
+    __slots__ = ("_values", "body", "body_bits", "kept", "params")
 
     def __init__(
         self,
