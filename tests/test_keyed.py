@@ -149,9 +149,12 @@ def test_on_a_small_model_only_the_keyed_container_fits_a_thousandth(rng):
     """Sixty tensors of 4,096 parameters each: their names alone exceed 1000x's budget."""
     update = {f"blocks.{i}.body.{j}.weight": heavy_tailed(rng, (64, 64)) for i in range(15) for j in range(4)}
     codec = fedzip.FedZip(budget_ratio=1000)
-    with pytest.raises(ValueError, match="below the smallest payload"):
+    with pytest.raises(ValueError, match=r"below the smallest payload.*known_layout=True leaves"):
         codec.encode(update)
     keyed = fedzip.FedZip(budget_ratio=1000, known_layout=True).encode(update)
+    with pytest.raises(ValueError, match="below the smallest payload") as refused:
+        fedzip.FedZip(budget_bytes=100, known_layout=True).encode(update)
+    assert "known_layout" not in str(refused.value)  # it is already keyed: no such hint
     assert len(keyed) <= sum(a.nbytes for a in update.values()) // 1000
     restored = fedzip.decode(keyed, layout=update)
     assert any(np.count_nonzero(v) for v in restored.values())

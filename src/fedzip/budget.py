@@ -39,6 +39,19 @@ def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
     return top[np.lexsort((top, -magnitude[top]))]
 
 
+def _below_smallest(budget: int, spent: int, keyed: bool) -> ValueError:
+    keyed_hint = (
+        ""
+        if keyed
+        else "; when the receiver knows the model (the server, for uploads), known_layout=True leaves "
+        "every tensor's name, dtype and shape out (about 20 bytes a tensor)"
+    )
+    return ValueError(
+        f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
+        f"per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True{keyed_hint}"
+    )
+
+
 def _hull(options: list[Option]) -> list[Option]:
     """Lower convex hull of (bytes, error): each step buys less error per byte than the one before."""
     frontier: list[Option] = []
@@ -68,10 +81,7 @@ def allocate(per_tensor: dict[str, list[Option]], budget: int, keyed: bool = Fal
     chosen = {name: 0 for name in hulls}
     spent = overhead + sum(options[0].record_bytes for options in hulls.values())
     if spent > budget:
-        raise ValueError(
-            f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
-            "per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True"
-        )
+        raise _below_smallest(budget, spent, keyed)
     heap: list[tuple[float, str]] = []
 
     def push(name: str) -> None:
@@ -298,10 +308,7 @@ def largest_uniform_keep(
 
     smallest, spent = build(0.0)  # one entry per sparsified tensor
     if spent > budget:
-        raise ValueError(
-            f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
-            "per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True"
-        )
+        raise _below_smallest(budget, spent, keyed)
     whole, spent = build(1.0)
     if spent <= budget:
         return whole
