@@ -234,17 +234,20 @@ def test_top_z_candidates_are_priced_without_being_built(rng):
 
 
 @given(
-    st.lists(st.integers(-6, 6).filter(bool), min_size=1, max_size=40),
+    st.lists(st.integers(-6, 6), min_size=1, max_size=40).filter(any),
     st.sampled_from([0.5, 0.37, 1.0]),
+    st.booleans(),
 )
-def test_the_pool_finds_every_counts_threshold_from_the_value_order(values, scale):
-    """The count-th largest magnitude, read from candidates sorted by value (ties, one sign only)."""
+def test_the_pool_finds_every_counts_threshold_from_the_value_order(values, scale, every_entry):
+    """The count-th largest magnitude, read from candidates sorted by value (ties, one sign only,
+    zeros among the candidates when every entry is one)."""
     from fedzip.candidates import Pool
 
     array = np.asarray(values, np.float32) * np.float32(scale)
-    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), np.arange(array.size))
-    magnitudes = np.sort(np.abs(array.astype(np.float64)))[::-1]
-    assert [pool.largest_magnitude(c) for c in range(1, array.size + 1)] == magnitudes.tolist()
+    index = None if every_entry else np.flatnonzero(array)
+    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), index)
+    magnitudes = np.sort(np.abs(array[array != 0].astype(np.float64)))[::-1]
+    assert [pool.largest_magnitude(c) for c in range(1, magnitudes.size + 1)] == magnitudes.tolist()
 
 
 def test_the_kept_entries_are_the_largest_and_grow_with_the_count(rng):

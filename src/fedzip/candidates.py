@@ -172,7 +172,9 @@ class Pool:
     kept set of a threshold is every candidate at or above it in magnitude, the two ends of the
     order, so k-means, the exact squared error and the label counts need no gathering."""
 
-    def __init__(self, name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray):
+    def __init__(
+        self, name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray | None
+    ):
         self.name, self.shape, self.size, self.encoding, self.energy = (
             name,
             array.shape,
@@ -181,8 +183,12 @@ class Pool:
             energy,
         )
         # sorted in its own dtype (SIMD, exact), summed in float64
-        self.ascending = np.sort(array.reshape(-1)[index]).astype(np.float64)
-        self.sums = np.concatenate(([0.0], np.cumsum(self.ascending)))
+        flat = array.reshape(-1)
+        # index None: every entry is a candidate (zeros sort into the middle, below every threshold)
+        self.ascending = np.sort(flat if index is None else flat[index]).astype(np.float64)
+        self.sums = np.empty(self.ascending.size + 1)  # prefix sums, in place: no second copy
+        self.sums[0] = 0.0
+        np.cumsum(self.ascending, out=self.sums[1:])
 
     def thresholds(self, counts: list[int]) -> list[float]:
         """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
@@ -244,7 +250,7 @@ class Pool:
         return float(min(ends)) if ends else threshold
 
 
-def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray, counts: list[int]) -> list[Option]:
+def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray | None, counts: list[int]) -> list[Option]:
     """Top-z at every count of ``counts`` among the candidates at ``index`` (ascending addresses) and
     every cluster count, priced from ``pool``. Ties at a threshold are kept together (the count can
     come out a little larger)."""
@@ -263,18 +269,22 @@ def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray, counts: list
 
 @dataclass(frozen=True)
 class TopzBuild:
-    """Builds a Top-z candidate: the candidates at ``index`` (ascending addresses) at or above
-    ``threshold`` in magnitude, labelled by ``centroids``; ``pool`` prices other thresholds."""
+    """Builds a Top-z candidate: the candidates at ``index`` (ascending addresses; None: every entry)
+    at or above ``threshold`` in magnitude (always above zero), labelled by ``centroids``; ``pool``
+    prices other thresholds."""
 
     array: np.ndarray
-    index: np.ndarray
+    index: np.ndarray | None
     threshold: float
     centroids: np.ndarray
     pool: Pool
 
     def __call__(self) -> Quantized:
         flat = self.array.reshape(-1)
-        positions = self.index[np.abs(flat[self.index]) >= self.threshold]
+        if self.index is None:
+            positions = np.flatnonzero(np.abs(flat) >= self.threshold)
+        else:
+            positions = self.index[np.abs(flat[self.index]) >= self.threshold]
         labels = assign(flat[positions], self.centroids).astype(np.uint8)
         return Quantized(self.array.shape, self.array.dtype, positions, labels, self.centroids)
 
@@ -311,10 +321,11 @@ def tensor_options(
                     MIN_PRICED, _affordable(flat.size, math.ceil(max_bytes * min(1.0, SHARE_LIMIT * share)))
                 )
                 largest = min(nonzero, within)
-            index = top_entries(flat, largest)
+            # every nonzero entry a candidate: no addresses to hold (twice the tensor's size)
+            index = None if largest == nonzero else top_entries(flat, largest)
             counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
         else:
-            index, counts = np.flatnonzero(flat), [nonzero]
+            index, counts = None, [nonzero]
         candidates += _topz_options(Pool(name, array, encoding, energy, index), array, index, counts)
     if "factors" in representations:
         fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
