@@ -274,6 +274,11 @@ def target_lines(root: str, all_points: Sequence[Point], reference: RunSeeds | N
                 f"| {_target_label(row)} | {best.plan}/{best.name} | {best.seeds} | {rate} | {delta} | "
                 f"{reached} | {_rising(best.group)} | {_verdict(row)} |"
             )
+        elif row.kind == "knob":
+            lines.append(
+                f"| `FedZip(budget_ratio={row.ratio:g})` alone within 1 pt | {best.plan}/{best.name} | {best.seeds} | "
+                f"{best.rate:.0f}x | {delta} | {reached} | {_rising(best.group)} | {_verdict(row)} |"
+            )
         elif row.kind == "stc":
             lines.append(
                 f"| STC at its best p | {best.plan}/{best.name} (keep {best.group.config.compressor().keep:g}) | "
