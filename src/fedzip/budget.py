@@ -212,7 +212,8 @@ def _stretch(
     pool, centroids = build.pool, build.centroids
     seen = [(option.record_bytes, size)]  # (bound, measured)
     # an entry sent as its nearest centroid removes error only if it is more than half that
-    # centroid's size (same sign): the kept set grows no lower than half each sign's smallest
+    # centroid's size (same sign): the kept set grows no lower than half the larger of the two
+    # signs' smallest centroids
     positive, negative = centroids[centroids > 0], centroids[centroids < 0]
     if not positive.size or not negative.size:
         return None
@@ -234,12 +235,13 @@ def _stretch(
         low, high = over, fits  # the largest kept set predicted to fit lies between
         if predicted(low) <= aim:
             high = low
-        for _ in range(48):
-            middle = (low + high) / 2
-            if predicted(middle) <= aim:
-                high = middle
-            else:
-                low = middle
+        else:
+            for _ in range(48):
+                middle = (low + high) / 2
+                if predicted(middle) <= aim:
+                    high = middle
+                else:
+                    low = middle
         threshold = pool.smallest_kept(high)
         if threshold >= fits:
             break

@@ -168,23 +168,19 @@ class _Kept:
 
 
 class Pool:
-    """A tensor's Top-z candidates sorted by value, with the prefix sums that price any threshold: the
-    kept set of a threshold is every candidate at or above it in magnitude, the two ends of the
-    order, so k-means, the exact squared error and the label counts need no gathering."""
+    """A tensor's Top-z candidates (the entries at ``index``, ascending addresses; None: every entry)
+    sorted by value, with the prefix sums that price any threshold: the kept set of a threshold is
+    every candidate at or above it in magnitude, the two ends of the order, so k-means, the exact
+    squared error and the label counts need no gathering. Thresholds are above zero: zeros sort
+    into the middle and are never kept."""
 
     def __init__(
         self, name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray | None
     ):
-        self.name, self.shape, self.size, self.encoding, self.energy = (
-            name,
-            array.shape,
-            array.size,
-            encoding,
-            energy,
-        )
-        # sorted in its own dtype (SIMD, exact), summed in float64
+        self.name, self.array, self.index = name, array, index
+        self.encoding, self.energy, self.size = encoding, energy, array.size
         flat = array.reshape(-1)
-        # index None: every entry is a candidate (zeros sort into the middle, below every threshold)
+        # sorted in its own dtype (SIMD, exact), summed in float64
         self.ascending = np.sort(flat if index is None else flat[index]).astype(np.float64)
         self.sums = np.empty(self.ascending.size + 1)  # prefix sums, in place: no second copy
         self.sums[0] = 0.0
@@ -195,7 +191,7 @@ class Pool:
         return list(dict.fromkeys(self.largest_magnitude(c) for c in sorted(set(counts), reverse=True)))
 
     def largest_magnitude(self, count: int) -> float:
-        """The ``count``-th largest magnitude (1 <= count <= candidates): the negatives' magnitudes
+        """The ``count``-th largest magnitude (1 <= count <= nonzero candidates): the negatives' magnitudes
         ascend from the end of their part and the others' from its start, so two sorted runs meet."""
         ascending = self.ascending
         negatives = int(np.searchsorted(ascending, 0.0, side="left"))
@@ -237,7 +233,7 @@ class Pool:
         bits = _body_bits_at_most(
             self.encoding, self.size, np.concatenate(([self.size - kept.size], n)), labels
         )
-        return wire.record_bytes(self.name, self.shape, kept.size, c.size, bits), error
+        return wire.record_bytes(self.name, self.array.shape, kept.size, c.size, bits), error
 
     def smallest_kept(self, threshold: float) -> float:
         """The smallest magnitude at or above ``threshold`` (a threshold keeping the same set that the
@@ -250,10 +246,9 @@ class Pool:
         return float(min(ends)) if ends else threshold
 
 
-def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray | None, counts: list[int]) -> list[Option]:
-    """Top-z at every count of ``counts`` among the candidates at ``index`` (ascending addresses) and
-    every cluster count, priced from ``pool``. Ties at a threshold are kept together (the count can
-    come out a little larger)."""
+def _topz_options(pool: Pool, counts: list[int]) -> list[Option]:
+    """Top-z at every count of ``counts`` among the pool's candidates and every cluster count. Ties at
+    a threshold are kept together (the count can come out a little larger)."""
     options = []
     for threshold in pool.thresholds(counts):
         kept = pool.kept(threshold)
@@ -261,32 +256,30 @@ def _topz_options(pool: Pool, array: np.ndarray, index: np.ndarray | None, count
         for found in kept.centroids(choices).values():
             centroids = np.unique(found.astype(np.float32))
             size, error = pool.cost(kept, centroids)
-            build = TopzBuild(array, index, threshold, centroids, pool)
-            detail = f"keep {kept.size / array.size:.3g}, {centroids.size} clusters"
+            build = TopzBuild(pool, threshold, centroids)
+            detail = f"keep {kept.size / pool.size:.3g}, {centroids.size} clusters"
             options.append(Option(build, size, error, "top-z", detail))
     return options
 
 
 @dataclass(frozen=True)
 class TopzBuild:
-    """Builds a Top-z candidate: the candidates at ``index`` (ascending addresses; None: every entry)
-    at or above ``threshold`` in magnitude (always above zero), labelled by ``centroids``; ``pool``
-    prices other thresholds."""
+    """Builds a Top-z candidate: the pool's candidates at or above ``threshold`` in magnitude,
+    labelled by ``centroids``."""
 
-    array: np.ndarray
-    index: np.ndarray | None
+    pool: Pool
     threshold: float
     centroids: np.ndarray
-    pool: Pool
 
     def __call__(self) -> Quantized:
-        flat = self.array.reshape(-1)
-        if self.index is None:
+        array, index = self.pool.array, self.pool.index
+        flat = array.reshape(-1)
+        if index is None:
             positions = np.flatnonzero(np.abs(flat) >= self.threshold)
         else:
-            positions = self.index[np.abs(flat[self.index]) >= self.threshold]
+            positions = index[np.abs(flat[index]) >= self.threshold]
         labels = assign(flat[positions], self.centroids).astype(np.uint8)
-        return Quantized(self.array.shape, self.array.dtype, positions, labels, self.centroids)
+        return Quantized(array.shape, array.dtype, positions, labels, self.centroids)
 
 
 def tensor_options(
@@ -326,7 +319,7 @@ def tensor_options(
             counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
         else:
             index, counts = None, [nonzero]
-        candidates += _topz_options(Pool(name, array, encoding, energy, index), array, index, counts)
+        candidates += _topz_options(Pool(name, array, encoding, energy, index), counts)
     if "factors" in representations:
         fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
         candidates += [o for o in _factor_options(name, array, energy, iterations) if fits(o)]
