@@ -356,3 +356,30 @@ def test_the_bytes_between_grid_counts_buy_entries_and_the_plan_tells_the_exact_
     for name, option in codec.plan(update).items():
         exact = squared_error({name: update[name]}, {name: restored[name]})
         assert option.error == pytest.approx(exact, rel=1e-4, abs=1e-12)
+
+
+@pytest.mark.parametrize("ratio", [4.0, 16.0, 60.0])
+def test_at_low_ratios_every_entry_is_a_candidate_and_zeros_are_never_sent(rng, ratio):
+    """At low ratios every nonzero entry is a Top-z candidate (no addresses held): the payload still
+    fits, zeros (a pruned update's) stay out, the kept sets grow without adding error, and the
+    plan's errors are the decoded ones."""
+    update = model_update(rng)
+    for array in update.values():
+        array.flat[rng.choice(array.size, array.size // 3, replace=False)] = 0.0
+    codec = fedzip.FedZip(budget_ratio=ratio, representations=["top-z"])
+    payload = codec.encode(update)
+    raw = sum(a.nbytes for a in update.values())
+    restored = fedzip.decode(payload)
+    # at 4x there is room for every nonzero entry at 16 clusters: the least error may keep fewer
+    assert (0.0 if ratio == 4.0 else 0.97) * raw / ratio <= len(payload) <= raw / ratio
+    for name, array in update.items():
+        assert not np.any(restored[name][array == 0])
+    plan = codec.plan(update)
+    for name, option in plan.items():
+        exact = squared_error({name: update[name]}, {name: restored[name]})
+        assert option.error == pytest.approx(exact, rel=1e-4, abs=1e-12)
+    errors = [
+        sum(o.error for o in fedzip.FedZip(budget_ratio=r, representations=["top-z"]).plan(update).values())
+        for r in (ratio * 1.5, ratio)
+    ]
+    assert errors[1] <= errors[0]
