@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="run the experiment plans (resumable) and regenerate the results",
     )
     parser.add_argument(
-        "plans", nargs="*", help="plan files (default: experiments/converge-*, extreme-* and curve-*.toml)"
+        "plans",
+        nargs="*",
+        help="plan files (default: research.runs.DEFAULT_PLANS: converge, extreme, curve and cross-device plans)",
     )
     parser.add_argument(
         "--out", help=f"run directories (default {SEEDED_OUT} for seeded plans, else {UNSEEDED_OUT})"

@@ -123,6 +123,14 @@ def participation(cfg: ExperimentConfig) -> str:
     return f"{max(1, round(server.clients * server.fraction))} sampled a round, {server.fraction:.0%}"
 
 
+MODEL_NAMES = {
+    "cnn": "Paper CNN",
+    "mlp": "MLP",
+    "resnet": "Residual CNN with BatchNorm",
+    "vit": "Small vision transformer",
+}
+
+
 def plan_rows(
     plan: Plan, grouped: dict[str, RunSeeds], referenced: dict[str, RunSeeds] | None = None
 ) -> list[str]:
@@ -142,7 +150,8 @@ def plan_rows(
     lines = [
         f"## Plan `{plan.name}`: {base.data.partition} partition",
         "",
-        f"Paper CNN, {base.server.clients} clients ({participation(base)}), batch {local.batch_size}, "
+        f"{MODEL_NAMES.get(base.model, base.model)}, {base.server.clients} clients ({participation(base)}), "
+        f"batch {local.batch_size}, "
         f"{local.optimizer.upper()} lr {local.lr:g}, {local.local_epochs} local epoch(s); "
         f"**{f'{data.train_limit:,}' if data.train_limit else 'all'} training images** held by the clients, {data.validation:,} validation "
         f"images held out of training, the full test split (10,000 images). {base.server.rounds} rounds, seeds "

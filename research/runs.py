@@ -29,6 +29,11 @@ DEFAULT_PLANS = (
     "experiments/cross-device-dirichlet.toml",
     "experiments/cross-device-1000.toml",
     "experiments/cross-device-pilot.toml",
+    "experiments/converge-vit-iid.toml",
+    "experiments/converge-vit-dirichlet.toml",
+    "experiments/converge-resnet-iid.toml",
+    "experiments/converge-resnet-dirichlet.toml",
+    "experiments/cross-device-vit-dirichlet.toml",
 )
 REFERENCE_CODEC = "none"  # FedAvg: uploads as they are
 
