@@ -136,10 +136,14 @@ def ratio_targets(reference: RunSeeds) -> tuple[tuple[float, bool, bool], ...]:
 
 def knob_alone(point: Point) -> bool:
     """Whether the run uploads with ``FedZip(budget_ratio=KNOB_RATIO)`` and no other option than
-    ``known_layout`` (and error feedback, as the README's strategy line has it)."""
+    ``known_layout``, with plain error feedback (the README's strategy line), every client every round."""
     from fedzip import FedZip
+    from fedzip.fl.settings import FeedbackSettings
 
-    config = point.group.config.compressor().get_config()
+    run = point.group.config
+    if run.server.fraction < 1 or run.error_feedback != FeedbackSettings(enabled=True):
+        return False
+    config = run.compressor().get_config()
     config.pop("known_layout", None)
     knob = FedZip(budget_ratio=KNOB_RATIO).get_config()
     knob.pop("known_layout")

@@ -256,7 +256,9 @@ def test_when_clients_are_sampled_the_targets_are_1000x_up_300x_both_ways_and_30
 def test_other_models_are_judged_at_1000x_and_the_knob_alone_has_its_own_row():
     cfg = Settings(rounds=3, model="vit")
     fedavg = fedavg_reference(cfg)
-    knob = run_seeds("knob", cfg.replace(budget_ratio=1000.0), [(0.8905, 0.895)] * 3, 1000.0)
+    knob = run_seeds(
+        "knob", cfg.replace(budget_ratio=1000.0, error_feedback=True), [(0.8905, 0.895)] * 3, 1000.0
+    )
     # the same budget told how to split is not the knob alone
     uniform = cfg.replace(budget_ratio=1000.0, budget_split="uniform")
     split = run_seeds("uniform", uniform, [(0.895, 0.90)] * 3, 1000.0)
@@ -268,6 +270,17 @@ def test_other_models_are_judged_at_1000x_and_the_knob_alone_has_its_own_row():
     assert "p/knob" in row and "-0.95" in row and row.endswith("| yes |")
     del runs["knob"]
     assert not [line for line in targets(cfg, runs) if "alone within" in line]
+    # the same codec without error feedback, or with clients sampled, is not the README's line
+    runs["bare"] = run_seeds(
+        "bare", cfg.replace(budget_ratio=1000.0, error_feedback=False), [(0.89, 0.9)], 1000.0
+    )
+    assert not [line for line in targets(cfg, runs) if "alone within" in line]
+    sampled = Settings(rounds=3, model="vit", clients=100, fraction=0.1)
+    knob = run_seeds(
+        "knob", sampled.replace(budget_ratio=1000.0, error_feedback=True), [(0.8905, 0.895)] * 3, 1000.0
+    )
+    lines = targets(sampled, {"fedavg": fedavg_reference(sampled), "knob": knob})
+    assert not [line for line in lines if "alone within" in line]
 
 
 def test_a_pick_confirmed_on_three_seeds_is_not_beaten_by_a_lucky_single_seed():
