@@ -69,6 +69,8 @@ def options(cfg, base=None) -> str:
         parts.append(f"k={up['clusters']}")
     if up["id"] == "qsgd":
         parts.append(f"{up['levels']} levels")
+    if up.get("known_layout"):
+        parts.append("keyed (no names or shapes)")
     if cfg.warmup.rounds:
         parts.append(f"warm-up {cfg.warmup.rounds} rounds from {cfg.warmup.start:g}")
     feedback = cfg.error_feedback
