@@ -20,6 +20,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from fedzip import FedZip
+from fedzip.fl.settings import FeedbackSettings
+
 from .analysis import Point, bytes_to_reach, uplink_curve
 from .runs import RunSeeds
 
@@ -137,9 +140,6 @@ def ratio_targets(reference: RunSeeds) -> tuple[tuple[float, bool, bool], ...]:
 def knob_alone(point: Point) -> bool:
     """Whether the run uploads with ``FedZip(budget_ratio=KNOB_RATIO)`` and no other option than
     ``known_layout``, with plain error feedback (the README's strategy line), every client every round."""
-    from fedzip import FedZip
-    from fedzip.fl.settings import FeedbackSettings
-
     run = point.group.config
     if run.server.fraction < 1 or run.error_feedback != FeedbackSettings(enabled=True):
         return False
