@@ -138,8 +138,7 @@ class Point:
     def stateless(self) -> bool:
         """Whether the clients keep nothing between rounds: no residual, and no replica of the model
         for compressed downloads (the server may remember their uploads)."""
-        config = self.group.config
-        return config.download is None and not config.error_feedback.enabled
+        return self.uploads_only and not self.group.config.error_feedback.enabled
 
     @cached_property
     def delta(self) -> np.ndarray:

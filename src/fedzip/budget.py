@@ -189,8 +189,8 @@ def settle(
             continue
         grown = _stretch(name, option, sizes[name], sizes[name] + budget - spent, measure)
         if grown is not None:
-            spent += grown[2] - sizes[name]
-            built[name], sizes[name] = (grown[0], grown[1]), grown[2]
+            spent += grown[0].record_bytes - sizes[name]
+            built[name], sizes[name] = grown, grown[0].record_bytes
     return built
 
 
@@ -200,9 +200,10 @@ GROWTH_BUILDS = 4  # builds a growing kept set may take
 
 def _stretch(
     name: str, option: Option, size: int, room: int, measure: Callable[[str, Quantized | Packed], int]
-) -> tuple[Option, Quantized, int] | None:
+) -> tuple[Option, Quantized] | None:
     """The largest kept set of ``option``'s tensor (same centroids, lower threshold) whose record
-    fits ``room`` bytes, or None; ``size``: its record's measured bytes.
+    fits ``room`` bytes, as an option priced at its measured bytes and its build, or None;
+    ``size``: the record's measured bytes now.
 
     A grown set's bytes are predicted from the pool's bound, interpolated between the records
     measured so far (the bound over-counts by a varying fraction); each prediction is built and
@@ -260,7 +261,7 @@ def _stretch(
         return None
     grown, item, measured, error = best
     kept = f"keep {item.kept / max(item.size, 1):.3g}, {item.centroids.size} clusters"
-    return Option(grown, measured, error, option.form, kept), item, measured
+    return Option(grown, measured, error, option.form, kept), item
 
 
 def largest_uniform_keep(

@@ -185,6 +185,7 @@ class Pool:
         self.sums = np.empty(self.ascending.size + 1)  # prefix sums, in place: no second copy
         self.sums[0] = 0.0
         np.cumsum(self.ascending, out=self.sums[1:])
+        self.negatives = int(np.searchsorted(self.ascending, 0.0, side="left"))
 
     def thresholds(self, counts: list[int]) -> list[float]:
         """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
@@ -193,8 +194,7 @@ class Pool:
     def largest_magnitude(self, count: int) -> float:
         """The ``count``-th largest magnitude (1 <= count <= nonzero candidates): the negatives' magnitudes
         ascend from the end of their part and the others' from its start, so two sorted runs meet."""
-        ascending = self.ascending
-        negatives = int(np.searchsorted(ascending, 0.0, side="left"))
+        ascending, negatives = self.ascending, self.negatives
         positives = ascending.size - negatives
         # take i of the count from the negatives (their i largest magnitudes: ascending[:i]) and the
         # rest from the others' top; the right i takes each run's entries down to the same magnitude
@@ -238,8 +238,8 @@ class Pool:
     def smallest_kept(self, threshold: float) -> float:
         """The smallest magnitude at or above ``threshold`` (a threshold keeping the same set that the
         array's own dtype represents exactly); ``threshold`` when none is."""
-        low = int(np.searchsorted(self.ascending, -threshold, side="right"))
-        high = int(np.searchsorted(self.ascending, threshold, side="left"))
+        kept = self.kept(threshold)
+        low, high = kept.low, kept.high
         ends = ([-self.ascending[low - 1]] if low else []) + (
             [self.ascending[high]] if high < self.ascending.size else []
         )
