@@ -53,6 +53,27 @@ def test_reads_past_the_end_raise_format_error():
         BitReader(b"\x00", 8).read_unary(1)
 
 
+def test_unary_codes_end_at_the_declared_length():
+    # The one that would end the code is in the data but past the stream's last bit.
+    with pytest.raises(FormatError, match="1 found"):
+        BitReader(b"\x41", 7).read_unary(2)
+    reader = BitReader(b"\x41", 8)
+    assert reader.read_unary(2).tolist() == [1, 5]
+    assert reader.remaining == 0
+
+
+def test_long_unary_runs_at_an_odd_offset():
+    quotients = np.array([0, 5000, 3, 0, 12000, 1])
+    w = BitWriter()
+    w.write(0b101, 3)
+    w.write_bits(unary_bits(quotients))
+    w.write(0b111, 3)
+    reader = BitReader(w.getvalue(), w.nbits)
+    assert reader.read(3) == 0b101
+    assert np.array_equal(reader.read_unary(quotients.size), quotients)
+    assert reader.read(3) == 0b111
+
+
 def test_writer_rejects_values_that_do_not_fit():
     with pytest.raises(ValueError):
         BitWriter().write(8, 3)

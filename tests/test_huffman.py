@@ -61,6 +61,21 @@ def test_stream_round_trip_and_exact_size(rng, count):
     assert reader.remaining == 0
 
 
+@pytest.mark.parametrize("offset", range(8))
+def test_fifteen_bit_codes_at_every_offset_round_trip(rng, offset):
+    # Fibonacci-like counts force the longest codes; the stream ends at the data's last bit.
+    counts = np.array([1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584])
+    symbols = rng.permutation(np.repeat(np.arange(counts.size), counts * 3)).astype(np.uint16)
+    assert huffman.code_lengths(np.bincount(symbols)).max() == huffman.MAX_CODE_LENGTH
+    w = BitWriter()
+    w.write(0, offset)
+    huffman.write_stream(w, symbols, counts.size)
+    reader = BitReader(w.getvalue(), w.nbits)
+    reader.read(offset)
+    assert np.array_equal(huffman.read_stream(reader, symbols.size, counts.size), symbols)
+    assert reader.remaining == 0
+
+
 def test_single_symbol_stream_costs_no_bits_per_symbol():
     w = BitWriter()
     huffman.write_stream(w, np.full(10_000, 7, dtype=np.uint16), 9)

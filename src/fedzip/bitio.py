@@ -96,7 +96,6 @@ class BitReader:
         # Two zero words of padding so a window may start at the last bit.
         padded = data + bytes(-len(data) % 8 + 16)
         self._words = np.frombuffer(padded, dtype=">u8").astype(_U64)
-        self._bits: np.ndarray | None = None
 
     @property
     def remaining(self) -> int:
@@ -162,11 +161,19 @@ class BitReader:
         """``count`` unary codes (zeros ended by a one); returns the zero counts."""
         if count == 0:
             return np.zeros(0, dtype=np.int64)
-        if self._bits is None:
-            self._bits = np.unpackbits(np.frombuffer(self.data, dtype=np.uint8))
-        ones = np.flatnonzero(self._bits[self.pos : self.nbits])
-        if ones.size < count:
-            raise FormatError(f"bit stream truncated: {count} unary codes declared, {ones.size} found")
+        data = np.frombuffer(self.data, dtype=np.uint8)
+        first = self.pos >> 3
+        # Unpack only as far as the codes reach: a span that doubles until it holds them.
+        span = 2 * count + 64
+        while True:
+            stop = min(self.pos + span, self.nbits)
+            bits = np.unpackbits(data[first : (stop + 7) >> 3])[self.pos - 8 * first : stop - 8 * first]
+            ones = np.flatnonzero(bits.view(bool))  # far faster than on uint8
+            if ones.size >= count:
+                break
+            if stop == self.nbits:
+                raise FormatError(f"bit stream truncated: {count} unary codes declared, {ones.size} found")
+            span *= 2
         ends = ones[:count]
         quotients = np.diff(ends, prepend=-1) - 1
         self.pos += int(ends[-1]) + 1

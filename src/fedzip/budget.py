@@ -35,7 +35,7 @@ def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
     if count < magnitude.size:
         top = np.argpartition(-magnitude, count - 1)[:count]
     else:
-        top = np.flatnonzero(magnitude)
+        top = np.flatnonzero(magnitude != 0)
     return top[np.lexsort((top, -magnitude[top]))]
 
 
@@ -293,7 +293,7 @@ def largest_uniform_keep(
             magnitude = np.abs(flat)
             orders[name] = (flat, _largest_first(magnitude, min(int(np.count_nonzero(flat)), cap)))
         else:
-            positions = np.flatnonzero(flat)
+            positions = np.flatnonzero(flat != 0)
             centroids, labels = quantize(flat[positions], clusters)
             fixed[name] = Quantized(array.shape, array.dtype, positions, labels, centroids)
             fixed_bytes += price(None if keyed else name, fixed[name], encoding)

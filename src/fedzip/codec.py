@@ -230,7 +230,7 @@ class FedZip(Compressor):
         if self._sparsified(array):
             positions = top_entries(flat, keep_count(flat.size, self.keep))
         else:
-            positions = np.flatnonzero(flat)
+            positions = np.flatnonzero(flat != 0)
         centroids, labels = quantize(flat[positions], self.clusters)
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 

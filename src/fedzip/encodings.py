@@ -127,7 +127,7 @@ def read(
                 raise FormatError(f"{size} entries declared, only {reader.remaining} bits left")
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8), 0
         symbols = huffman.read_stream(reader, size, clusters + 1)
-        positions = np.flatnonzero(symbols)
+        positions = np.flatnonzero(symbols != 0)
         if positions.size != kept:
             raise FormatError(f"header declares {kept} kept entries, the stream holds {positions.size}")
         return positions, (symbols[positions] - 1).astype(np.uint8), 0

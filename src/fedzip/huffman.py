@@ -20,7 +20,7 @@ import heapq
 
 import numpy as np
 
-from .bitio import BitReader, BitWriter, varbits_of
+from .bitio import BitReader, BitWriter, bits_of
 from .errors import FormatError
 
 MAX_CODE_LENGTH = 15
@@ -153,10 +153,16 @@ def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
         starts = np.arange(0, count, 1 << log2)
         block_bits = np.add.reduceat(sym_lengths, starts, dtype=np.int64)
         writer.write_array(block_bits[:-1], block_width(count, int(lengths.max())))
-    # In chunks, so a long stream never holds a 64-bit code per symbol at once.
+    # Each symbol's code as a row of bits (left-aligned, max_len wide) and which of them
+    # are its own; the stream is the chosen bits of the rows, taken in chunks.
+    width = int(lengths.max())
+    rows = bits_of(codes << (width - lengths).astype(np.uint64), width).reshape(-1, width)
+    own = np.arange(width) < lengths[:, None]
     for start in range(0, count, _CHUNK):
-        stop = start + _CHUNK
-        writer.write_bits(varbits_of(codes[symbols[start:stop]], sym_lengths[start:stop]))
+        chunk = symbols[start : start + _CHUNK]
+        # take and compress: several times faster here than fancy and boolean indexing
+        mask = np.take(own, chunk, axis=0).reshape(-1)
+        writer.write_bits(np.compress(mask, np.take(rows, chunk, axis=0).reshape(-1)))
 
 
 def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
@@ -175,16 +181,14 @@ def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     if count > reader.remaining:
         raise FormatError(f"{count} symbols declared, only {reader.remaining} bits left")
     max_len = int(lengths.max())
-    # Lookup table indexed by the next max_len bits: (symbol, code length).
+    # Lookup table indexed by the next max_len bits: code length << 16 | symbol.
     codes = canonical_codes(lengths)
-    table_sym = np.zeros(1 << max_len, dtype=np.uint16)
-    table_len = np.zeros(1 << max_len, dtype=np.int64)
+    table = np.zeros(1 << max_len, dtype=np.int64)
     for sym in np.flatnonzero(used):
         ln = int(lengths[sym])
         lo = int(codes[sym]) << (max_len - ln)
         hi = (int(codes[sym]) + 1) << (max_len - ln)
-        table_sym[lo:hi] = sym
-        table_len[lo:hi] = ln
+        table[lo:hi] = ln << 16 | sym
 
     log2 = block_log2(count)
     block = 1 << log2
@@ -193,21 +197,32 @@ def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     bounds = reader.pos + np.concatenate(([0], np.cumsum(block_bits)))
     if bounds[-1] > reader.nbits:
         raise FormatError("Huffman blocks extend past the end of the stream")
-    cursor = bounds.copy()
-    out = np.empty((nblocks, block), dtype=np.uint16)
+    # The 32 bits from every byte of the stream: a code (<= 15 bits) starting anywhere in a
+    # byte is in its window, read with fewer array steps than a 64-bit one.
+    first = int(bounds[0]) >> 3
+    data = np.frombuffer(reader.data, dtype=np.uint8)[first : (reader.nbits + 7) >> 3]
+    padded = np.zeros(data.size + 3, dtype=np.uint32)
+    padded[: data.size] = data
+    words = padded[:-3] << 24 | padded[1:-2] << 16 | padded[2:-1] << 8 | padded[3:]
+    cursor = bounds - 8 * first
+    out = np.empty((block, nblocks), dtype=np.uint16)  # a row per step: contiguous stores
     last_count = count - (nblocks - 1) * block
     last_end = -1
-    shift = np.uint64(64 - max_len)
+    mask = np.uint32((1 << max_len) - 1)
     for step in range(block):
-        peek = (reader.windows(cursor) >> shift).astype(np.intp)
-        out[:, step] = table_sym[peek]
-        cursor += table_len[peek]
+        # A block's cursor stays inside the stream until its last code, checked below.
+        byte = np.minimum(cursor >> 3, data.size - 1)
+        peek = (words[byte] >> (32 - max_len - (cursor & 7)).astype(np.uint32)) & mask
+        entry = table[peek]
+        out[step] = entry  # the low 16 bits: the symbol
+        cursor += entry >> 16
         if step == last_count - 1:
-            last_end = int(cursor[-1])
+            last_end = int(cursor[-1]) + 8 * first
+    cursor += 8 * first
     if not np.array_equal(cursor[:-1], bounds[1:]) or last_end > reader.nbits:
         raise FormatError("Huffman block lengths do not match the coded data")
     reader.pos = last_end
-    return out.reshape(-1)[:count]
+    return out.T.reshape(-1)[:count]
 
 
 def _grouped(labels: np.ndarray, clusters: int, group: int) -> np.ndarray:
@@ -259,6 +274,7 @@ def read_labels(reader: BitReader, count: int, clusters: int) -> np.ndarray:
     if group not in _groups_allowed(clusters):
         raise FormatError(f"label group of {group} is invalid for {clusters} clusters")
     symbols = read_stream(reader, -(-count // group), clusters**group)
+    # Every symbol's digits, looked up: one gather instead of a division per label.
     powers = clusters ** np.arange(group - 1, -1, -1, dtype=np.int64)
-    labels = (symbols[:, None] // powers) % clusters
-    return labels.reshape(-1)[:count]
+    digits = ((np.arange(clusters**group)[:, None] // powers) % clusters).astype(np.uint8)
+    return digits[symbols].reshape(-1)[:count]

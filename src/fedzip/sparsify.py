@@ -43,7 +43,7 @@ def top_entries(flat: np.ndarray, count: int) -> np.ndarray:
     if count <= 0 or n == 0:
         return np.zeros(0, dtype=np.int64)
     if count >= n:
-        return np.flatnonzero(flat)
+        return np.flatnonzero(flat != 0)
     candidates = _candidates(flat, count) if n > _SMALL else None
     if candidates is None:
         candidates = np.arange(n, dtype=np.int64)
