@@ -349,15 +349,16 @@ def test_orthonormal_spans_the_columns_and_survives_dependent_ones(rng):
     assert np.all(np.isfinite(orthonormal(np.zeros((50, 2)))))
 
 
-def test_leading_factors_are_ordered_and_nested(rng):
+@pytest.mark.parametrize("top", [4, 8])  # the matrix read once a step (small ranks), or twice
+def test_leading_factors_are_ordered_and_nested(rng, top):
     """Every rank r of the budget comes from the first r columns of one factorisation."""
     from fedzip.factors import leading_factors
 
     strengths = np.array([5.0, 3.0, 2.0, 1.0])
     matrix = (rng.standard_normal((120, 4)) * strengths) @ rng.standard_normal((4, 90))
     matrix = (matrix + 0.01 * rng.standard_normal(matrix.shape)).astype(np.float32)
-    left, right = leading_factors(matrix, 8, iterations=4)
-    assert np.allclose(left.T @ left, np.eye(8), atol=1e-8)
+    left, right = leading_factors(matrix, top, iterations=4)
+    assert np.allclose(left.T @ left, np.eye(top), atol=1e-8)
     norms = np.linalg.norm(right, axis=0)
     assert np.all(np.diff(norms) <= 1e-9)  # singular values, largest first
     exact = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
@@ -366,3 +367,18 @@ def test_leading_factors_are_ordered_and_nested(rng):
         best = float((exact[rank:] ** 2).sum())
         error = float(((matrix - left[:, :rank] @ right[:, :rank].T) ** 2).sum())
         assert error == pytest.approx(best, rel=1e-3)
+
+
+def test_factors_do_not_depend_on_the_blocks_a_matrix_is_read_in(rng, monkeypatch):
+    from fedzip import factors
+
+    matrix = (rng.standard_normal((301, 3)) @ rng.standard_normal((3, 77))).astype(np.float32)
+    matrix += 0.05 * rng.standard_normal(matrix.shape).astype(np.float32)
+    whole = factors.leading_factors(matrix, 3, iterations=3)
+    monkeypatch.setattr(factors, "_BLOCK_BYTES", 8 * 77 * 7)  # 7 rows a block, the last one short
+    blocks = factors.leading_factors(matrix, 3, iterations=3)
+    for a, b in zip(whole, blocks, strict=True):
+        assert np.allclose(a, b, rtol=1e-9, atol=1e-9)
+    rebuilt = blocks[0] @ blocks[1].T
+    best = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+    assert ((matrix - rebuilt) ** 2).sum() == pytest.approx((best[3:] ** 2).sum(), rel=1e-3)

@@ -70,10 +70,29 @@ def test_fifteen_bit_codes_at_every_offset_round_trip(rng, offset):
     w = BitWriter()
     w.write(0, offset)
     huffman.write_stream(w, symbols, counts.size)
+    assert w.nbits - offset == huffman.stream_bits(np.bincount(symbols))  # past the plain code's limit
     reader = BitReader(w.getvalue(), w.nbits)
     reader.read(offset)
     assert np.array_equal(huffman.read_stream(reader, symbols.size, counts.size), symbols)
     assert reader.remaining == 0
+
+
+def test_stream_size_is_priced_without_building_the_code(rng):
+    # ties and many blocks: the price must follow code_lengths' own code, longest code included
+    for _ in range(200):
+        counts = rng.integers(0, 6, size=int(rng.integers(2, 40))) * int(rng.integers(1, 3000))
+        if np.count_nonzero(counts) < 2:
+            continue
+        lengths = huffman.code_lengths(counts)
+        count = int(counts.sum())
+        nblocks = -(-count >> huffman.block_log2(count))
+        expected = (
+            1
+            + huffman.LENGTH_BITS * counts.size
+            + (nblocks - 1) * huffman.block_width(count, int(lengths.max()))
+            + int((counts * lengths).sum())
+        )
+        assert huffman.stream_bits(counts) == expected
 
 
 def test_single_symbol_stream_costs_no_bits_per_symbol():

@@ -41,6 +41,11 @@ from .payload import register_encoding
 from .quantize import EXACT_POINTS, quantize_many
 
 ENCODING_ID = 22
+# The subspace iteration reads a matrix once a step up to this rank, taking this many bytes of
+# its rows at a time (as float64): a block stays in a core's cache (1 MiB here) between its two
+# products.
+_READ_ONCE_RANKS = 4
+_BLOCK_BYTES = 1 << 19
 # Decoding costs rank passes over the tensor; the cap bounds what a hostile
 # payload can make a server spend (at most 64 passes over the model's size).
 MAX_RANK = 64
@@ -96,16 +101,24 @@ def orthonormal(columns: np.ndarray) -> np.ndarray:
     hundredfold when another process holds a core (measured on 4096 x 16: 170 ms against 1 ms).
     LAPACK's QR remains for columns too close to dependent for the Gram matrix's Cholesky factor.
     """
-    basis = columns
+    found = _cholesky_qr2(columns)
+    return np.linalg.qr(columns)[0] if found is None else found[0]
+
+
+def _cholesky_qr2(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(basis, transform) with ``basis = columns @ transform`` orthonormal, by Cholesky QR twice;
+    None when the columns are too close to dependent for it."""
+    basis, transform = columns, np.eye(columns.shape[1])
     for _ in range(2):
         try:
             lower = np.linalg.cholesky(basis.T @ basis)
         except np.linalg.LinAlgError:
-            return np.linalg.qr(columns)[0]
-        basis = basis @ np.linalg.inv(lower).T
-    if not np.all(np.isfinite(basis)):
-        return np.linalg.qr(columns)[0]
-    return basis
+            return None
+        step = np.linalg.inv(lower).T
+        basis, transform = basis @ step, transform @ step
+    if not (np.all(np.isfinite(basis)) and np.all(np.isfinite(transform))):
+        return None
+    return basis, transform
 
 
 def factor_rank(shape: tuple[int, ...], rank: int) -> int:
@@ -138,16 +151,46 @@ def _subspace_iteration(
     array: np.ndarray, rank: int, iterations: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``iterations`` steps of ``left = orth(M @ right); right = M.T @ left`` from a start drawn with
-    ``seed`` (deterministic encoding), ``M`` the array as ``shape[0]`` rows."""
+    ``seed`` (deterministic encoding), ``M`` the array as ``shape[0]`` rows.
+
+    At small ranks, where a step is bound by reading ``M``, it reads ``M`` once: ``M @ right`` and
+    ``M.T @ (M @ right)`` are formed block by block of rows while the block is in cache (in float64,
+    as the second product then goes through the small transform ``T`` that orthonormalises the
+    first: ``right = M.T @ (M @ right) @ T``). Larger ranks are bound by arithmetic: two float32
+    products a step.
+    """
     rows = array.shape[0]
     # float16 products lose too much; float32 and float64 are used as they come
     matrix = array.reshape(rows, -1).astype(np.promote_types(array.dtype, np.float32), copy=False)
     right = np.random.default_rng(seed).standard_normal((matrix.shape[1], rank))
     left = np.zeros((rows, rank))
     for _ in range(iterations):
-        left = orthonormal((matrix @ right.astype(matrix.dtype)).astype(np.float64))
+        if rank <= _READ_ONCE_RANKS:
+            product, back = _there_and_back(matrix, right)
+            found = _cholesky_qr2(product)
+            if found is not None:
+                left, transform = found
+                right = back @ transform
+                continue
+        else:
+            product = (matrix @ right.astype(matrix.dtype)).astype(np.float64)
+        left = orthonormal(product)
         right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
     return left, right
+
+
+def _there_and_back(matrix: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``matrix @ columns``, ``matrix.T @ matrix @ columns``) in float64, reading ``matrix`` once."""
+    rows, cols = matrix.shape
+    product = np.empty((rows, columns.shape[1]))
+    back = np.zeros((cols, columns.shape[1]))
+    step = max(1, _BLOCK_BYTES // max(1, 8 * cols))  # rows of the float64 copy
+    for start in range(0, rows, step):
+        block = matrix[start : start + step].astype(np.float64)
+        part = block @ columns
+        product[start : start + step] = part
+        back += block.T @ part
+    return product, back
 
 
 def leading_factors(

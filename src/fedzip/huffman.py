@@ -46,6 +46,21 @@ def _huffman_lengths(weights: list[int]) -> list[int]:
     return lengths
 
 
+def _huffman_cost(weights: list[int]) -> tuple[int, int]:
+    """(total bits, longest code) of :func:`_huffman_lengths`'s code, merging as it does but
+    carrying depths instead of symbol sets: the bits are the merged weights' sum."""
+    heap = [(w, i, 0) for i, w in enumerate(weights)]
+    heapq.heapify(heap)
+    tie, total = len(weights), 0
+    while len(heap) > 1:
+        w1, _, d1 = heapq.heappop(heap)
+        w2, _, d2 = heapq.heappop(heap)
+        total += w1 + w2
+        heapq.heappush(heap, (w1 + w2, tie, max(d1, d2) + 1))
+        tie += 1
+    return total, heap[0][2]
+
+
 def _package_merge(weights: list[int], max_length: int) -> list[int]:
     """Optimal code lengths no longer than ``max_length`` for ascending ``weights``."""
     n = len(weights)
@@ -122,16 +137,18 @@ def stream_bits(counts: np.ndarray) -> int:
     """Exact size in bits of :func:`write_stream` for symbols with these counts."""
     counts = np.asarray(counts, dtype=np.int64)
     count = int(counts.sum())
-    if np.count_nonzero(counts) < 2:
+    used = np.flatnonzero(counts)
+    if used.size < 2:
         return 1 + symbol_width(counts.size)
-    lengths = code_lengths(counts)
+    # code_lengths' plain Huffman code, priced without building it; past the length limit its
+    # package-merge code
+    weights = counts[used[np.argsort(counts[used], kind="stable")]].tolist()
+    code_bits, longest = _huffman_cost(weights)
+    if longest > MAX_CODE_LENGTH:
+        lengths = code_lengths(counts)
+        code_bits, longest = int((counts * lengths).sum()), int(lengths.max())
     nblocks = -(-count >> block_log2(count))
-    return (
-        1
-        + LENGTH_BITS * counts.size
-        + (nblocks - 1) * block_width(count, int(lengths.max()))
-        + int((counts * lengths).sum())
-    )
+    return 1 + LENGTH_BITS * counts.size + (nblocks - 1) * block_width(count, longest) + code_bits
 
 
 def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:

@@ -8,6 +8,8 @@ sums, so each iteration costs O(k log n) after one sort.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 MAX_CLUSTERS = 256
@@ -32,8 +34,13 @@ def _segment_costs(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         cost = dq - ds * ds / dw
     np.maximum(cost, 0.0, out=cost)
-    cost[np.tril_indices(points.size + 1)] = np.inf
+    cost[_on_or_below_diagonal(points.size + 1)] = np.inf
     return cost
+
+
+@functools.lru_cache(maxsize=8)
+def _on_or_below_diagonal(size: int) -> np.ndarray:
+    return np.tri(size, dtype=bool)
 
 
 def optimal_segments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
