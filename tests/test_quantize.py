@@ -107,3 +107,35 @@ def test_many_cluster_counts_from_one_program_equal_one_at_a_time():
         for k, (centroids, labels) in many.items():
             expected = quantize(values, k)
             assert np.array_equal(centroids, expected[0]) and np.array_equal(labels, expected[1])
+
+
+def test_labels_from_the_bucket_table_equal_a_search_of_the_midpoints(rng):
+    centroids = np.sort(rng.standard_normal(9).astype(np.float32)) * np.float32(1e-3)
+    mids = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2
+    on = mids.astype(np.float32)
+    edge_cases = np.concatenate(
+        (
+            on,  # rounded onto a midpoint, and the floats either side of it
+            np.nextafter(on, np.float32(np.inf)),
+            np.nextafter(on, np.float32(-np.inf)),
+            centroids,
+            np.array([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, np.inf, -np.inf, np.nan], dtype=np.float32),
+        )
+    )
+    values = np.concatenate(((rng.standard_t(3, 200_000) * 1e-3).astype(np.float32), edge_cases))
+    labels = qz.assign(values, centroids)
+    assert values.size >= qz._TABLE_MIN and labels.dtype == np.uint8  # the table's path
+    assert np.array_equal(labels, np.searchsorted(mids, values.astype(np.float64), side="left"))
+
+
+@pytest.mark.parametrize("k", [3, 16])
+def test_centroids_of_many_values_from_their_buckets_are_as_good_as_sorting_them(rng, k):
+    values = np.concatenate(
+        (rng.standard_t(3, qz.BUCKETED + 5000) * 1e-3, rng.standard_normal(40) * 0.5)  # a few outliers
+    ).astype(np.float32)
+    centroids, labels = qz.quantize(values, k)  # the buckets' path
+    exact = np.unique(qz.cluster_centroids(np.sort(values).astype(np.float64), k).astype(np.float32))
+    error = float(((values - centroids[labels]) ** 2).sum())
+    best = float(((values - exact[qz.assign(values, exact)]) ** 2).sum())
+    assert centroids.size == k and error <= 1.001 * best
+    assert np.array_equal(labels, qz.assign(values, centroids))

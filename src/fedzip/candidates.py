@@ -278,7 +278,7 @@ class TopzBuild:
             positions = np.flatnonzero(np.abs(flat) >= self.threshold)
         else:
             positions = index[np.abs(flat[index]) >= self.threshold]
-        labels = assign(flat[positions], self.centroids).astype(np.uint8)
+        labels = assign(flat[positions], self.centroids)
         return Quantized(array.shape, array.dtype, positions, labels, self.centroids)
 
 

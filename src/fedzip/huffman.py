@@ -243,12 +243,15 @@ def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
 
 
 def _grouped(labels: np.ndarray, clusters: int, group: int) -> np.ndarray:
-    """Labels taken ``group`` at a time as base-``clusters`` numbers (zero-padded)."""
-    padded = np.zeros(-(-labels.size // group) * group, dtype=np.int64)
+    """Labels taken ``group`` at a time as base-``clusters`` numbers (zero-padded; below 256)."""
+    padded = np.zeros(-(-labels.size // group) * group, dtype=np.uint16)
     padded[: labels.size] = labels
     digits = padded.reshape(-1, group)
-    weights = clusters ** np.arange(group - 1, -1, -1, dtype=np.int64)
-    return digits @ weights
+    symbols = digits[:, 0].copy()
+    for column in range(1, group):
+        symbols *= clusters
+        symbols += digits[:, column]
+    return symbols
 
 
 def _groups_allowed(clusters: int) -> range:
