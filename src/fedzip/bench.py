@@ -133,6 +133,8 @@ def representation_codecs(names: Iterable[str]) -> list[tuple[str, Compressor]]:
 
 REPRESENTATION_ROWS: dict[str, Callable[[], Compressor]] = {
     "fedzip-rank-2": lambda: FedZip(rank=2, clusters=3, iterations=4),
+    # dense quantisation: Top-z keeping every entry, what the budget takes at low ratios
+    "fedzip-dense-16": lambda: FedZip(keep=1.0, clusters=16),
     "fedzip-budget-16x": lambda: FedZip(budget_ratio=16),
     "fedzip-budget-1000x": lambda: FedZip(budget_ratio=1000),
 }

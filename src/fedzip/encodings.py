@@ -48,6 +48,8 @@ class Quantized:
         return int(self.positions.size)
 
     def dense(self) -> np.ndarray:
+        if self.kept and self.kept == self.size:  # every entry kept, in order: a gather, no scatter
+            return self.centroids.astype(self.dtype)[self.labels].reshape(self.shape)
         out = np.zeros(self.size, dtype=self.dtype)
         if self.kept:
             out[self.positions] = self.centroids.astype(self.dtype)[self.labels]
@@ -145,5 +147,5 @@ def read(
     if kept and positions[-1] >= size:
         raise FormatError(f"kept address {positions[-1]} outside a tensor of {size} entries")
     position_bits = reader.pos - start
-    labels = huffman.read_labels(reader, kept, clusters).astype(np.uint8)
+    labels = huffman.read_labels(reader, kept, clusters)
     return positions, labels, position_bits

@@ -184,13 +184,19 @@ def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
 
 def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     """Inverse of :func:`write_stream`: ``count`` symbols."""
+    return _read_rows(reader, count, alphabet).reshape(-1)[:count]
+
+
+def _read_rows(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
+    """The symbols of a stream as rows (one per block, a view: not contiguous) whose first ``count``
+    entries in row order are the symbols, so a caller's own pass can flatten them."""
     if count == 0:
-        return np.zeros(0, dtype=np.uint16)
+        return np.zeros((1, 0), dtype=np.uint16)
     if reader.read(1):
         sym = reader.read(symbol_width(alphabet))
         if sym >= alphabet:
             raise FormatError(f"symbol {sym} outside an alphabet of {alphabet}")
-        return np.full(count, sym, dtype=np.uint16)
+        return np.full((1, count), sym, dtype=np.uint16)
     lengths = reader.read_array(alphabet, LENGTH_BITS).astype(np.int64)
     used = lengths > 0
     if used.sum() < 2 or int((2 ** (MAX_CODE_LENGTH - lengths[used])).sum()) != 1 << MAX_CODE_LENGTH:
@@ -239,7 +245,7 @@ def read_stream(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     if not np.array_equal(cursor[:-1], bounds[1:]) or last_end > reader.nbits:
         raise FormatError("Huffman block lengths do not match the coded data")
     reader.pos = last_end
-    return out.T.reshape(-1)[:count]
+    return out.T
 
 
 def _grouped(labels: np.ndarray, clusters: int, group: int) -> np.ndarray:
@@ -288,13 +294,16 @@ def write_labels(writer: BitWriter, labels: np.ndarray, clusters: int, group: in
 
 
 def read_labels(reader: BitReader, count: int, clusters: int) -> np.ndarray:
+    """Inverse of :func:`write_labels`: ``count`` labels (uint8)."""
     if clusters <= 1 or count == 0:
-        return np.zeros(count, dtype=np.int64)
+        return np.zeros(count, dtype=np.uint8)
     group = reader.read(GROUP_BITS) + 1
     if group not in _groups_allowed(clusters):
         raise FormatError(f"label group of {group} is invalid for {clusters} clusters")
-    symbols = read_stream(reader, -(-count // group), clusters**group)
+    rows = _read_rows(reader, -(-count // group), clusters**group)
+    if group == 1:  # symbols < clusters <= 256
+        return rows.astype(np.uint8, order="C").reshape(-1)[:count]
     # Every symbol's digits, looked up: one gather instead of a division per label.
     powers = clusters ** np.arange(group - 1, -1, -1, dtype=np.int64)
     digits = ((np.arange(clusters**group)[:, None] // powers) % clusters).astype(np.uint8)
-    return digits[symbols].reshape(-1)[:count]
+    return np.take(digits, rows, axis=0).reshape(-1)[:count]
