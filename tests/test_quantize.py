@@ -139,3 +139,11 @@ def test_centroids_of_many_values_from_their_buckets_are_as_good_as_sorting_them
     best = float(((values - exact[qz.assign(values, exact)]) ** 2).sum())
     assert centroids.size == k and error <= 1.001 * best
     assert np.array_equal(labels, qz.assign(values, centroids))
+
+
+def test_many_values_of_a_few_close_levels_are_clustered_exactly():
+    # 1.0 and 1.001 share their top 16 bits: bucketing them would merge the two levels
+    values = np.repeat(np.array([1.0, 1.001, -2.5], dtype=np.float32), qz.BUCKETED // 2)
+    centroids, labels = qz.quantize(values, 3)
+    assert np.array_equal(centroids, np.array([-2.5, 1.0, 1.001], dtype=np.float32))
+    assert np.array_equal(centroids[labels], values)

@@ -196,8 +196,8 @@ def _bucket_centroids(values: np.ndarray, k: int) -> np.ndarray | None:
     """Near-optimal k-means centroids of many float32 values without sorting them: the values
     grouped by their top 16 bits (2^16 buckets in value order, each under 1% of its values'
     magnitude wide), each bucket a point at its mean weighted by its count, then the dynamic
-    program over bins of them and Lloyd iterations on the buckets. None when a bucket's mean is
-    not finite (infinities or NaNs: the exact path decides)."""
+    program over bins of them and Lloyd iterations on the buckets. None when the exact path
+    decides: few buckets, or a bucket's mean not finite (infinities or NaNs)."""
     counts = np.zeros(1 << 16)
     sums = np.zeros(1 << 16)
     for start in range(0, values.size, _BUCKET_CHUNK):  # small temporaries, reused
@@ -210,15 +210,12 @@ def _bucket_centroids(values: np.ndarray, k: int) -> np.ndarray | None:
     weights = counts[used]
     with np.errstate(invalid="ignore"):
         points = sums[used] / weights
-    if not np.all(np.isfinite(points)):
+    # few buckets: values that take a few distinct values, which a bucket could merge (1.0 and
+    # 1.001 share one); sorting clusters them exactly
+    if points.size <= EXACT_POINTS or not np.all(np.isfinite(points)):
         return None
-    if points.size <= k:
-        return points
     cw = np.concatenate(([0.0], np.cumsum(weights)))
     cs = np.concatenate(([0.0], np.cumsum(sums[used])))
-    if points.size <= EXACT_POINTS:
-        bounds = optimal_segments(points, weights, k)
-        return (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
     # as cluster_centroids_many: bins of equal count and of equal width in value
     half = EXACT_POINTS // 2
     by_count = np.searchsorted(cw, np.linspace(0, cw[-1], half + 1), side="left")
