@@ -48,7 +48,7 @@ class Quantized:
         return int(self.positions.size)
 
     def dense(self) -> np.ndarray:
-        if self.kept and self.kept == self.size:  # every entry kept, in order: a gather, no scatter
+        if self.kept == self.size:  # every entry kept, in order: a gather, no scatter
             return self.centroids.astype(self.dtype)[self.labels].reshape(self.shape)
         out = np.zeros(self.size, dtype=self.dtype)
         if self.kept:

@@ -172,9 +172,9 @@ def _subspace_iteration(
                 left, transform = found
                 right = back @ transform
                 continue
+            left = np.linalg.qr(product)[0]  # nearly dependent columns: a second pass for right
         else:
-            product = (matrix @ right.astype(matrix.dtype)).astype(np.float64)
-        left = orthonormal(product)
+            left = orthonormal((matrix @ right.astype(matrix.dtype)).astype(np.float64))
         right = (matrix.T @ left.astype(matrix.dtype)).astype(np.float64)
     return left, right
 

@@ -31,34 +31,23 @@ _CHUNK = 1 << 18
 
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
-    """Unconstrained Huffman code lengths for positive ``weights``."""
-    heap = [(w, i, (i,)) for i, w in enumerate(weights)]
+    """Unconstrained Huffman code lengths for positive ``weights``: each merge records its two
+    children's parent, and a leaf's length is its depth, counted from the root down."""
+    n = len(weights)
+    heap = [(w, i) for i, w in enumerate(weights)]
     heapq.heapify(heap)
-    lengths = [0] * len(weights)
-    tie = len(weights)
+    parent = [0] * (2 * n - 1)  # leaves 0..n-1, merged nodes n.. in the order they were made
+    node = n
     while len(heap) > 1:
-        w1, _, s1 = heapq.heappop(heap)
-        w2, _, s2 = heapq.heappop(heap)
-        for sym in s1 + s2:
-            lengths[sym] += 1
-        heapq.heappush(heap, (w1 + w2, tie, s1 + s2))
-        tie += 1
-    return lengths
-
-
-def _huffman_cost(weights: list[int]) -> tuple[int, int]:
-    """(total bits, longest code) of :func:`_huffman_lengths`'s code, merging as it does but
-    carrying depths instead of symbol sets: the bits are the merged weights' sum."""
-    heap = [(w, i, 0) for i, w in enumerate(weights)]
-    heapq.heapify(heap)
-    tie, total = len(weights), 0
-    while len(heap) > 1:
-        w1, _, d1 = heapq.heappop(heap)
-        w2, _, d2 = heapq.heappop(heap)
-        total += w1 + w2
-        heapq.heappush(heap, (w1 + w2, tie, max(d1, d2) + 1))
-        tie += 1
-    return total, heap[0][2]
+        w1, a = heapq.heappop(heap)
+        w2, b = heapq.heappop(heap)
+        parent[a] = parent[b] = node
+        heapq.heappush(heap, (w1 + w2, node))
+        node += 1
+    depth = [0] * (2 * n - 1)
+    for child in range(2 * n - 3, -1, -1):  # parents come after their children
+        depth[child] = depth[parent[child]] + 1
+    return depth[:n]
 
 
 def _package_merge(weights: list[int], max_length: int) -> list[int]:
@@ -137,18 +126,16 @@ def stream_bits(counts: np.ndarray) -> int:
     """Exact size in bits of :func:`write_stream` for symbols with these counts."""
     counts = np.asarray(counts, dtype=np.int64)
     count = int(counts.sum())
-    used = np.flatnonzero(counts)
-    if used.size < 2:
+    if np.count_nonzero(counts) < 2:
         return 1 + symbol_width(counts.size)
-    # code_lengths' plain Huffman code, priced without building it; past the length limit its
-    # package-merge code
-    weights = counts[used[np.argsort(counts[used], kind="stable")]].tolist()
-    code_bits, longest = _huffman_cost(weights)
-    if longest > MAX_CODE_LENGTH:
-        lengths = code_lengths(counts)
-        code_bits, longest = int((counts * lengths).sum()), int(lengths.max())
+    lengths = code_lengths(counts)
     nblocks = -(-count >> block_log2(count))
-    return 1 + LENGTH_BITS * counts.size + (nblocks - 1) * block_width(count, longest) + code_bits
+    return (
+        1
+        + LENGTH_BITS * counts.size
+        + (nblocks - 1) * block_width(count, int(lengths.max()))
+        + int((counts * lengths).sum())
+    )
 
 
 def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
@@ -165,14 +152,13 @@ def write_stream(writer: BitWriter, symbols: np.ndarray, alphabet: int) -> None:
     writer.write_array(lengths, LENGTH_BITS)
     count = symbols.size
     log2 = block_log2(count)
-    sym_lengths = lengths.astype(np.uint8)[symbols]
+    width = int(lengths.max())
     if count > 1 << log2:
         starts = np.arange(0, count, 1 << log2)
-        block_bits = np.add.reduceat(sym_lengths, starts, dtype=np.int64)
-        writer.write_array(block_bits[:-1], block_width(count, int(lengths.max())))
-    # Each symbol's code as a row of bits (left-aligned, max_len wide) and which of them
-    # are its own; the stream is the chosen bits of the rows, taken in chunks.
-    width = int(lengths.max())
+        block_bits = np.add.reduceat(lengths.astype(np.uint8)[symbols], starts, dtype=np.int64)
+        writer.write_array(block_bits[:-1], block_width(count, width))
+    # Each symbol's code as a row of bits (left-aligned, width wide) and which of them are its
+    # own; the stream is the chosen bits of the rows, taken in chunks.
     rows = bits_of(codes << (width - lengths).astype(np.uint64), width).reshape(-1, width)
     own = np.arange(width) < lengths[:, None]
     for start in range(0, count, _CHUNK):
@@ -220,10 +206,12 @@ def _read_rows(reader: BitReader, count: int, alphabet: int) -> np.ndarray:
     bounds = reader.pos + np.concatenate(([0], np.cumsum(block_bits)))
     if bounds[-1] > reader.nbits:
         raise FormatError("Huffman blocks extend past the end of the stream")
-    # The 32 bits from every byte of the stream: a code (<= 15 bits) starting anywhere in a
-    # byte is in its window, read with fewer array steps than a 64-bit one.
+    # The 32 bits from every byte the stream can reach (its last block holds at most ``block``
+    # codes): a code (<= 15 bits) starting anywhere in a byte is in its window, read with fewer
+    # array steps than a 64-bit one.
     first = int(bounds[0]) >> 3
-    data = np.frombuffer(reader.data, dtype=np.uint8)[first : (reader.nbits + 7) >> 3]
+    reach = min(reader.nbits, int(bounds[-1]) + block * max_len)
+    data = np.frombuffer(reader.data, dtype=np.uint8)[first : (reach + 7) >> 3]
     padded = np.zeros(data.size + 3, dtype=np.uint32)
     padded[: data.size] = data
     words = padded[:-3] << 24 | padded[1:-2] << 16 | padded[2:-1] << 8 | padded[3:]

@@ -25,9 +25,9 @@ def _segment_costs(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """SSE of every run points[l:i] as a matrix indexed [l, i] (inf where l >= i)."""
     center = np.average(points, weights=weights)
     p = points - center
-    w = np.concatenate(([0.0], np.cumsum(weights)))
-    s = np.concatenate(([0.0], np.cumsum(weights * p)))
-    q = np.concatenate(([0.0], np.cumsum(weights * p * p)))
+    w = _prefix(weights)
+    s = _prefix(weights * p)
+    q = _prefix(weights * p * p)
     dw = w[None, :] - w[:, None]
     ds = s[None, :] - s[:, None]
     dq = q[None, :] - q[:, None]
@@ -43,13 +43,9 @@ def _on_or_below_diagonal(size: int) -> np.ndarray:
     return np.tri(size, dtype=bool)
 
 
-def optimal_segments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
-    """Boundaries (k + 1 indices) of the k runs of sorted ``points`` with least SSE."""
-    return optimal_segments_upto(points, weights, k)[k]
-
-
 def optimal_segments_upto(points: np.ndarray, weights: np.ndarray, k: int) -> dict[int, np.ndarray]:
-    """:func:`optimal_segments` for every cluster count from 1 to ``k``, from one dynamic program."""
+    """Boundaries (``count + 1`` indices) of the ``count`` runs of sorted ``points`` with the least
+    weighted SSE, for every count from 1 to ``k``, from one dynamic program."""
     m = points.size
     cost = _segment_costs(points, weights)
     best = cost[0].copy()
@@ -106,14 +102,10 @@ def cluster_centroids_many(
     if not rest:
         return out
     counts = np.diff(np.concatenate((np.flatnonzero(distinct), [x.size]))).astype(np.float64)
+    cw, cs = _prefix(counts), _prefix(counts * uniq)
     if uniq.size <= points:
         segments = optimal_segments_upto(uniq, counts, max(rest))
-        cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
-        cw = np.concatenate(([0.0], np.cumsum(counts)))
-        for k in rest:
-            bounds = segments[k]
-            out[k] = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
-        return out
+        return out | {k: _run_means(segments[k], cw, cs) for k in rest}
     # Bins of equal count resolve the dense middle; bins of equal width in
     # value resolve the tails, where a few outliers dominate the error.
     half = points // 2
@@ -122,16 +114,31 @@ def cluster_centroids_many(
     edges = np.unique(np.concatenate((by_count, by_value)))
     bin_weights = np.diff(edges).astype(np.float64)
     bin_means = np.add.reduceat(x, edges[:-1]) / bin_weights
-    segments = optimal_segments_upto(bin_means, bin_weights, max(rest))
-    cs = np.concatenate(([0.0], np.cumsum(bin_weights * bin_means)))
-    cw = np.concatenate(([0.0], np.cumsum(bin_weights)))
-    value_cw = np.concatenate(([0.0], np.cumsum(counts)))
-    value_cs = np.concatenate(([0.0], np.cumsum(counts * uniq)))
-    for k in rest:
-        bounds = segments[k]
-        seeds = (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
-        out[k] = _lloyd(uniq, value_cw, value_cs, seeds)
-    return out
+    return out | _binned(bin_means, bin_weights, rest, uniq, cw, cs)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0.0], np.cumsum(values)))
+
+
+def _run_means(bounds: np.ndarray, cw: np.ndarray, cs: np.ndarray) -> np.ndarray:
+    """The means of the runs between ``bounds``, from prefix sums of weights and weighted values."""
+    return (cs[bounds[1:]] - cs[bounds[:-1]]) / (cw[bounds[1:]] - cw[bounds[:-1]])
+
+
+def _binned(
+    bin_means: np.ndarray,
+    bin_weights: np.ndarray,
+    ks: tuple[int, ...],
+    points: np.ndarray,
+    cw: np.ndarray,
+    cs: np.ndarray,
+) -> dict[int, np.ndarray]:
+    """Centroids for every count of ``ks``: the dynamic program over the bins, its runs' means
+    refined by Lloyd iterations on the sorted ``points`` (prefix sums ``cw``, ``cs``)."""
+    segments = optimal_segments_upto(bin_means, bin_weights, max(ks))
+    bin_cw, bin_cs = _prefix(bin_weights), _prefix(bin_weights * bin_means)
+    return {k: _lloyd(points, cw, cs, _run_means(segments[k], bin_cw, bin_cs)) for k in ks}
 
 
 def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -214,20 +221,14 @@ def _bucket_centroids(values: np.ndarray, k: int) -> np.ndarray | None:
     # 1.001 share one); sorting clusters them exactly
     if points.size <= EXACT_POINTS or not np.all(np.isfinite(points)):
         return None
-    cw = np.concatenate(([0.0], np.cumsum(weights)))
-    cs = np.concatenate(([0.0], np.cumsum(sums[used])))
+    cw, cs = _prefix(weights), _prefix(sums[used])
     # as cluster_centroids_many: bins of equal count and of equal width in value
     half = EXACT_POINTS // 2
     by_count = np.searchsorted(cw, np.linspace(0, cw[-1], half + 1), side="left")
     by_value = np.searchsorted(points, np.linspace(points[0], points[-1], half + 1)[1:-1], side="left")
     edges = np.unique(np.concatenate((by_count, by_value, [0, points.size])))
     bin_weights = cw[edges[1:]] - cw[edges[:-1]]
-    bin_sums = cs[edges[1:]] - cs[edges[:-1]]
-    bounds = optimal_segments(bin_sums / bin_weights, bin_weights, k)
-    cbw = np.concatenate(([0.0], np.cumsum(bin_weights)))
-    cbs = np.concatenate(([0.0], np.cumsum(bin_sums)))
-    seeds = (cbs[bounds[1:]] - cbs[bounds[:-1]]) / (cbw[bounds[1:]] - cbw[bounds[:-1]])
-    return _lloyd(points, cw, cs, seeds)
+    return _binned(_run_means(edges, cw, cs), bin_weights, (k,), points, cw, cs)[k]
 
 
 _BUCKET_CHUNK = 1 << 18
@@ -265,7 +266,7 @@ def silhouette(sorted_values: np.ndarray, centroids: np.ndarray) -> float:
     cuts = np.unique(cuts)
     if cuts.size < 3:
         return 0.0
-    prefix = np.concatenate(([0.0], np.cumsum(x)))
+    prefix = _prefix(x)
     cluster = np.searchsorted(cuts, np.arange(n), side="right") - 1
     lo, hi = cuts[cluster], cuts[cluster + 1]
     i = np.arange(n)
