@@ -118,7 +118,7 @@ def test_inspect_reads_a_keyed_payload_with_the_models_layout(tmp_path, capsys):
     assert "layout=" in capsys.readouterr().err
     assert main(["inspect", str(path), "--layout", str(model), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["version"] == 2 and [t["name"] for t in report["tensors"]] == ["w", "b"]
+    assert report["version"] == 3 and [t["name"] for t in report["tensors"]] == ["w", "b"]
     np.savez(model, b=update["b"], w=update["w"])  # another order: another layout
     assert main(["inspect", str(path), "--layout", str(model)]) == 2
     assert "another model" in capsys.readouterr().err

@@ -788,15 +788,21 @@ def test_the_average_does_not_depend_on_the_order_replies_arrive_in(rng):
 @pytest.mark.parametrize("memory", [None, "fedvarp", "ef21"])
 def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, memory):
     """known_layout=True: the server decodes each reply with the global model's layout, less the
-    tensors passed through; float64 buffers, 0-d tensors and integer counters included."""
+    tensors passed through; float64 buffers, 0-d tensors, integer counters and a frozen layer (its
+    update all zeros: a keyed payload leaves its record out) included."""
     model = {
         "conv.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "frozen.weight": rng.standard_normal((4, 8)).astype(np.float32),
         "bn.running_var": np.ones(8, np.float64),
         "bn.num_batches_tracked": np.array(0, np.int64),
         "scale": np.array(1.0, np.float32),
     }
     deltas = [
-        {k: (rng.standard_normal(v.shape) * 0.01).astype(v.dtype) for k, v in model.items()} for _ in range(3)
+        {
+            k: (rng.standard_normal(v.shape) * 0.01 * (k != "frozen.weight")).astype(v.dtype)
+            for k, v in model.items()
+        }
+        for _ in range(3)
     ]
 
     def client(delta):
@@ -832,7 +838,8 @@ def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, me
     (named, named_bytes), (keyed, keyed_bytes) = results[False], results[True]
     for name in model:
         np.testing.assert_array_equal(keyed[name], named[name])
-    assert keyed_bytes < named_bytes - 9 * 20  # three tensors' names, shapes and dtypes, 9 replies
+    np.testing.assert_allclose(keyed["frozen.weight"], model["frozen.weight"], rtol=1e-6)  # FedAvg rounds
+    assert keyed_bytes < named_bytes - 9 * 20  # four tensors' names, shapes and dtypes, 9 replies
 
 
 def test_a_keyed_reply_made_for_another_model_is_rejected_and_the_round_goes_on(rng):

@@ -128,7 +128,7 @@ def test_header_fields_out_of_range_fail():
     good = wire.write([record(kept=0, centroids=np.zeros(0, np.float32))])
     assert fedzip.decode(good)["w"].shape == (10,)
     body = bytearray(good[:-4])
-    expect_format_error(reseal(b"FZIP\x03" + bytes(body[5:])))  # unsupported version
+    expect_format_error(reseal(b"FZIP\x04" + bytes(body[5:])))  # unsupported version
     expect_format_error(reseal(bytes(body[:5]) + b"\x05" + bytes(body[6:])))  # more tensors than present
     dtype_at = 5 + 1 + 1 + 1
     bad = bytearray(body)

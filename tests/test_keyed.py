@@ -49,7 +49,10 @@ def test_a_keyed_payload_decodes_with_the_model_to_what_the_named_one_does(rng, 
     if "budget_ratio" not in options:  # the same records: the names, dtypes and shapes are the difference
         assert all(np.array_equal(v, restored[k]) for k, v in fedzip.decode(named).items())
         names = sum(len(wire._names_and_shapes(n, a.dtype, a.shape)) for n, a in update.items())
-        assert len(named) - len(keyed) == names - wire.DIGEST_BYTES
+        # an empty record is 4 bytes from its encoding byte on (encoding, kept, clusters, bits)
+        left_out = 4 * sum(rec.empty for rec in wire.read(named))
+        bitmap = -(-len(update) // 8)
+        assert len(named) - len(keyed) == names - wire.DIGEST_BYTES - bitmap + left_out
 
 
 def test_the_layout_can_be_given_as_names_dtypes_and_shapes(rng):
@@ -153,8 +156,82 @@ def test_on_a_small_model_only_the_keyed_container_fits_a_thousandth(rng):
         codec.encode(update)
     keyed = fedzip.FedZip(budget_ratio=1000, known_layout=True).encode(update)
     with pytest.raises(ValueError, match="below the smallest payload") as refused:
-        fedzip.FedZip(budget_bytes=100, known_layout=True).encode(update)
+        fedzip.FedZip(budget_bytes=20, known_layout=True).encode(update)
     assert "known_layout" not in str(refused.value)  # it is already keyed: no such hint
     assert len(keyed) <= sum(a.nbytes for a in update.values()) // 1000
     restored = fedzip.decode(keyed, layout=update)
     assert any(np.count_nonzero(v) for v in restored.values())
+
+
+def _every_record(payload: bytes, layout) -> bytes:
+    """``payload`` as version 2 wrote it: every record, the empty ones too, and no bitmap."""
+    out = bytearray(wire.MAGIC) + bytes([wire.KEYED_EVERY_RECORD]) + wire.digest(wire.layout_of(layout))
+    out += wire._varint(len(layout))
+    for rec in wire.read(payload, layout=layout):
+        if rec.encoding == wire.ABSENT:
+            out += bytes([3, 0, 0, 0])  # dap, nothing kept, no centroids, no body
+            continue
+        out += bytes([rec.encoding]) + wire._varint(rec.kept) + wire._varint(rec.centroids.size)
+        out += rec.centroids.astype("<f4").tobytes() + wire._varint(rec.body_bits) + rec.body
+    return bytes(out + struct.pack("<I", zlib.crc32(bytes(out))))
+
+
+def test_tensors_that_carry_nothing_are_left_out_and_decode_to_zeros(rng):
+    update = model_update(rng)
+    update["features.0.bn.weight"] = np.zeros(16, np.float32)
+    update["nothing"] = np.zeros((3, 0), np.float32)
+    codec = fedzip.FedZip(budget_bytes=120, known_layout=True)
+    payload = codec.encode(update)
+    assert len(payload) <= 120
+    records = wire.read(payload, layout=update)
+    absent = [rec.name for rec in records if rec.encoding == wire.ABSENT]
+    assert {"features.0.bn.weight", "nothing"} <= set(absent)
+    restored = fedzip.decode(payload, layout=update)
+    expected = codec.approximate(update)
+    for name in update:
+        assert restored[name].dtype == update[name].dtype and restored[name].shape == update[name].shape
+        np.testing.assert_array_equal(restored[name], expected[name])
+    for name in absent:
+        assert not restored[name].any()
+    report = fedzip.inspect(payload, layout=update)
+    left = [t for t in report.tensors if t.name in absent]
+    assert all(t.encoding == "none" and t.form == "left out" and t.total_bits == 0 for t in left)
+    # what they would have cost, 4 bytes each, is not spent on them
+    bitmap = -(-len(update) // 8)
+    assert len(_every_record(payload, update)) - len(payload) == 4 * len(absent) - bitmap
+
+
+def test_a_version_2_payload_decodes_as_it_did(rng):
+    update = model_update(rng)
+    update["features.0.bn.weight"] = np.zeros(16, np.float32)
+    payload = fedzip.FedZip(keep=0.05, known_layout=True).encode(update)
+    old = _every_record(payload, update)
+    assert wire.is_keyed(old) and fedzip.inspect(old, layout=update).version == wire.KEYED_EVERY_RECORD
+    restored, before = fedzip.decode(payload, layout=update), fedzip.decode(old, layout=update)
+    assert all(np.array_equal(restored[k], v) for k, v in before.items())
+    assert len(old) == len(payload) - 1 + 4  # no bitmap, the zero tensor's record
+
+
+def test_a_model_of_many_tensors_that_carry_nothing_fits_a_few_bytes():
+    update = {f"t{i}": np.zeros(10, np.float32) for i in range(1000)}
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(update)
+    assert len(payload) == wire.container_bytes(1000, keyed=True) == 4 + 1 + 8 + 2 + 125 + 4
+    assert not any(v.any() for v in fedzip.decode(payload, layout=update).values())
+
+
+def test_a_bitmap_past_the_tensor_count_or_cut_short_is_a_format_error(rng):
+    update = {"a": heavy_tailed(rng, (40,)), "b": np.zeros(5, np.float32), "c": heavy_tailed(rng, (7,))}
+    payload = fedzip.FedZip(keep=0.5, known_layout=True).encode(update)
+    at = len(wire.MAGIC) + 1 + wire.DIGEST_BYTES + 1  # the bitmap's byte
+    assert payload[at] == 0b101
+
+    def reseal(data: bytes) -> bytes:
+        return data + struct.pack("<I", zlib.crc32(data))
+
+    body = payload[:-4]
+    with pytest.raises(fedzip.FormatError, match="past the tensor count"):
+        fedzip.decode(reseal(body[:at] + bytes([0b1101]) + body[at + 1 :]), layout=update)
+    with pytest.raises(fedzip.FormatError):  # b marked present: c's record read as b's
+        fedzip.decode(reseal(body[:at] + bytes([0b111]) + body[at + 1 :]), layout=update)
+    with pytest.raises(fedzip.FormatError, match="unexpected bytes"):  # c left out: a record too many
+        fedzip.decode(reseal(body[:at] + bytes([0b001]) + body[at + 1 :]), layout=update)

@@ -88,7 +88,8 @@ class FedZip(Compressor):
             budget of fedzip 0.1.
         known_layout: the receiver knows the model (a federated server, a client holding the
             global model): the payload leaves out every tensor's name, dtype and shape, an
-            8-byte digest of them in their place (format version 2), and decodes with
+            8-byte digest of them in their place (format version 3), and the records of tensors
+            that carry nothing, a bit each marking them; it decodes with
             ``fedzip.decode(payload, layout=model_arrays)``. About 20 bytes a tensor: what
             makes 1000x reachable on models of a few hundred thousand parameters.
         rank: in place of Top-z, send every weight matrix as rank-``rank``

@@ -111,16 +111,19 @@ def register_encoding(
 
 
 def encoding_name(encoding: int) -> str:
-    """The registered name of an encoding id (the id as text when unknown)."""
+    """The registered name of an encoding id (the id as text when unknown; "none" for a tensor a
+    keyed container leaves out)."""
+    if encoding == wire.ABSENT:
+        return "none"
     return ENCODING_NAMES.get(encoding, str(encoding))
 
 
 def _decode_each(records: list[wire.Record]) -> Iterator[tuple[wire.Record, np.ndarray, int]]:
     for rec in records:
         decoder = _BODY_DECODERS.get(rec.encoding)
-        if decoder is None:
+        if decoder is None and rec.encoding != wire.ABSENT:
             raise FormatError(f"tensor {rec.name!r}: unknown encoding id {rec.encoding}")
-        if rec.size == 0 and not (rec.kept or rec.body_bits or rec.centroids.size):
+        if rec.encoding == wire.ABSENT or (rec.size == 0 and rec.empty):
             # an empty tensor carries nothing to decode; skipping the decoder keeps
             # payloads of many empty tensors cheap
             yield rec, np.zeros(rec.shape, rec.dtype), 0
@@ -167,6 +170,12 @@ def decode(
     return decode_records(wire.read(payload, max_elements, max_tensors, layout))
 
 
+def _form(rec: wire.Record) -> str:
+    if rec.encoding == wire.ABSENT:
+        return "left out"
+    return _DESCRIBERS[rec.encoding](rec) if rec.encoding in _DESCRIBERS and rec.size else ""
+
+
 def inspect(payload: bytes, layout: Mapping[str, np.ndarray] | wire.Layout | None = None) -> Inspection:
     """Decode ``payload`` and report where its bytes go, tensor by tensor (``layout`` as for
     :func:`decode`)."""
@@ -188,7 +197,7 @@ def inspect(payload: bytes, layout: Mapping[str, np.ndarray] | wire.Layout | Non
                 position_bits=position_bits,
                 label_bits=rec.body_bits - position_bits,
                 padding_bits=8 * body_bytes - rec.body_bits,
-                form=_DESCRIBERS[rec.encoding](rec) if rec.encoding in _DESCRIBERS and rec.size else "",
+                form=_form(rec),
             )
         )
     return Inspection(payload[len(wire.MAGIC)], len(payload), len(payload) - used, tensors)

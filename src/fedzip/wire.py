@@ -7,9 +7,11 @@ Layout (all multi-byte numbers little-endian; varint = unsigned LEB128):
     encoding u8 | kept varint | clusters varint | centroids f32 x clusters
     body length in bits varint | body ceil(bits / 8) bytes
   CRC32 of everything before it, u32
-Version 2, the keyed container, is for a receiver that knows the model: an
-8-byte digest of the tensors' names, dtypes and shapes follows the version, and
-records start at the encoding byte; the receiver supplies that layout.
+The keyed containers are for a receiver that knows the model: an 8-byte digest
+of the tensors' names, dtypes and shapes follows the version, and records start
+at the encoding byte; the receiver supplies that layout. Version 3 (written)
+also leaves out the records of tensors that carry nothing, a bitmap after the
+count marking the records present; version 2 (read) has every record.
 See docs/format.md for the full description.
 """
 
@@ -28,7 +30,9 @@ from .errors import FormatError
 
 MAGIC = b"FZIP"
 VERSION = 1
-KEYED = 2  # the keyed container: the layout's digest instead of names, dtypes and shapes
+KEYED = 3  # the keyed container: the layout's digest instead of names, dtypes and shapes
+KEYED_EVERY_RECORD = 2  # the keyed container before empty records were left out: read, not written
+ABSENT = 256  # the encoding of a tensor a keyed container leaves out: no id of the format's byte
 DIGEST_BYTES = 8
 DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32), 2: np.dtype(np.float64)}
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -54,6 +58,11 @@ class Record:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def empty(self) -> bool:
+        """Carries nothing (decodes to zeros): a keyed container leaves it out."""
+        return not (self.kept or self.centroids.size or self.body_bits)
 
 
 def _varint(value: int) -> bytes:
@@ -99,8 +108,10 @@ def digest(layout: Layout) -> bytes:
 
 def record_bytes(name: str | None, shape: tuple[int, ...], kept: int, clusters: int, body_bits: int) -> int:
     """Bytes one record takes in the container, as :func:`write` lays it out (``name`` None: in the
-    keyed container, which leaves names, dtypes and shapes out)."""
+    keyed container, which leaves names, dtypes and shapes out, and records that carry nothing)."""
     if name is None:
+        if not (kept or clusters or body_bits):
+            return 0
         head = 0
     else:
         encoded = len(name.encode("utf-8"))
@@ -117,18 +128,23 @@ def record_bytes(name: str | None, shape: tuple[int, ...], kept: int, clusters: 
 
 
 def container_bytes(tensors: int, keyed: bool = False) -> int:
-    """Bytes of the container around ``tensors`` records: magic, version, digest when keyed, count,
-    checksum."""
-    return len(MAGIC) + 1 + (DIGEST_BYTES if keyed else 0) + len(_varint(tensors)) + _CRC.size
+    """Bytes of the container around ``tensors`` records: magic, version, digest and bitmap of the
+    records present when keyed, count, checksum."""
+    keys = DIGEST_BYTES + -(-tensors // 8) if keyed else 0
+    return len(MAGIC) + 1 + keys + len(_varint(tensors)) + _CRC.size
 
 
 def write(records: list[Record], keyed: bool = False) -> bytes:
-    """The container of ``records``; ``keyed``: version 2, for a receiver that knows the layout."""
+    """The container of ``records``; ``keyed``: version 3, for a receiver that knows the layout."""
     out = bytearray(MAGIC)
     out.append(KEYED if keyed else VERSION)
     if keyed:
         out += digest(tuple((rec.name, rec.dtype, rec.shape) for rec in records))
     out += _varint(len(records))
+    if keyed:
+        present = np.array([not rec.empty for rec in records], dtype=bool)
+        out += np.packbits(present, bitorder="little").tobytes()
+        records = [rec for rec, kept in zip(records, present, strict=True) if kept]
     for rec in records:
         if not keyed:
             out += _names_and_shapes(rec.name, rec.dtype, rec.shape)
@@ -183,7 +199,9 @@ _NO_CENTROIDS.flags.writeable = False
 def is_keyed(payload: bytes) -> bool:
     """Whether ``payload`` is a keyed container (decoded only with its layout)."""
     return (
-        len(payload) > len(MAGIC) and bytes(payload[: len(MAGIC)]) == MAGIC and payload[len(MAGIC)] == KEYED
+        len(payload) > len(MAGIC)
+        and bytes(payload[: len(MAGIC)]) == MAGIC
+        and payload[len(MAGIC)] in (KEYED, KEYED_EVERY_RECORD)
     )
 
 
@@ -207,9 +225,9 @@ def read(
     if len(data) < _MIN_SIZE or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not a fedzip payload (bad magic or too short)")
     version = data[len(MAGIC)]
-    if version not in (VERSION, KEYED):
+    if version not in (VERSION, KEYED_EVERY_RECORD, KEYED):
         raise FormatError(
-            f"format version {version} is not supported (this fedzip reads {VERSION} and {KEYED})"
+            f"format version {version} is not supported (this fedzip reads {VERSION} to {KEYED})"
         )
     (crc,) = _CRC.unpack(data[-_CRC.size :])
     if zlib.crc32(data[: -_CRC.size]) != crc:
@@ -217,7 +235,7 @@ def read(
     cur = _Cursor(data, len(data) - _CRC.size)
     cur.pos = len(MAGIC) + 1
     known: Layout | None = None
-    if version == KEYED:
+    if version != VERSION:
         if layout is None:
             raise ValueError(
                 "this payload leaves out tensor names and shapes (a keyed container, made for a receiver "
@@ -230,12 +248,14 @@ def read(
                 f"{len(known)} tensors' names, dtypes and shapes"
             )
     count = cur.varint("tensor count")
-    if count > cur.end - cur.pos:
+    # a record takes a byte at least; in version 3 a tensor left out takes a bit of the bitmap
+    if count > (8 if version == KEYED else 1) * (cur.end - cur.pos):
         raise FormatError(f"{count} tensors declared in a payload of {len(data)} bytes")
     if max_tensors is not None and count > max_tensors:
         raise FormatError(f"payload declares {count} tensors, more than max_tensors={max_tensors}")
     if known is not None and count != len(known):
         raise FormatError(f"{count} tensors declared for a layout of {len(known)}")
+    present = _presence(cur, count) if version == KEYED else None
     records: list[Record] = []
     names: set[str] = set()
     total = 0
@@ -252,6 +272,9 @@ def read(
             raise FormatError(
                 f"payload declares more than max_elements={max_elements} elements (tensor {name!r})"
             )
+        if present is not None and not present[index]:
+            records.append(Record(name, DTYPES[code], shape, ABSENT, 0, _NO_CENTROIDS, 0, b""))
+            continue
         encoding = cur.byte("encoding")
         kept = cur.varint("kept count")
         if kept > size:
@@ -271,6 +294,16 @@ def read(
     if cur.pos != cur.end:
         raise FormatError(f"{cur.end - cur.pos} unexpected bytes after the last tensor")
     return records
+
+
+def _presence(cur: _Cursor, count: int) -> np.ndarray:
+    """The bitmap of the records a keyed container holds: bit i (least significant first) of byte
+    i // 8 for tensor i; the last byte's unused bits are zero."""
+    bitmap = np.frombuffer(cur.take(-(-count // 8), "bitmap of the records present"), dtype=np.uint8)
+    present = np.unpackbits(bitmap, bitorder="little").astype(bool)
+    if present[count:].any():
+        raise FormatError("the bitmap of the records present marks tensors past the tensor count")
+    return present[:count]
 
 
 def _read_name_and_shape(cur: _Cursor, index: int, names: set[str]) -> tuple[str, int, tuple[int, ...]]:
