@@ -3,6 +3,7 @@ model in their place."""
 
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -46,13 +47,22 @@ def test_a_keyed_payload_decodes_with_the_model_to_what_the_named_one_does(rng, 
     for name, array in update.items():
         assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
         np.testing.assert_array_equal(restored[name], expected[name])
-    if "budget_ratio" not in options:  # the same records: the names, dtypes and shapes are the difference
-        assert all(np.array_equal(v, restored[k]) for k, v in fedzip.decode(named).items())
+    if "budget_ratio" not in options:
+        # the same records but for names, dtypes and shapes, and centroids in bfloat16
+        records = wire.read(named)
+        for a, b in zip(records, wire.read(keyed, layout=update), strict=True):
+            if b.encoding == wire.ABSENT:
+                assert a.empty
+                continue
+            assert (a.encoding, a.kept, a.body_bits, a.body) == (b.encoding, b.kept, b.body_bits, b.body)
+            np.testing.assert_array_equal(wire.bfloat16(a.centroids), b.centroids)
         names = sum(len(wire._names_and_shapes(n, a.dtype, a.shape)) for n, a in update.items())
-        # an empty record is 4 bytes from its encoding byte on (encoding, kept, clusters, bits)
-        left_out = 4 * sum(rec.empty for rec in wire.read(named))
+        # an empty record is 4 bytes from its encoding byte on (encoding, kept, clusters, bits);
+        # a centroid 4 bytes named, 2 keyed
+        left_out = 4 * sum(rec.empty for rec in records)
+        halves = 2 * sum(rec.centroids.size for rec in records)
         bitmap = -(-len(update) // 8)
-        assert len(named) - len(keyed) == names - wire.DIGEST_BYTES - bitmap + left_out
+        assert len(named) - len(keyed) == names - wire.DIGEST_BYTES - bitmap + left_out + halves
 
 
 def test_the_layout_can_be_given_as_names_dtypes_and_shapes(rng):
@@ -164,7 +174,8 @@ def test_on_a_small_model_only_the_keyed_container_fits_a_thousandth(rng):
 
 
 def _every_record(payload: bytes, layout) -> bytes:
-    """``payload`` as version 2 wrote it: every record, the empty ones too, and no bitmap."""
+    """``payload`` as version 2 wrote it: every record, the empty ones too, no bitmap, float32
+    centroids."""
     out = bytearray(wire.MAGIC) + bytes([wire.KEYED_EVERY_RECORD]) + wire.digest(wire.layout_of(layout))
     out += wire._varint(len(layout))
     for rec in wire.read(payload, layout=layout):
@@ -198,7 +209,8 @@ def test_tensors_that_carry_nothing_are_left_out_and_decode_to_zeros(rng):
     assert all(t.encoding == "none" and t.form == "left out" and t.total_bits == 0 for t in left)
     # what they would have cost, 4 bytes each, is not spent on them
     bitmap = -(-len(update) // 8)
-    assert len(_every_record(payload, update)) - len(payload) == 4 * len(absent) - bitmap
+    halves = 2 * sum(rec.centroids.size for rec in records)
+    assert len(_every_record(payload, update)) - len(payload) == 4 * len(absent) - bitmap + halves
 
 
 def test_a_version_2_payload_decodes_as_it_did(rng):
@@ -209,7 +221,8 @@ def test_a_version_2_payload_decodes_as_it_did(rng):
     assert wire.is_keyed(old) and fedzip.inspect(old, layout=update).version == wire.KEYED_EVERY_RECORD
     restored, before = fedzip.decode(payload, layout=update), fedzip.decode(old, layout=update)
     assert all(np.array_equal(restored[k], v) for k, v in before.items())
-    assert len(old) == len(payload) - 1 + 4  # no bitmap, the zero tensor's record
+    halves = 2 * sum(rec.centroids.size for rec in wire.read(payload, layout=update))
+    assert len(old) == len(payload) - 1 + 4 + halves  # no bitmap, the zero tensor's record, float32
 
 
 def test_a_model_of_many_tensors_that_carry_nothing_fits_a_few_bytes():
@@ -235,3 +248,61 @@ def test_a_bitmap_past_the_tensor_count_or_cut_short_is_a_format_error(rng):
         fedzip.decode(reseal(body[:at] + bytes([0b111]) + body[at + 1 :]), layout=update)
     with pytest.raises(fedzip.FormatError, match="unexpected bytes"):  # c left out: a record too many
         fedzip.decode(reseal(body[:at] + bytes([0b001]) + body[at + 1 :]), layout=update)
+
+
+def test_bfloat16_rounds_to_nearest_even_and_stays_finite():
+    values = np.array(
+        [1.0, 1 + 2**-8, 1 + 2**-8 + 2**-20, 1 + 3 * 2**-8, -2.5e-7, 0.0, -0.0, 3.4e38, -3.4e38, 1e-40],
+        dtype=np.float32,
+    )
+    rounded = wire.bfloat16(values)
+    assert not np.any(rounded.view(np.uint32) & 0xFFFF)
+    # 1 + 2^-8 is halfway: ties go to the even neighbour (1.0); just above it goes up; 1 + 3 * 2^-8
+    # is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even)
+    np.testing.assert_array_equal(rounded[:4], np.float32([1.0, 1.0, 1 + 2**-7, 1 + 2**-6]))
+    assert np.all(np.isfinite(rounded)) and rounded[7] > 3e38 and rounded[8] < -3e38
+    assert np.signbit(rounded[6]) and rounded[5] == 0
+    finite = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 1e-3
+    assert np.max(np.abs(wire.bfloat16(finite) - finite) / np.abs(finite)) <= 2**-8
+
+
+def test_fedzip_centroids_are_bfloat16_and_a_keyed_payload_sends_two_bytes_each(rng):
+    update = model_update(rng)
+    for options in ({"keep": 0.05, "clusters": 16}, {"rank": 2}, {"budget_ratio": 20}):
+        codec = fedzip.FedZip(**options, known_layout=True)
+        payload = codec.encode(update)
+        records = wire.read(payload, layout=update)
+        assert all(rec.centroid_bytes == 2 for rec in records)
+        centroids = np.concatenate([rec.centroids for rec in records])
+        assert centroids.size and np.array_equal(wire.bfloat16(centroids), centroids)
+        report = fedzip.inspect(payload, layout=update)
+        assert sum(t.centroid_bits for t in report.tensors) == 16 * centroids.size
+        assert report.total_bytes == len(payload)
+
+
+def test_records_whose_centroids_are_not_bfloat16_are_written_as_version_2_unchanged(rng):
+    update = model_update(rng)
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(update)
+    records = wire.read(payload, layout=update)
+    exact = [
+        rec if not rec.centroids.size else replace(rec, centroids=rec.centroids + np.float32(2**-20))
+        for rec in records
+    ]
+    written = wire.write(exact, keyed=True)
+    assert written[len(wire.MAGIC)] == wire.KEYED_EVERY_RECORD
+    again = wire.read(written, layout=update)
+    assert all(np.array_equal(a.centroids, b.centroids) for a, b in zip(exact, again, strict=True))
+
+
+@pytest.mark.parametrize("options", [{"budget_bytes": 160}, {"rank": 2, "clusters": 3}])
+def test_a_keyed_payload_transcodes_to_the_same_arrays_with_its_left_out_tensors_and_factors(rng, options):
+    update = model_update(rng)
+    update["features.0.bn.weight"] = np.zeros(16, np.float32)
+    payload = fedzip.FedZip(**options, known_layout=True).encode(update)
+    assert wire.ABSENT in {rec.encoding for rec in wire.read(payload, layout=update)}
+    before = fedzip.decode(payload, layout=update)
+    for encoding in ("huffman", "position", "dap"):
+        other = fedzip.transcode(payload, encoding, layout=update)
+        assert other[len(wire.MAGIC)] == wire.KEYED
+        after = fedzip.decode(other, layout=update)
+        assert all(np.array_equal(before[k], v) for k, v in after.items())

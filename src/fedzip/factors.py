@@ -229,8 +229,10 @@ def _packed(labels: np.ndarray, centroids: np.ndarray, clusters: int, rank: int,
     writer.write(clusters - 1, 8)
     writer.write(rank, 16)
     huffman.write_stream(writer, labels, clusters)
-    values = functools.partial(_reconstruct, labels.astype(np.int64), centroids, clusters, rows, rank)
-    return from_writer(centroids, labels.size, writer, values)
+    rebuild = functools.partial(
+        _reconstruct, labels.astype(np.int64), clusters=clusters, rows=rows, rank=rank
+    )
+    return from_writer(centroids, labels.size, writer, functools.partial(rebuild, centroids), rebuild)
 
 
 def _factors_body(rec: wire.Record) -> tuple[np.ndarray, int]:

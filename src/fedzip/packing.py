@@ -18,10 +18,11 @@ class Packed:
 
     ``values`` (flat float32, what the receiver will reconstruct) may be given as a function that
     computes them: only error feedback and ``approximate`` ask, and rebuilding a product of factors
-    costs a fifth of encoding them.
+    costs a fifth of encoding them. ``rebuild``, when given, computes them from other ``params``
+    (:meth:`with_params`).
     """
 
-    __slots__ = ("_values", "body", "body_bits", "kept", "params")
+    __slots__ = ("_rebuild", "_values", "body", "body_bits", "kept", "params")
 
     def __init__(
         self,
@@ -30,17 +31,26 @@ class Packed:
         body: bytes,
         body_bits: int,
         values: np.ndarray | Callable[[], np.ndarray],
+        rebuild: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.params = params  # float32 side information (scales, norms), stored as the record's centroids
         self.kept = kept  # entries the body carries explicitly
         self.body, self.body_bits = body, body_bits
         self._values = values
+        self._rebuild = rebuild
 
     @property
     def values(self) -> np.ndarray:
         if callable(self._values):
             self._values = self._values()
         return self._values
+
+    def with_params(self, params: np.ndarray) -> Packed:
+        """The same body with other ``params`` (the values follow them)."""
+        if self._rebuild is None:
+            raise ValueError("this packed tensor's values do not follow its params")
+        rebuild = self._rebuild
+        return Packed(params, self.kept, self.body, self.body_bits, lambda: rebuild(params), rebuild)
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:
@@ -59,9 +69,13 @@ def packed_record(name: str, array: np.ndarray, encoding: int, packed: Packed) -
 
 
 def from_writer(
-    params: np.ndarray, kept: int, writer: BitWriter, values: np.ndarray | Callable[[], np.ndarray]
+    params: np.ndarray,
+    kept: int,
+    writer: BitWriter,
+    values: np.ndarray | Callable[[], np.ndarray],
+    rebuild: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Packed:
-    return Packed(params, kept, writer.getvalue(), writer.nbits, values)
+    return Packed(params, kept, writer.getvalue(), writer.nbits, values, rebuild)
 
 
 def open_body(rec: wire.Record, params: int | None = None) -> BitReader | None:

@@ -183,7 +183,7 @@ def inspect(payload: bytes, layout: Mapping[str, np.ndarray] | wire.Layout | Non
     used = 0
     for rec, _, position_bits in _decode_each(wire.read(payload, layout=layout)):
         body_bytes = len(rec.body)
-        used += rec.header_bytes + 4 * rec.centroids.size + body_bytes
+        used += rec.header_bytes + rec.centroid_bytes * rec.centroids.size + body_bytes
         tensors.append(
             TensorReport(
                 name=rec.name,
@@ -193,7 +193,7 @@ def inspect(payload: bytes, layout: Mapping[str, np.ndarray] | wire.Layout | Non
                 kept=rec.kept,
                 clusters=rec.centroids.size,
                 header_bits=8 * rec.header_bytes,
-                centroid_bits=32 * rec.centroids.size,
+                centroid_bits=8 * rec.centroid_bytes * rec.centroids.size,
                 position_bits=position_bits,
                 label_bits=rec.body_bits - position_bits,
                 padding_bits=8 * body_bytes - rec.body_bits,

@@ -9,9 +9,12 @@ Layout (all multi-byte numbers little-endian; varint = unsigned LEB128):
   CRC32 of everything before it, u32
 The keyed containers are for a receiver that knows the model: an 8-byte digest
 of the tensors' names, dtypes and shapes follows the version, and records start
-at the encoding byte; the receiver supplies that layout. Version 3 (written)
-also leaves out the records of tensors that carry nothing, a bitmap after the
-count marking the records present; version 2 (read) has every record.
+at the encoding byte; the receiver supplies that layout. Version 3 also leaves
+out the records of tensors that carry nothing (a bitmap after the count marks
+the records present) and carries centroids as bfloat16, 2 bytes each: FedZip's
+centroids are bfloat16 numbers (:func:`bfloat16`). Version 2 has every record
+and float32 centroids; it is written only for records whose centroids are not
+all bfloat16 numbers (a baseline's parameters, a payload of an older fedzip).
 See docs/format.md for the full description.
 """
 
@@ -41,6 +44,20 @@ _CRC = struct.Struct("<I")
 _MIN_SIZE = len(MAGIC) + 1 + 1 + _CRC.size
 
 
+def bfloat16(values: np.ndarray) -> np.ndarray:
+    """The float32 numbers nearest ``values`` (ties to even) whose low 16 bits are zero: those the
+    keyed container sends in 2 bytes. Finite values stay finite (the largest ones round down)."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    exponent_all_ones = (rounded & 0x7F800000) == 0x7F800000
+    rounded = np.where(exponent_all_ones & ((bits & 0x7F800000) != 0x7F800000), rounded - 0x10000, rounded)
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def _is_bfloat16(values: np.ndarray) -> bool:
+    return not np.any(np.asarray(values, dtype=np.float32).view(np.uint32) & 0xFFFF)
+
+
 @dataclass(frozen=True)
 class Record:
     """One tensor as framed in the container."""
@@ -54,6 +71,7 @@ class Record:
     body_bits: int
     body: bytes
     header_bytes: int = 0  # bytes of this record before the centroids
+    centroid_bytes: int = 4  # each centroid's, as read: 2 in the keyed container of version 3
 
     @property
     def size(self) -> int:
@@ -108,20 +126,21 @@ def digest(layout: Layout) -> bytes:
 
 def record_bytes(name: str | None, shape: tuple[int, ...], kept: int, clusters: int, body_bits: int) -> int:
     """Bytes one record takes in the container, as :func:`write` lays it out (``name`` None: in the
-    keyed container, which leaves names, dtypes and shapes out, and records that carry nothing)."""
+    keyed container of version 3, which leaves names, dtypes and shapes out, and records that carry
+    nothing, and sends bfloat16 centroids)."""
     if name is None:
         if not (kept or clusters or body_bits):
             return 0
-        head = 0
+        head, width = 0, 2
     else:
         encoded = len(name.encode("utf-8"))
-        head = len(_varint(encoded)) + encoded + 2 + sum(len(_varint(d)) for d in shape)
+        head, width = len(_varint(encoded)) + encoded + 2 + sum(len(_varint(d)) for d in shape), 4
     return (
         head
         + 1
         + len(_varint(kept))
         + len(_varint(clusters))
-        + 4 * clusters
+        + width * clusters
         + len(_varint(body_bits))
         + (body_bits + 7) // 8
     )
@@ -135,13 +154,17 @@ def container_bytes(tensors: int, keyed: bool = False) -> int:
 
 
 def write(records: list[Record], keyed: bool = False) -> bytes:
-    """The container of ``records``; ``keyed``: version 3, for a receiver that knows the layout."""
+    """The container of ``records``; ``keyed``: for a receiver that knows the layout, version 3
+    (version 2 when a record's centroids are not all bfloat16 numbers: nothing is rounded here)."""
+    version = VERSION
+    if keyed:
+        version = KEYED if all(_is_bfloat16(rec.centroids) for rec in records) else KEYED_EVERY_RECORD
     out = bytearray(MAGIC)
-    out.append(KEYED if keyed else VERSION)
+    out.append(version)
     if keyed:
         out += digest(tuple((rec.name, rec.dtype, rec.shape) for rec in records))
     out += _varint(len(records))
-    if keyed:
+    if version == KEYED:
         present = np.array([not rec.empty for rec in records], dtype=bool)
         out += np.packbits(present, bitorder="little").tobytes()
         records = [rec for rec, kept in zip(records, present, strict=True) if kept]
@@ -150,7 +173,10 @@ def write(records: list[Record], keyed: bool = False) -> bytes:
             out += _names_and_shapes(rec.name, rec.dtype, rec.shape)
         out.append(rec.encoding)
         out += _varint(rec.kept) + _varint(rec.centroids.size)
-        out += rec.centroids.astype("<f4").tobytes()
+        if version == KEYED:
+            out += (rec.centroids.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        else:
+            out += rec.centroids.astype("<f4").tobytes()
         out += _varint(rec.body_bits) + rec.body
     out += _CRC.pack(zlib.crc32(out))
     return bytes(out)
@@ -281,8 +307,9 @@ def read(
             raise FormatError(f"tensor {name!r}: {kept} kept entries of {size}")
         clusters = cur.varint("cluster count")
         header = cur.pos - start
+        width = 2 if version == KEYED else 4
         if clusters:
-            centroids = np.frombuffer(cur.take(4 * clusters, "centroids"), dtype="<f4").astype(np.float32)
+            centroids = _centroids(cur.take(width * clusters, "centroids"), width)
             if not np.isfinite(centroids).all():
                 raise FormatError(f"tensor {name!r}: centroids are not finite")
         else:
@@ -290,10 +317,18 @@ def read(
         body_bits = cur.varint("body length")
         body = cur.take(-(-body_bits // 8), "body")
         header += len(_varint(body_bits))
-        records.append(Record(name, DTYPES[code], shape, encoding, kept, centroids, body_bits, body, header))
+        records.append(
+            Record(name, DTYPES[code], shape, encoding, kept, centroids, body_bits, body, header, width)
+        )
     if cur.pos != cur.end:
         raise FormatError(f"{cur.end - cur.pos} unexpected bytes after the last tensor")
     return records
+
+
+def _centroids(data: bytes, width: int) -> np.ndarray:
+    if width == 2:  # bfloat16: the top half of a float32
+        return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
 def _presence(cur: _Cursor, count: int) -> np.ndarray:
