@@ -846,6 +846,29 @@ def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, me
     assert keyed_bytes < named_bytes - 9 * 20  # four tensors' names, shapes and dtypes, 9 replies
 
 
+def test_keyed_uploads_of_float32_clients_decode_against_a_float64_global_model(rng):
+    """FedAdam keeps a float64 global model; user apps train it in float32: a keyed payload's digest
+    names float32 tensors, and the server decodes it with the model's layout so narrowed."""
+    model = {"w": rng.standard_normal((64, 32)), "b": np.zeros(32), "scale": np.array(1.0)}
+    delta = {k: (rng.standard_normal(np.shape(v)) * 0.01).astype(np.float32) for k, v in model.items()}
+
+    def app(msg, context):
+        received = {k: a.numpy().astype(np.float32) for k, a in msg.content["arrays"].items()}
+        trained = {k: np.asarray(received[k] + delta[k]) for k in received}
+        content = {"arrays": to_record(trained), "metrics": MetricRecord({"num-examples": 10})}
+        return Message(RecordDict(content), reply_to=msg)
+
+    codec = fedzip.FedZip(keep=1.0, clusters=16, sparsify_1d=True, known_layout=True)
+    strategy = FedZipStrategy(FedAvg(min_available_nodes=2, min_train_nodes=2), compressor=codec)
+    replies = run_round(strategy, model, [app, app], [context(0), context(1)])
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.history[-1].accepted == 2, strategy.history[-1].failures
+    sent = codec.approximate(delta)
+    for name, base in model.items():
+        expected = (base.astype(np.float32) + sent[name]).astype(np.float32)
+        np.testing.assert_allclose(arrays[name].numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_a_keyed_reply_made_for_another_model_is_rejected_and_the_round_goes_on(rng):
     model = global_model(rng)
     delta = {k: np.full_like(v, 0.5) for k, v in model.items()}

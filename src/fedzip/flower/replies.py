@@ -68,7 +68,9 @@ def restore(
             raise Rejected(
                 f"passthrough tensors {unknown[:5]} are not in the global model", configuration=True
             )
-        layout = wire.layout_of({name: a for name, a in reference.items() if name not in passthrough})
+        layout = _sender_layout(
+            payload, {name: a for name, a in reference.items() if name not in passthrough}
+        )
     try:
         records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference), layout=layout)
     except (FormatError, ValueError) as exc:  # ValueError: a layout with a dtype the format cannot name
@@ -97,6 +99,23 @@ def restore(
     content.pop(protocol.PASSTHROUGH, None)
     content[weights_key] = protocol.to_record(trained)
     return payload, math.sqrt(squares), layout
+
+
+def _sender_layout(payload: bytes, model: dict[str, np.ndarray]) -> wire.Layout:
+    """The layout a keyed payload was made for: the model's, or the model's with float64 tensors
+    as float32 (a strategy that keeps a float64 global model, FedAdam's, and clients that train in
+    float32). The payload's digest tells which; none matching is left to the reader to refuse."""
+    layout = wire.layout_of(model)
+    narrowed = tuple(
+        (name, np.dtype(np.float32) if dtype == np.float64 else dtype, shape) for name, dtype, shape in layout
+    )
+    carried = bytes(payload[len(wire.MAGIC) + 1 : len(wire.MAGIC) + 1 + wire.DIGEST_BYTES])
+    try:
+        if narrowed != layout and carried == wire.digest(narrowed):
+            return narrowed
+    except ValueError:  # a dtype the format cannot name: the reader says so
+        pass
+    return layout
 
 
 def check_header(
