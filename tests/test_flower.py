@@ -69,8 +69,11 @@ def test_round_trip_through_mod_and_strategy(rng):
     deltas = [
         {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()} for _ in range(2)
     ]
-    codec = fedzip.FedZip(keep=0.1, clusters=4)
-    strategy = FedZipStrategy(FedAvg(min_available_nodes=2, min_train_nodes=1), compressor=codec)
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=2, min_train_nodes=1), compressor=fedzip.FedZip(keep=0.1, clusters=4)
+    )
+    codec = strategy.compressor
+    assert codec == fedzip.FedZip(keep=0.1, clusters=4, known_layout=True)  # the server knows the model
     replies = run_round(
         strategy,
         model,
@@ -216,7 +219,7 @@ def test_error_feedback_state_lives_in_the_context(rng):
     ctx = context(0)
     run_round(strategy, model, [make_client(delta, 1)], [ctx])
     residual = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
-    sent = fedzip.FedZip(keep=0.05).approximate(delta)
+    sent = fedzip.FedZip(keep=0.05, known_layout=True).approximate(delta)  # keyed: the strategy's default
     np.testing.assert_allclose(residual["w"], delta["w"] - sent["w"], atol=1e-6)
 
 
@@ -224,14 +227,14 @@ def test_a_residual_knows_its_age_and_decays_or_is_dropped(rng):
     """A client sampled again after ``age`` rounds adds its residual scaled by age_decay ** (age - 1),
     or nothing once it is older than max_age: the round travels in the train message."""
     model = global_model(rng)
-    codec = fedzip.FedZip(keep=0.05)
     strategy = FedZipStrategy(
         FedAvg(min_available_nodes=1, min_train_nodes=1),
-        compressor=codec,
+        compressor=fedzip.FedZip(keep=0.05),
         error_feedback=True,
         age_decay=0.5,
         max_age=4,
     )
+    codec = strategy.compressor
     ctx = context(0)
 
     def turn(server_round):
@@ -337,7 +340,8 @@ def test_settings_travel_in_the_inner_strategys_config_record(rng):
         (name,) = message.content.config_records
         config = message.content.config_records[name]
         assert name == "config" and config["lr"] == 0.1 and config["server-round"] == 3
-        assert fedzip.get_compressor(json.loads(config[protocol.CODEC_KEY])) == fedzip.FedZip(keep=0.1)
+        sent = fedzip.get_compressor(json.loads(config[protocol.CODEC_KEY]))
+        assert sent == fedzip.FedZip(keep=0.1, known_layout=True)  # keyed: the server knows the model
     assert protocol.CODEC_KEY not in user_config  # the user's record is not edited
 
     # What the ClientApp behind the mod sees: the message as the inner strategy built it.
@@ -818,14 +822,15 @@ def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, me
     results = {}
     for known in (False, True):
         random.seed(0)  # FedAvg samples the nodes: the same order in both runs
-        codec = fedzip.FedZip(keep=0.2, clusters=3, sparsify_1d=True, known_layout=known)
         strategy = FedZipStrategy(
             FedAvg(min_available_nodes=3, min_train_nodes=3),
-            compressor=codec,
+            compressor=fedzip.FedZip(keep=0.2, clusters=3, sparsify_1d=True),
             error_feedback=memory is None,
             server_memory=memory,
             norm_bound=None,
+            keyed_uploads=known,
         )
+        assert strategy.compressor.known_layout is known
         current, contexts = dict(model), [context(i) for i in range(3)]
         for server_round in (1, 2, 3):
             replies = run_round(
@@ -844,6 +849,39 @@ def test_keyed_uploads_train_the_same_model_as_named_ones_in_fewer_bytes(rng, me
         assert apart <= 0.25 * moved
     np.testing.assert_allclose(keyed["frozen.weight"], model["frozen.weight"], rtol=1e-6)  # FedAvg rounds
     assert keyed_bytes < named_bytes - 9 * 20  # four tensors' names, shapes and dtypes, 9 replies
+
+
+def test_the_readme_line_at_a_thousandth_works_on_a_model_of_many_small_tensors(rng):
+    """``FedZipStrategy(FedAvg(), compressor=FedZip(budget_ratio=1000), error_feedback=True)`` on
+    sixty 64 x 64 tensors: named, the smallest payload is over the budget and every client fails
+    saying so; the strategy's keyed uploads fit and the model moves."""
+    model = {
+        f"blocks.{i}.body.{j}.weight": rng.standard_normal((64, 64)).astype(np.float32)
+        for i in range(15)
+        for j in range(4)
+    }
+    deltas = [
+        {k: rng.standard_t(3, v.shape).astype(np.float32) * 0.01 for k, v in model.items()} for _ in range(2)
+    ]
+    raw = sum(v.nbytes for v in model.values())
+    for keyed in (True, False):
+        strategy = FedZipStrategy(
+            FedAvg(min_available_nodes=2, min_train_nodes=2),
+            compressor=fedzip.FedZip(budget_ratio=1000),
+            error_feedback=True,
+            keyed_uploads=keyed,
+        )
+        replies = run_round(strategy, model, [make_client(d, 10) for d in deltas], [context(0), context(1)])
+        if not keyed:
+            with pytest.raises(ConfigurationError, match="below the smallest payload"):
+                strategy.aggregate_train(1, replies)
+            continue
+        arrays, _ = strategy.aggregate_train(1, replies)
+        stats = strategy.history[-1]
+        assert stats.accepted == 2 and stats.payload_bytes <= 2 * (raw // 1000)
+        assert sum(np.count_nonzero(arrays[k].numpy() != v) for k, v in model.items()) > 0
+    with pytest.raises(ValueError, match="keyed_uploads must be True or False"):
+        FedZipStrategy(FedAvg(), keyed_uploads="yes")
 
 
 def test_keyed_uploads_of_float32_clients_decode_against_a_float64_global_model(rng):

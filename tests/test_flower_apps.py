@@ -324,7 +324,12 @@ def _client_dp_main(out: dict, make_dp: Callable[[], object], clip: float) -> Ca
                 float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values())))
             )
 
-        compressed = FedZipStrategy(make_dp(), compressor=fedzip.FedZip(keep=0.3), on_payload=record_norm)
+        compressed = FedZipStrategy(
+            make_dp(),
+            compressor=fedzip.FedZip(keep=0.3),
+            on_payload=record_norm,
+            keyed_uploads=False,  # record_norm decodes payloads without the model at hand: named ones
+        )
         out["fedzip"] = start(grid, compressed, "scalar")
         out["fedzip-strategy"], out["norms"] = compressed, norms
 

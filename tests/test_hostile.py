@@ -56,8 +56,9 @@ def reseal(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def with_centroid(payload: bytes, value: float) -> bytes:
-    """The same payload with every centroid set to ``value`` and a valid checksum."""
+def with_centroid(payload: bytes, value: float, layout=None) -> bytes:
+    """The same payload with every centroid set to ``value`` and a valid checksum (``layout``: a
+    keyed payload's model; it stays keyed)."""
     records = [
         wire.Record(
             r.name,
@@ -69,9 +70,9 @@ def with_centroid(payload: bytes, value: float) -> bytes:
             r.body_bits,
             r.body,
         )
-        for r in wire.read(payload)
+        for r in wire.read(payload, layout=layout)
     ]
-    return wire.write(records)
+    return wire.write(records, keyed=wire.is_keyed(payload))
 
 
 def raw_nan_payload() -> bytes:

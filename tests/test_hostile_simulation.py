@@ -56,12 +56,15 @@ def hostile_mod(msg: Message, context: Context, call_next) -> Message:
     fault = FAULTS[partition][0]
     config = next(iter(msg.content.config_records.values()))
     codec = fedzip.get_compressor(json.loads(config[protocol.CODEC_KEY]))
+    # the global model's float tensors: what a keyed payload leaves out
+    (arrays,) = msg.content.array_records.values()
+    layout = {k: a.numpy() for k, a in arrays.items() if a.numpy().dtype.kind == "f"}
     if fault == "crashing-client":
         raise RuntimeError("the client crashed")
     reply = call_next(msg, context)
     content = reply.content
     payload = protocol.payload_bytes(content.array_records[protocol.PAYLOAD])
-    update = fedzip.decode(payload)
+    update = fedzip.decode(payload, layout=layout)
     empty = np.zeros(0, np.float32)
 
     def set_payload(data: bytes) -> None:
@@ -76,7 +79,7 @@ def hostile_mod(msg: Message, context: Context, call_next) -> Message:
         ]
         set_payload(wire.write(records))
     elif fault == "centroid-3.4e38":
-        set_payload(with_centroid(payload, 3.4e38))
+        set_payload(with_centroid(payload, 3.4e38, layout))
     elif fault == "weights-times-1e30":
         set_payload(codec.encode({k: v * 1e30 for k, v in update.items()}))
     elif fault == "nan-passthrough-for-a-float-tensor":

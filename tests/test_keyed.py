@@ -306,3 +306,18 @@ def test_a_keyed_payload_transcodes_to_the_same_arrays_with_its_left_out_tensors
         assert other[len(wire.MAGIC)] == wire.KEYED
         after = fedzip.decode(other, layout=update)
         assert all(np.array_equal(before[k], v) for k, v in after.items())
+
+
+def test_a_left_out_tensor_cannot_be_written_where_every_tensor_has_a_record(rng):
+    update = model_update(rng)
+    update["features.0.bn.weight"] = np.zeros(16, np.float32)
+    payload = fedzip.FedZip(keep=0.1, known_layout=True).encode(update)
+    records = wire.read(payload, layout=update)
+    with pytest.raises(ValueError, match="left out of a keyed container: version 1"):
+        wire.write(records)
+    off = [
+        replace(rec, centroids=rec.centroids + np.float32(2**-20)) if rec.centroids.size else rec
+        for rec in records
+    ]
+    with pytest.raises(ValueError, match="version 2 has no record"):
+        wire.write(off, keyed=True)

@@ -169,6 +169,10 @@ def write(records: list[Record], keyed: bool = False) -> bytes:
         out += np.packbits(present, bitorder="little").tobytes()
         records = [rec for rec, kept in zip(records, present, strict=True) if kept]
     for rec in records:
+        if rec.encoding == ABSENT:
+            raise ValueError(
+                f"tensor {rec.name!r} was left out of a keyed container: version {version} has no record for it"
+            )
         if not keyed:
             out += _names_and_shapes(rec.name, rec.dtype, rec.shape)
         out.append(rec.encoding)

@@ -295,6 +295,7 @@ def serve(
         downlink_shared_start=cfg.server.shared_start,
         warmup=cfg.warmup.schedule(),
         server_memory=cfg.server.memory or None,
+        keyed_uploads=False,  # the run's upload config as written: a plan says known_layout where it wants it
         **cfg.error_feedback.strategy_options(),
     )
     records: list[RoundRecord] = []

@@ -66,7 +66,8 @@ class FedZipStrategy(StrategyWrapper):
             with three or more replies when this one has fewer); ``None`` turns
             the check off.
         max_update_norm: an absolute bound on every reply's update norm.
-        on_payload: called as ``on_payload(round, payload)`` for every accepted payload.
+        on_payload: called as ``on_payload(round, payload)`` for every accepted payload
+            (keyed ones decode with ``layout=`` the global model less its integer tensors).
         warmup: a :class:`~fedzip.schedule.KeepWarmup`: clients keep more in
             the first rounds (the compressor's keep, or byte budget, scaled up).
         momentum: with error feedback, DGC's momentum correction on the
@@ -93,6 +94,11 @@ class FedZipStrategy(StrategyWrapper):
             remembers every client's latest payload and corrects each round's
             replies with them (:mod:`fedzip.flower.memory`), for sampled
             clients that keep no state. None (default): off.
+        keyed_uploads: FedZip uploads leave out what the server knows
+            (``known_layout=True``: no tensor names, dtypes or shapes, no
+            records of tensors that carry nothing, bfloat16 centroids); at
+            1000x a small model's named payload may not even fit its budget.
+            False sends them as the compressor is configured.
 
     Raises :class:`ConfigurationError` out of a round in which every reply was
     unusable because of a setting (no payload: fedzip_mod missing; another
@@ -121,12 +127,17 @@ class FedZipStrategy(StrategyWrapper):
         downlink_history: int | None = None,
         downlink_shared_start: bool = False,
         server_memory: str | None = None,
+        keyed_uploads: bool = True,
     ) -> None:
         super().__init__()
         inner = self._check_inner(strategy if strategy is not None else FedAvg())
         if compressor is None:
             compressor = FedZip()
         codec = compressor if isinstance(compressor, Compressor) else get_compressor(compressor)
+        if not isinstance(keyed_uploads, bool):
+            raise ValueError(f"keyed_uploads must be True or False, got {keyed_uploads!r}")
+        if keyed_uploads and isinstance(codec, FedZip) and not codec.known_layout:
+            codec = get_compressor({**codec.get_config(), "known_layout": True})
         feedback = codec.needs_error_feedback if error_feedback is None else bool(error_feedback)
         if isinstance(min_accepted, bool) or not isinstance(min_accepted, int) or min_accepted < 1:
             raise ValueError(f"min_accepted must be an int >= 1, got {min_accepted!r}")
