@@ -16,12 +16,9 @@ from .factors import ENCODING_ID as FACTORS_ID
 from .factors import MAX_RANK, factor_rank, pack_factors
 from .packing import Packed, packed_record
 from .quantize import MAX_CLUSTERS, quantize
-from .records import ENCODINGS, quantized_record, transcode
+from .records import ENCODINGS, quantized_record
 from .registry import register
 from .sparsify import keep_count, top_entries
-
-__all__ = ["ENCODINGS", "FedZip", "transcode"]
-
 
 BUDGET_SPLITS = ("error", "uniform")
 
@@ -218,6 +215,8 @@ class FedZip(Compressor):
         ids = set(encodings.NAMES) if self.encoding == "auto" else {encodings.IDS[self.encoding]}
         if self.rank is not None or "factors" in (self.representations or ()):
             ids.add(FACTORS_ID)
+        if self.known_layout:  # the keyed container leaves out tensors that carry nothing
+            ids.add(wire.ABSENT)
         return frozenset(ids)
 
     def _sparsified(self, array: np.ndarray) -> bool:

@@ -51,7 +51,7 @@ def bfloat16(values: np.ndarray) -> np.ndarray:
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
     exponent_all_ones = (rounded & 0x7F800000) == 0x7F800000
     rounded = np.where(exponent_all_ones & ((bits & 0x7F800000) != 0x7F800000), rounded - 0x10000, rounded)
-    return rounded.astype(np.uint32).view(np.float32)
+    return rounded.view(np.float32)
 
 
 def _is_bfloat16(values: np.ndarray) -> bool:
@@ -226,6 +226,12 @@ _NO_CENTROIDS = np.zeros(0, dtype=np.float32)
 _NO_CENTROIDS.flags.writeable = False
 
 
+def carried_digest(payload: bytes) -> bytes:
+    """The layout digest a keyed container carries (what :func:`digest` of its layout must be)."""
+    start = len(MAGIC) + 1
+    return bytes(payload[start : start + DIGEST_BYTES]) if is_keyed(payload) else b""
+
+
 def is_keyed(payload: bytes) -> bool:
     """Whether ``payload`` is a keyed container (decoded only with its layout)."""
     return (
@@ -286,6 +292,7 @@ def read(
     if known is not None and count != len(known):
         raise FormatError(f"{count} tensors declared for a layout of {len(known)}")
     present = _presence(cur, count) if version == KEYED else None
+    width = 2 if version == KEYED else 4  # bytes a centroid
     records: list[Record] = []
     names: set[str] = set()
     total = 0
@@ -311,7 +318,6 @@ def read(
             raise FormatError(f"tensor {name!r}: {kept} kept entries of {size}")
         clusters = cur.varint("cluster count")
         header = cur.pos - start
-        width = 2 if version == KEYED else 4
         if clusters:
             centroids = _centroids(cur.take(width * clusters, "centroids"), width)
             if not np.isfinite(centroids).all():

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import REPRESENTATION_ROWS
-from ..codec import ENCODINGS, FedZip
+from ..codec import FedZip
 from ..encodings import CHOICES
 from ..fl.options import clusters
+from ..records import ENCODINGS
 from .common import CliError, positive_int
 
 BASELINES = ("fp16", "topk", "qsgd", "signsgd", "stc", "lowrank")

@@ -24,8 +24,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
-from ..codec import transcode
 from ..flower import FedZipStrategy, TrafficTracker, fedzip_mod, protocol, shared_start_mod
+from ..records import transcode
 from . import data as datamod
 from . import models, training
 from .config import ExperimentConfig

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..abc import Compressor
-from ..codec import ENCODINGS
 from ..energy import get_link
+from ..records import ENCODINGS
 from ..registry import available, compressor_class, get_compressor
 from .settings import (
     SECTIONS,

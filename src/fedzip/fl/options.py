@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..codec import ENCODINGS
+from ..records import ENCODINGS
 from ..registry import available
 from .config import SECTIONS, ExperimentConfig, parse_codec
 

@@ -109,9 +109,8 @@ def _sender_layout(payload: bytes, model: dict[str, np.ndarray]) -> wire.Layout:
     narrowed = tuple(
         (name, np.dtype(np.float32) if dtype == np.float64 else dtype, shape) for name, dtype, shape in layout
     )
-    carried = bytes(payload[len(wire.MAGIC) + 1 : len(wire.MAGIC) + 1 + wire.DIGEST_BYTES])
     try:
-        if narrowed != layout and carried == wire.digest(narrowed):
+        if narrowed != layout and wire.carried_digest(payload) == wire.digest(narrowed):
             return narrowed
     except ValueError:  # a dtype the format cannot name: the reader says so
         pass
@@ -134,7 +133,7 @@ def check_header(
             f"unknown {unknown[:5]}): the client trains another model",
             configuration=True,
         )
-    expected = compressor.body_encodings() | {wire.ABSENT}  # a keyed payload leaves out empty records
+    expected = compressor.body_encodings()
     for rec in records:
         if rec.encoding not in expected:
             raise Rejected(
