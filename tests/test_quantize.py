@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,30 @@ def test_many_values_of_a_few_close_levels_are_clustered_exactly():
     centroids, labels = qz.quantize(values, 3)
     assert np.array_equal(centroids, np.array([-2.5, 1.0, 1.001], dtype=np.float32))
     assert np.array_equal(centroids[labels], values)
+
+
+def _weighted_sse(points, weights, bounds):
+    total = 0.0
+    for lo, hi in itertools.pairwise(bounds):
+        p, w = points[lo:hi], weights[lo:hi]
+        total += float(w @ (p - (w @ p) / w.sum()) ** 2)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_segments_of_every_count_are_optimal_against_every_split(seed):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 10))
+    # integer points give equal-cost splits: the program must still find a least one
+    raw = rng.integers(-3, 4, m) if seed % 2 else rng.standard_t(3, m)
+    points = np.sort(raw.astype(np.float64))
+    weights = rng.integers(1, 5, m).astype(np.float64)
+    found = qz.optimal_segments_upto(points, weights, m)
+    for count in range(1, m + 1):
+        bounds = found[count]
+        assert bounds[0] == 0 and bounds[-1] == m and np.all(np.diff(bounds) > 0) and bounds.size == count + 1
+        best = min(
+            _weighted_sse(points, weights, (0, *inner, m))
+            for inner in itertools.combinations(range(1, m), count - 1)
+        )
+        assert _weighted_sse(points, weights, bounds) <= best + 1e-9

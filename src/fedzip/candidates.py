@@ -26,7 +26,7 @@ from . import encodings, gaps, huffman, wire
 from .encodings import Quantized
 from .factors import factor_rank, leading_factors, pack_columns, quantise_columns_many
 from .packing import Packed
-from .quantize import assign, cluster_centroids_many, optimal_segments_upto
+from .quantize import assign, cluster_centroids_many, distinct_float32, optimal_segments_upto
 from .sparsify import CHUNK, top_entries
 
 REPRESENTATIONS = ("top-z", "factors")
@@ -74,13 +74,17 @@ def _body_bits_at_most(encoding: str, size: int, symbol_counts: np.ndarray, labe
     parameter b spends ``kept * (b + 1) + sum((gap - 1) >> b)`` bits and the gaps add up to at most
     ``size``: the positions need no sorting to bound it."""
     kept = size - int(symbol_counts[0])
-    bits = {"huffman": huffman.stream_bits(symbol_counts)}
+    bits = {}
     if kept == size:  # every entry kept: no positions travel
         bits["position"] = bits["dap"] = label_bits
     else:
         bits["position"] = kept * encodings.address_width(size) + label_bits
         b = gaps.rice_parameter(kept / size)
         bits["dap"] = 1 + gaps.RICE_PARAM_BITS + kept * (b + 1) + ((size - kept) >> b) + label_bits
+    # Huffman codes every entry in a bit at least (of two symbols or more): priced only when that
+    # could beat the others (the budget prices thousands of candidates an update)
+    if encoding == "huffman" or (encoding == "auto" and min(bits.values()) > size):
+        bits["huffman"] = huffman.stream_bits(symbol_counts)
     return min(bits.values()) if encoding == "auto" else bits[encoding]
 
 
@@ -254,7 +258,7 @@ def _topz_options(pool: Pool, counts: list[int]) -> list[Option]:
         kept = pool.kept(threshold)
         choices = tuple(k for k in CLUSTER_CHOICES if k <= kept.size)
         for found in kept.centroids(choices).values():
-            centroids = np.unique(found.astype(np.float32))
+            centroids = distinct_float32(found)
             size, error = pool.cost(kept, centroids)
             build = TopzBuild(pool, threshold, centroids)
             detail = f"keep {kept.size / pool.size:.3g}, {centroids.size} clusters"

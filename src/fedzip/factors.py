@@ -63,7 +63,10 @@ def quantise_columns_many(
     out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {levels: [] for levels in level_counts}
     for column in columns.T:
         for levels, (found, assigned) in quantize_many(column, level_counts, points).items():
-            out[levels].append((np.pad(found, (0, levels - found.size), mode="edge"), assigned))
+            padded = (
+                np.concatenate((found, np.repeat(found[-1:], levels - found.size))) if found.size else found
+            )
+            out[levels].append((padded, assigned))
     return out
 
 

@@ -17,6 +17,7 @@ code, so they are not stored.
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 
@@ -76,19 +77,25 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
     Plain Huffman when it fits, package-merge when it does not. Unused
     symbols get length 0; with one used symbol it gets length 0 too.
     """
-    counts = np.asarray(counts, dtype=np.int64)
-    lengths = np.zeros(counts.size, dtype=np.int64)
-    used = np.flatnonzero(counts)
-    if used.size < 2:
+    return np.array(_lengths(np.asarray(counts, dtype=np.int64).tolist(), max_length), dtype=np.int64)
+
+
+def _lengths(counts: list[int], max_length: int) -> list[int]:
+    """:func:`code_lengths` on a list: alphabets are small (at most 2^15 symbols, usually under
+    20), and the budget prices thousands of them an update, where numpy's calls cost more."""
+    lengths = [0] * len(counts)
+    used = [i for i, c in enumerate(counts) if c]
+    if len(used) < 2:
         return lengths
-    if used.size > 1 << max_length:
-        raise ValueError(f"{used.size} symbols cannot fit in {max_length}-bit codes")
-    order = used[np.argsort(counts[used], kind="stable")]
-    weights = [int(c) for c in counts[order]]
+    if len(used) > 1 << max_length:
+        raise ValueError(f"{len(used)} symbols cannot fit in {max_length}-bit codes")
+    order = sorted(used, key=counts.__getitem__)  # stable: ties in symbol order
+    weights = [counts[i] for i in order]
     found = _huffman_lengths(weights)
     if max(found) > max_length:
         found = _package_merge(weights, max_length)
-    lengths[order] = found
+    for symbol, length in zip(order, found, strict=True):
+        lengths[symbol] = length
     return lengths
 
 
@@ -111,7 +118,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 def block_log2(count: int) -> int:
     """Symbols per block (log2): about sqrt(count), between 64 and 16384."""
-    return min(14, max(6, round(np.log2(max(count, 1)) / 2)))
+    return min(14, max(6, round(math.log2(max(count, 1)) / 2)))
 
 
 def block_width(count: int, max_len: int) -> int:
@@ -124,17 +131,17 @@ def symbol_width(alphabet: int) -> int:
 
 def stream_bits(counts: np.ndarray) -> int:
     """Exact size in bits of :func:`write_stream` for symbols with these counts."""
-    counts = np.asarray(counts, dtype=np.int64)
-    count = int(counts.sum())
-    if np.count_nonzero(counts) < 2:
-        return 1 + symbol_width(counts.size)
-    lengths = code_lengths(counts)
+    listed = np.asarray(counts, dtype=np.int64).tolist()
+    count = sum(listed)
+    if len(listed) - listed.count(0) < 2:
+        return 1 + symbol_width(len(listed))
+    lengths = _lengths(listed, MAX_CODE_LENGTH)
     nblocks = -(-count >> block_log2(count))
     return (
         1
-        + LENGTH_BITS * counts.size
-        + (nblocks - 1) * block_width(count, int(lengths.max()))
-        + int((counts * lengths).sum())
+        + LENGTH_BITS * len(listed)
+        + (nblocks - 1) * block_width(count, max(lengths))
+        + sum(c * n for c, n in zip(listed, lengths, strict=True))
     )
 
 

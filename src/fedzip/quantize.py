@@ -22,45 +22,48 @@ _LLOYD_ITERATIONS = 100
 
 
 def _segment_costs(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """SSE of every run points[l:i] as a matrix indexed [l, i] (inf where l >= i)."""
-    center = np.average(points, weights=weights)
+    """SSE of every run points[l:i] as a matrix indexed [i, l] (inf where l >= i): the dynamic
+    program takes minima along rows (contiguous), and the matrices are built in place (it prices
+    thousands of kept sets an update)."""
+    center = float(weights @ points) / float(weights.sum())
     p = points - center
-    w = _prefix(weights)
-    s = _prefix(weights * p)
-    q = _prefix(weights * p * p)
-    dw = w[None, :] - w[:, None]
-    ds = s[None, :] - s[:, None]
-    dq = q[None, :] - q[:, None]
+    wp = weights * p
+    w, s, q = _prefix(weights), _prefix(wp), _prefix(wp * p)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cost = dq - ds * ds / dw
-    np.maximum(cost, 0.0, out=cost)
-    cost[_on_or_below_diagonal(points.size + 1)] = np.inf
+        ds = s[:, None] - s[None, :]
+        np.square(ds, out=ds)
+        np.divide(ds, w[:, None] - w[None, :], out=ds)
+        cost = q[:, None] - q[None, :]
+        cost -= ds
+    np.fmax(cost, 0.0, out=cost)  # rounding below zero; NaN (empty runs) to zero, then inf
+    cost += _on_or_above_diagonal(points.size + 1)
     return cost
 
 
 @functools.lru_cache(maxsize=8)
-def _on_or_below_diagonal(size: int) -> np.ndarray:
-    return np.tri(size, dtype=bool)
+def _on_or_above_diagonal(size: int) -> np.ndarray:
+    """inf on and above the diagonal, zero below."""
+    return np.where(np.tri(size, k=-1, dtype=bool), 0.0, np.inf)
 
 
 def optimal_segments_upto(points: np.ndarray, weights: np.ndarray, k: int) -> dict[int, np.ndarray]:
     """Boundaries (``count + 1`` indices) of the ``count`` runs of sorted ``points`` with the least
     weighted SSE, for every count from 1 to ``k``, from one dynamic program."""
     m = points.size
-    cost = _segment_costs(points, weights)
-    best = cost[0].copy()
+    cost = _segment_costs(points, weights)  # [end, start]
+    best = cost[:, 0].copy()
     choices = []
-    columns = np.arange(m + 1)
+    rows = np.arange(m + 1)
     for _ in range(1, k):
-        total = best[:, None] + cost
-        arg = np.argmin(total, axis=0)
-        best = total[arg, columns]
-        choices.append(arg)
+        total = cost + best
+        arg = total.argmin(axis=1)
+        best = total[rows, arg]
+        choices.append(arg.tolist())
     out = {}
     for count in range(1, k + 1):
         bounds = [m]
         for arg in reversed(choices[: count - 1]):
-            bounds.append(int(arg[bounds[-1]]))
+            bounds.append(arg[bounds[-1]])
         bounds.append(0)
         out[count] = np.array(bounds[::-1], dtype=np.int64)
     return out
@@ -141,6 +144,12 @@ def _binned(
     return {k: _lloyd(points, cw, cs, _run_means(segments[k], bin_cw, bin_cs)) for k in ks}
 
 
+def distinct_float32(ascending: np.ndarray) -> np.ndarray:
+    """Ascending centroids as float32, those the cast made equal once (``np.unique`` without its sort)."""
+    c = ascending.astype(np.float32)
+    return c[np.concatenate(([True], c[1:] != c[:-1]))] if c.size > 1 else c
+
+
 def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (ascending ``centroids``, at most 256) for every value, as uint8:
     the midpoints below it (a value on a midpoint goes below)."""
@@ -189,7 +198,7 @@ def quantize_many(
     sorted_values = np.sort(values.astype(np.float64))
     out = {}
     for k, found in cluster_centroids_many(sorted_values, tuple(ks), points).items():
-        centroids = np.unique(found.astype(np.float32))
+        centroids = distinct_float32(found)
         out[k] = (centroids, assign(values, centroids))
     return out
 
@@ -252,7 +261,7 @@ def quantize(values: np.ndarray, clusters: int | str) -> tuple[np.ndarray, np.nd
         sorted_values = np.sort(values).astype(np.float64)  # sorted in its dtype: SIMD, same order
         k = choose_clusters(sorted_values) if clusters == "auto" else int(clusters)
         found = cluster_centroids(sorted_values, k)
-    centroids = np.unique(found.astype(np.float32))
+    centroids = distinct_float32(found)
     labels = assign(values, centroids)
     return centroids, labels
 
