@@ -8,7 +8,8 @@ each (batch 10, SGD 0.05). For each client's float update: the bytes and relativ
 (|u - C(u)|^2 / |u|^2) of ``FedZip(rank=2, clusters=3, iterations=4)``, and of
 ``FedZip(budget_bytes=<those bytes>)`` (Top-z or factors per tensor) and of a Top-z-only budget at
 the same bytes; then the budget at 1000x and 300x where they fit, in named and in keyed payloads
-(``known_layout=True``: no tensor names), with the forms it chose.
+(``known_layout=True``: no tensor names), with the forms it chose and the fastest of three encodes
+(run it with ``OPENBLAS_NUM_THREADS=1``, as a Flower client has one core).
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ def local_update(model, weights, images, labels, seed):
     return {k: v.detach().numpy() - weights[k] for k, v in model.state_dict().items()}
 
 
-def measure(codec: FedZip, update: dict[str, np.ndarray]) -> tuple[int, float, str]:
+def measure(codec: FedZip, update: dict[str, np.ndarray]) -> tuple[int, float, str, float]:
+    """Bytes, relative error, the forms chosen and the fastest of three encodes in seconds."""
     payload, sent = codec.encode_with_approximation(update)
     assert all(np.array_equal(v, sent[k]) for k, v in codec.decode(payload, layout=update).items())
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        codec.encode(update)
+        seconds.append(time.perf_counter() - started)
     forms = ""
     if codec.budget_split == "error":
         chosen = [o.form for o in codec.plan(update).values()]
         forms = ", ".join(f"{chosen.count(f)} {f}" for f in dict.fromkeys(chosen))
-    return len(payload), relative_error(update, sent), forms
+    return len(payload), relative_error(update, sent), forms, min(seconds)
 
 
 def main() -> None:
@@ -69,8 +76,10 @@ def main() -> None:
             full = local_update(model, weights, images[shares[client]], labels[shares[client]], 1000 + client)
             update = {k: v for k, v in full.items() if v.dtype.kind == "f"}
             size = sum(v.nbytes for v in update.values())
-            rank_bytes, rank_error, _ = measure(FedZip(rank=2, clusters=3, iterations=4), update)
-            rows = [("rank-2 by hand", rank_bytes, rank_error, "")]
+            rank_bytes, rank_error, _, rank_seconds = measure(
+                FedZip(rank=2, clusters=3, iterations=4), update
+            )
+            rows = [("rank-2 by hand", rank_bytes, rank_error, "", rank_seconds)]
             for label, codec in (
                 ("budget, same bytes", FedZip(budget_bytes=rank_bytes)),
                 ("Top-z budget, same bytes", FedZip(budget_bytes=rank_bytes, representations=["top-z"])),
@@ -82,10 +91,13 @@ def main() -> None:
                 try:
                     rows.append((label, *measure(codec, update)))
                 except ValueError as exc:
-                    rows.append((label, 0, float("nan"), str(exc).split(":")[0]))
-            for label, nbytes, error, forms in rows:
+                    rows.append((label, 0, float("nan"), str(exc).split(":")[0], float("nan")))
+            for label, nbytes, error, forms, seconds in rows:
                 ratio = f"{size / nbytes:7.0f}x" if nbytes else "      -"
-                print(f"  client {client} {label:<26} {nbytes:>7} B {ratio}  error {error:.3f}  {forms}")
+                print(
+                    f"  client {client} {label:<26} {nbytes:>7} B {ratio}  error {error:.3f}  "
+                    f"encode {seconds * 1000:5.0f} ms  {forms}"
+                )
         print(f"  ({time.perf_counter() - started:.0f} s)")
 
 
