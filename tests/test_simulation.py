@@ -100,12 +100,23 @@ def test_compare_writes_a_report(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_paper_cnn_learns_with_fedzip(tmp_path):
+def test_paper_cnn_learns_with_fedzip(tmp_path, monkeypatch):
+    import torch
+
+    from fedzip.fl import training
+
+    evaluate, threads = training.evaluate, []
+
+    def counted(*args, **kwargs):
+        threads.append(torch.get_num_threads())
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", counted)
     cfg = small_run(
         tmp_path,
         model="cnn",
         server={"clients": 2},
-        data={"train_limit": 2000},
+        data={"train_limit": 2000, "validation": 500},
         training={"batch_size": 10, "lr": 0.02},
     )
     summary = run_experiment(cfg, show_progress=False)
@@ -114,6 +125,8 @@ def test_paper_cnn_learns_with_fedzip(tmp_path):
     assert accuracies[-1] > accuracies[0] + 0.2
     assert summary["compression_ratio"] >= 50
     assert summary["failures"] == 0
+    # the server evaluates the test and validation splits every round, on one thread
+    assert threads == [1] * 8
 
 
 def test_the_minimal_example_app_runs(tmp_path):

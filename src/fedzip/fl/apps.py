@@ -304,14 +304,13 @@ def serve(
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         evaluating = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        # The test split is only reported: every test_every rounds and at the end.
-        if server_round % cfg.server.test_every == 0 or server_round == cfg.server.rounds:
-            accuracy, loss = training.evaluate(model, test_x, test_y)
-        else:
-            accuracy = loss = float("nan")
-        record = RoundRecord(server_round, accuracy, loss)
-        if len(val_y):
-            record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)
+        record = RoundRecord(server_round, float("nan"), float("nan"))
+        with training.torch_threads(1):  # see torch_threads: two threads wait on any busy core
+            # The test split is only reported: every test_every rounds and at the end.
+            if server_round % cfg.server.test_every == 0 or server_round == cfg.server.rounds:
+                record.accuracy, record.loss = training.evaluate(model, test_x, test_y)
+            if len(val_y):
+                record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)
         record.eval_seconds = time.perf_counter() - evaluating
         record.memory_mb = resident_memory_mb()
         marks = strategy.marks
@@ -359,7 +358,7 @@ def serve(
                 f"no node replied in rounds {recent[0].round}-{server_round}: every node is gone or the "
                 "engine failed (see its log); the finished rounds are written"
             )
-        metrics = {"accuracy": accuracy, "loss": loss}
+        metrics = {"accuracy": record.accuracy, "loss": record.loss}
         if len(val_y):
             metrics |= {"val-accuracy": record.val_accuracy, "val-loss": record.val_loss}
         return MetricRecord(metrics)

@@ -18,8 +18,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from . import models, training
 from .config import ExperimentConfig
 
@@ -70,9 +68,7 @@ def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
         )
         for i in range(cfg.server.clients)
     ]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with training.torch_threads(threads):
         model = training.fast_layout(models.build(cfg.model, clients[0][2], cfg.seed))
         start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -87,8 +83,6 @@ def local_training_seconds(cfg: ExperimentConfig, threads: int) -> float:
         started = time.perf_counter()
         one_round()
         return time.perf_counter() - started
-    finally:
-        torch.set_num_threads(previous)
 
 
 def measure(cfg: ExperimentConfig, rounds: int = 6, show_progress: bool = False) -> SpeedRow:

@@ -8,7 +8,9 @@ round several times cheaper than the straightforward loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,6 +18,22 @@ from torch import nn
 
 EVAL_BATCH = 50  # small batches stay in cache: 4.7x faster than 1000 for the paper CNN
 LR_SCHEDULES = ("constant", "cosine")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` inside the block, restored after.
+
+    The server evaluates on one thread: with two, evaluation waited on a core held by any other
+    process and took 27-55 s instead of 1.0-1.5 s for 5,000 images (ViT, residual CNN; 2 cores,
+    an experiment beside it); on an idle machine two threads save ~0.3 s a round.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def round_lr(lr: float, schedule: str, final: float, server_round: int, rounds: int) -> float:
