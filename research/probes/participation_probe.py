@@ -10,6 +10,15 @@ per number of clients and codec: the share of each client's update that its uplo
 |mean(u) - mean(C(u))| / |mean(u)|: what the server's step misses. Codecs (``--codecs``):
 ``rank-2`` (FedZip(rank=2, clusters=3, iterations=4)), ``budget-N`` (FedZip(budget_ratio=N)),
 ``budget-N-keyed`` (the same, known_layout=True), ``rank-N``.
+
+``--shared-ranks R ...``: linear uploads in a subspace the server chose. Every matrix (``shape[0]``
+rows) is sent as ``M Q``, ``Q`` the top R right singular vectors of the server's previous step
+(the FedAvg step of the last warm round), so that the server's average of the uploads is exactly
+``mean(M) Q``: compression error no longer adds up client by client, only what lies outside the
+subspace is missed. Printed: the share of each update inside it, what the round's average misses,
+and what the best rank-R approximation of the average itself would miss (the subspace known in
+advance, the floor); other tensors count as sent exactly. Floats an upload and a basis hold are
+printed too (before any quantisation).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--warm", type=int, default=30, help="FedAvg rounds before measuring")
     parser.add_argument("--codecs", nargs="+", default=["rank-2"], help="rank-N, budget-N, budget-N-keyed")
+    parser.add_argument("--shared-ranks", type=int, nargs="*", default=[], help="subspace ranks to measure")
     args = parser.parse_args()
     torch.set_num_threads(1)
     codecs = {name: codec_for(name) for name in args.codecs}
@@ -65,9 +75,11 @@ def main() -> None:
             chosen = rng.choice(count, size=10, replace=False)
             updates = [update(int(c), server_round * 1009 + int(c)) for c in chosen]
             sizes = np.array([len(shares[int(c)]) for c in chosen], dtype=float)
+            previous = {}  # the server's step: its subspace is what the next round's uploads use
             for k in weights:
                 step = sum(s * u[k] for s, u in zip(sizes, updates, strict=True)) / sizes.sum()
                 weights[k] = (weights[k] + step).astype(weights[k].dtype)
+                previous[k] = step
         chosen = rng.choice(count, size=10, replace=False)
         updates = [update(int(c), 99_991 + int(c)) for c in chosen]
         floats = [{k: v for k, v in u.items() if v.dtype == np.float32} for u in updates]
@@ -77,6 +89,8 @@ def main() -> None:
             f"{count} clients ({images:.0f} images each on average): |mean update| / mean |update| = "
             f"{norm(mean) / np.mean([norm(u) for u in floats]):.2f} ({time.perf_counter() - began:.0f} s)"
         )
+        for rank in args.shared_ranks:
+            shared_subspace(rank, floats, mean, previous)
         for name, codec in codecs.items():
             approximations = [codec.approximate(u) for u in floats]
             ratio = np.mean([4 * sum(v.size for v in u.values()) / len(codec.encode(u)) for u in floats])
@@ -89,6 +103,39 @@ def main() -> None:
                 f"(min {100 * np.min(kept):.1f}%); the average of 10 misses "
                 f"{100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm"
             )
+
+
+def shared_subspace(
+    rank: int,
+    floats: list[dict[str, np.ndarray]],
+    mean: dict[str, np.ndarray],
+    previous: dict[str, np.ndarray],
+) -> None:
+    """Print what uploads ``M Q`` (``Q`` from the previous step's SVD) keep and miss (see the module)."""
+    kept, approximations, floor, upload, basis = [], [dict(u) for u in floats], dict(mean), 0, 0
+    for key, average in mean.items():
+        if average.ndim < 2:
+            continue
+        rows = average.shape[0]
+        r = min(rank, rows, average.size // rows)
+        right = np.linalg.svd(previous[key].reshape(rows, -1).astype(np.float64), full_matrices=False)[2][
+            :r
+        ].T
+        for approximation in approximations:
+            matrix = approximation[key].reshape(rows, -1).astype(np.float64)
+            approximation[key] = ((matrix @ right) @ right.T).reshape(average.shape)
+        u, s, vt = np.linalg.svd(average.reshape(rows, -1), full_matrices=False)
+        floor[key] = ((u[:, :r] * s[:r]) @ vt[:r]).reshape(average.shape)
+        upload, basis = upload + rows * r, basis + right.size
+    for update, approximation in zip(floats, approximations, strict=True):
+        kept.append(1 - relative_error(update, approximation))
+    mean_approx = {k: np.mean([a[k] for a in approximations], axis=0) for k in mean}
+    print(
+        f"  subspace of rank {rank} ({upload:,} floats an upload, {basis:,} in the basis): keeps "
+        f"{100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average of "
+        f"10 misses {100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm (the average's own "
+        f"rank-{rank}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
+    )
 
 
 def codec_for(name: str) -> FedZip:
