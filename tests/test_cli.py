@@ -81,12 +81,20 @@ def test_bench_feedback_measures_memory_in_place(tmp_path, capsys):
         "fedzip+ef, first round",
         "fedzip+ef, later round (in place)",
         "fedzip+ef, out of place (reference)",
+        "fedzip-rank-2+ef, first round",
+        "fedzip-rank-2+ef, later round (in place)",
+        "fedzip-budget-1000x+ef, first round",
+        "fedzip-budget-1000x+ef, later round (in place)",
     }
     later = rows["fedzip+ef, later round (in place)"]
     assert later["peak_extra_x_update"] < 0.5  # no full-size copy once the residual exists
     assert rows["fedzip+ef, out of place (reference)"]["peak_extra_x_update"] > 2.5
     assert 1.9 < rows["fedzip+ef, first round"]["held_x_update"] < 2.6
     assert later["payload_bytes"] > 0 and later["seconds"] > 0
+    # factors are subtracted from the residual block by block: no copy of the product (97% of this
+    # update) either; what remains is fixed-size (the Huffman writer's chunks, ~8 MB: 0.09x at 25M)
+    assert rows["fedzip-rank-2+ef, later round (in place)"]["peak_extra_x_update"] < 0.8
+    assert rows["fedzip-budget-1000x+ef, later round (in place)"]["payload_bytes"] <= 16_000_000 // 1000
     assert "in place" in capsys.readouterr().out
 
 

@@ -138,6 +138,9 @@ REPRESENTATION_ROWS: dict[str, Callable[[], Compressor]] = {
     "fedzip-budget-16x": lambda: FedZip(budget_ratio=16),
     "fedzip-budget-1000x": lambda: FedZip(budget_ratio=1000),
 }
+# error feedback's rows by default: the representations that go with it (dense quantisation and
+# the 16x budget keep most of the update, and their pricing holds several times its size)
+FEEDBACK_REPRESENTATIONS = ("fedzip-rank-2", "fedzip-budget-1000x")
 
 
 def bench_update(
@@ -273,13 +276,15 @@ def bench_feedback(
     keep: float = 0.01,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    representations: Iterable[str] = FEEDBACK_REPRESENTATIONS,
 ) -> list[FeedbackRow]:
     """Time and peak memory of encoding a large update with and without error feedback.
 
     Rows: zstd-1 on the same bytes (reference), FedZip alone, FedZip with
     :class:`~fedzip.ErrorFeedback` in its first round (the residual is
     allocated) and in a later round (worked on in place), and the
-    out-of-place formulation for comparison.
+    out-of-place formulation for comparison; then the first and a later round
+    of each of ``representations`` (REPRESENTATION_ROWS) with error feedback.
     """
     import zstandard
 
@@ -316,4 +321,10 @@ def bench_feedback(
         lambda: len(_out_of_place_feedback(codec, update, residual)[0]),
         2.0,
     )
+    residual.clear()  # the first rows' state: free before the next codec's
+    for name, other in representation_codecs(representations):
+        sender = ErrorFeedback(other)
+        measure(f"{name}+ef, first round", lambda s=sender: len(s.encode(update)), 1.0)
+        measure(f"{name}+ef, later round (in place)", lambda s=sender: len(s.encode(update)), 2.0)
+        sender.reset()
     return rows

@@ -315,7 +315,7 @@ class FedZip(Compressor):
         compressed = self._compress_all(update)
         for name, item in compressed.items():
             if not isinstance(item, Quantized):  # factors
-                flats[name] -= item.values.astype(update[name].dtype, copy=False)
+                item.subtract_from(flats[name])
             elif item.kept:
                 flats[name][item.positions] -= item.centroids.astype(item.dtype)[item.labels]
         return self._encode(compressed, update)

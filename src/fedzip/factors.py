@@ -82,19 +82,50 @@ def _reconstruct(
     """The flat float32 values a body stands for (the encoder computes them the same way)."""
     if rank == 0:
         return centroids[labels]
+    left, right = _factor_values(labels, centroids, clusters, rows, rank)
+    return _outer_sum(left, right).reshape(-1)
+
+
+def _subtract_reconstruction(
+    centroids: np.ndarray, flat: np.ndarray, labels: np.ndarray, clusters: int, rows: int, rank: int
+) -> None:
+    """``flat -= _reconstruct(...)`` (in ``flat``'s dtype) block by block of rows: the same bits
+    (each entry's outer products are summed in the same order) without a tensor-sized copy."""
+    if rank == 0:
+        for start in range(0, flat.size, _BLOCK_ENTRIES):
+            part = flat[start : start + _BLOCK_ENTRIES]
+            part -= centroids[labels[start : start + _BLOCK_ENTRIES]].astype(flat.dtype, copy=False)
+        return
+    left, right = _factor_values(labels, centroids, clusters, rows, rank)
+    matrix = flat.reshape(rows, -1)
+    step = max(1, _BLOCK_ENTRIES // max(1, right.shape[0]))
+    for start in range(0, rows, step):
+        block = _outer_sum(left[start : start + step], right)
+        matrix[start : start + step] -= block.astype(flat.dtype, copy=False)
+
+
+_BLOCK_ENTRIES = 1 << 18  # entries a subtracted block holds: 1 MB of float32
+
+
+def _factor_values(
+    labels: np.ndarray, centroids: np.ndarray, clusters: int, rows: int, rank: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dequantised factors (``rows x rank`` and ``cols x rank``, float32) of a body's labels."""
     columns = np.repeat(np.arange(2 * rank), [rows] * rank + [(labels.size - rank * rows) // rank] * rank)
     values = centroids[columns * clusters + labels]
-    left = values[: rank * rows].reshape(rank, rows).T
-    right = values[rank * rows :].reshape(rank, -1).T
-    # A sum of outer products in a fixed order, not a BLAS product: the sender and the
-    # receiver must get the same bits (a client's replica of the model is checksummed),
-    # and BLAS sums in an order that depends on its threads. A hostile body's huge
-    # centroids overflow here; the caller rejects what is not finite.
+    return values[: rank * rows].reshape(rank, rows).T, values[rank * rows :].reshape(rank, -1).T
+
+
+def _outer_sum(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left @ right.T`` as a sum of outer products in a fixed order, not a BLAS product: the
+    sender and the receiver must get the same bits (a client's replica of the model is
+    checksummed), and BLAS sums in an order that depends on its threads. A hostile body's huge
+    centroids overflow here; the caller rejects what is not finite."""
     with np.errstate(over="ignore", invalid="ignore"):
         product = np.multiply.outer(left[:, 0], right[:, 0])
-        for j in range(1, rank):
+        for j in range(1, left.shape[1]):
             product += np.multiply.outer(left[:, j], right[:, j])
-    return product.reshape(-1)
+    return product
 
 
 def orthonormal(columns: np.ndarray) -> np.ndarray:
@@ -232,10 +263,14 @@ def _packed(labels: np.ndarray, centroids: np.ndarray, clusters: int, rank: int,
     writer.write(clusters - 1, 8)
     writer.write(rank, 16)
     huffman.write_stream(writer, labels, clusters)
-    rebuild = functools.partial(
-        _reconstruct, labels.astype(np.int64), clusters=clusters, rows=rows, rank=rank
+    indices = labels.astype(np.int64)
+    rebuild = functools.partial(_reconstruct, indices, clusters=clusters, rows=rows, rank=rank)
+    subtract = functools.partial(
+        _subtract_reconstruction, labels=indices, clusters=clusters, rows=rows, rank=rank
     )
-    return from_writer(centroids, labels.size, writer, functools.partial(rebuild, centroids), rebuild)
+    return from_writer(
+        centroids, labels.size, writer, functools.partial(rebuild, centroids), rebuild, subtract
+    )
 
 
 def _factors_body(rec: wire.Record) -> tuple[np.ndarray, int]:

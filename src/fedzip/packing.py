@@ -19,10 +19,11 @@ class Packed:
     ``values`` (flat float32, what the receiver will reconstruct) may be given as a function that
     computes them: only error feedback and ``approximate`` ask, and rebuilding a product of factors
     costs a fifth of encoding them. ``rebuild``, when given, computes them from other ``params``
-    (:meth:`with_params`).
+    (:meth:`with_params`); ``subtract``, when given, subtracts them from a flat array block by
+    block from ``params`` (:meth:`subtract_from`), the same bits without a tensor-sized copy.
     """
 
-    __slots__ = ("_rebuild", "_values", "body", "body_bits", "kept", "params")
+    __slots__ = ("_rebuild", "_subtract", "_values", "body", "body_bits", "kept", "params")
 
     def __init__(
         self,
@@ -32,12 +33,14 @@ class Packed:
         body_bits: int,
         values: np.ndarray | Callable[[], np.ndarray],
         rebuild: Callable[[np.ndarray], np.ndarray] | None = None,
+        subtract: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ):
         self.params = params  # float32 side information (scales, norms), stored as the record's centroids
         self.kept = kept  # entries the body carries explicitly
         self.body, self.body_bits = body, body_bits
         self._values = values
         self._rebuild = rebuild
+        self._subtract = subtract
 
     @property
     def values(self) -> np.ndarray:
@@ -45,12 +48,23 @@ class Packed:
             self._values = self._values()
         return self._values
 
+    def subtract_from(self, flat: np.ndarray) -> None:
+        """``flat -= values`` in place (in ``flat``'s dtype): error feedback's residual update. Block by
+        block when the values are a product (error feedback then holds the update and its residual
+        and little else); otherwise from ``values``."""
+        if self._subtract is not None and not isinstance(self._values, np.ndarray):
+            self._subtract(self.params, flat)
+        else:
+            flat -= self.values.astype(flat.dtype, copy=False)
+
     def with_params(self, params: np.ndarray) -> Packed:
         """The same body with other ``params`` (the values follow them)."""
         if self._rebuild is None:
             raise ValueError("this packed tensor's values do not follow its params")
         rebuild = self._rebuild
-        return Packed(params, self.kept, self.body, self.body_bits, lambda: rebuild(params), rebuild)
+        return Packed(
+            params, self.kept, self.body, self.body_bits, lambda: rebuild(params), rebuild, self._subtract
+        )
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:
@@ -74,8 +88,9 @@ def from_writer(
     writer: BitWriter,
     values: np.ndarray | Callable[[], np.ndarray],
     rebuild: Callable[[np.ndarray], np.ndarray] | None = None,
+    subtract: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Packed:
-    return Packed(params, kept, writer.getvalue(), writer.nbits, values, rebuild)
+    return Packed(params, kept, writer.getvalue(), writer.nbits, values, rebuild, subtract)
 
 
 def open_body(rec: wire.Record, params: int | None = None) -> BitReader | None:

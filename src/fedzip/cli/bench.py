@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..bench import REPRESENTATION_ROWS
+from ..bench import FEEDBACK_REPRESENTATIONS, REPRESENTATION_ROWS
 from ..codec import FedZip
 from ..encodings import CHOICES
 from ..fl.options import clusters
@@ -39,9 +39,9 @@ def add_command(commands: Any) -> None:
     )
     bench.add_argument(
         "--representations",
-        default=",".join(REPRESENTATION_ROWS),
         help="comma-separated rows of the budget's representations and the budget itself "
-        f"(default {','.join(REPRESENTATION_ROWS)}; '' for none)",
+        f"(default {','.join(REPRESENTATION_ROWS)}; with --feedback {','.join(FEEDBACK_REPRESENTATIONS)}; "
+        "'' for none)",
     )
     bench.add_argument("--repeat", type=positive_int, default=3, help="timing runs, best kept (default 3)")
     bench.add_argument("--seed", type=positive_int, default=0)
@@ -86,6 +86,8 @@ def _bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise CliError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if args.representations is None:
+        args.representations = ",".join(FEEDBACK_REPRESENTATIONS if args.feedback else REPRESENTATION_ROWS)
     representations = [r.strip() for r in args.representations.split(",") if r.strip()]
     unknown = sorted(set(representations) - set(REPRESENTATION_ROWS))
     if unknown:
@@ -103,6 +105,7 @@ def _bench(args: argparse.Namespace) -> None:
                 keep=args.keep,
                 seed=args.seed,
                 progress=lambda message: status.update(f"benchmarking {message}"),
+                representations=representations,
             )
         headers = ["method", "parameters", "bytes", "seconds", "peak extra", "held in memory"]
         cells = [

@@ -34,29 +34,30 @@ class TensorCompressor(Compressor):
         """Compress one tensor (size >= 1, finite); for methods that need its shape."""
         return self.pack(array.reshape(-1))
 
-    def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, np.ndarray]]:
-        """Per tensor: its record, the tensor, and what the receiver reconstructs (flat float32)."""
+    def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, Packed]]:
+        """Per tensor: its record, the tensor, and the packed tensor (its ``values``: what the
+        receiver reconstructs, flat float32)."""
         for name, array in check_update(update).items():
             check_values(name, array)
             if array.size:
                 packed = self.pack_tensor(array)
             else:
                 packed = Packed(NO_PARAMS, 0, b"", 0, np.zeros(0, np.float32))
-            yield packed_record(name, array, self.encoding, packed), array, packed.values
+            yield packed_record(name, array, self.encoding, packed), array, packed
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         records, approx = [], {}
-        for record, array, values in self._records(update):
+        for record, array, packed in self._records(update):
             records.append(record)
-            approx[record.name] = values.astype(array.dtype).reshape(array.shape)
+            approx[record.name] = packed.values.astype(array.dtype).reshape(array.shape)
         return wire.write(records), approx
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
         flats = {name: writable_flat(name, array) for name, array in check_update(update).items()}
         records = []
-        for record, array, values in self._records(update):
+        for record, _, packed in self._records(update):
             records.append(record)
-            flats[record.name] -= values.astype(array.dtype, copy=False)
+            packed.subtract_from(flats[record.name])
         return wire.write(records)
 
     def encode(self, update: Update) -> bytes:
