@@ -244,8 +244,8 @@ def test_the_pool_finds_every_counts_threshold_from_the_value_order(values, scal
     from fedzip.candidates import Pool
 
     array = np.asarray(values, np.float32) * np.float32(scale)
-    index = None if every_entry else np.flatnonzero(array)
-    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), index)
+    largest = None if every_entry else int(np.count_nonzero(array))
+    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), largest)
     magnitudes = np.sort(np.abs(array[array != 0].astype(np.float64)))[::-1]
     assert [pool.largest_magnitude(c) for c in range(1, magnitudes.size + 1)] == magnitudes.tolist()
 
@@ -383,3 +383,18 @@ def test_at_low_ratios_every_entry_is_a_candidate_and_zeros_are_never_sent(rng, 
         for r in (ratio * 1.5, ratio)
     ]
     assert errors[1] <= errors[0]
+
+
+def test_a_released_pool_finds_the_same_candidates_again(rng):
+    """Pools drop their candidates once priced (memory: every tensor's pool lives until the budget
+    has chosen) and find the same ones again for a build or a grown kept set."""
+    from fedzip.candidates import Pool
+
+    array = heavy_tailed(rng, (300, 200))
+    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), 5000)
+    index, ascending, sums = pool.index.copy(), pool.ascending.copy(), pool.sums.copy()
+    assert index.size == 5000 and np.all(np.diff(index) > 0)
+    pool.release()
+    assert pool._index is None and pool._sorted is None  # nothing of the candidates held
+    assert np.array_equal(pool.index, index)
+    assert np.array_equal(pool.ascending, ascending) and np.array_equal(pool.sums, sums)

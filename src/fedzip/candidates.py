@@ -172,24 +172,62 @@ class _Kept:
 
 
 class Pool:
-    """A tensor's Top-z candidates (the entries at ``index``, ascending addresses; None: every entry)
-    sorted by value, with the prefix sums that price any threshold: the kept set of a threshold is
-    every candidate at or above it in magnitude, the two ends of the order, so k-means, the exact
-    squared error and the label counts need no gathering. Thresholds are above zero: zeros sort
-    into the middle and are never kept."""
+    """A tensor's Top-z candidates (its ``largest`` nonzero entries by magnitude, at ``index`` in
+    ascending addresses; ``largest`` None: every entry) sorted by value, with the prefix sums that
+    price any threshold: the kept set of a threshold is every candidate at or above it in
+    magnitude, the two ends of the order, so k-means, the exact squared error and the label counts
+    need no gathering. Thresholds are above zero: zeros sort into the middle and are never kept.
+
+    Every tensor's pool lives until the budget has chosen, but only what is in use is held:
+    :meth:`release` drops the addresses and the sorted values (20 bytes a candidate; 1.5x a
+    500M-parameter update when all were kept), found again, the same, when asked for.
+    """
 
     def __init__(
-        self, name: str | None, array: np.ndarray, encoding: str, energy: float, index: np.ndarray | None
+        self, name: str | None, array: np.ndarray, encoding: str, energy: float, largest: int | None
     ):
-        self.name, self.array, self.index = name, array, index
+        self.name, self.array, self.largest = name, array, largest
         self.encoding, self.energy, self.size = encoding, energy, array.size
-        flat = array.reshape(-1)
-        # sorted in its own dtype (SIMD, exact), summed in float64
-        self.ascending = np.sort(flat if index is None else flat[index]).astype(np.float64)
-        self.sums = np.empty(self.ascending.size + 1)  # prefix sums, in place: no second copy
-        self.sums[0] = 0.0
-        np.cumsum(self.ascending, out=self.sums[1:])
-        self.negatives = int(np.searchsorted(self.ascending, 0.0, side="left"))
+        self._index: np.ndarray | None = None
+        self._sorted: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    @property
+    def index(self) -> np.ndarray | None:
+        """The candidates' addresses, ascending (None: every entry is one)."""
+        if self.largest is None:
+            return None
+        if self._index is None:
+            found = top_entries(self.array.reshape(-1), self.largest)
+            self._index = found.astype(np.int32) if self.size < 2**31 else found  # 4 bytes where they fit
+        return self._index
+
+    @property
+    def ascending(self) -> np.ndarray:
+        return self._sort()[0]
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self._sort()[1]
+
+    @property
+    def negatives(self) -> int:
+        return self._sort()[2]
+
+    def _sort(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The candidates by value (float64), their prefix sums and how many are negative."""
+        if self._sorted is None:
+            flat, index = self.array.reshape(-1), self.index
+            # sorted in its own dtype (SIMD, exact), summed in float64
+            ascending = np.sort(flat if index is None else flat[index]).astype(np.float64)
+            sums = np.empty(ascending.size + 1)  # prefix sums, in place: no second copy
+            sums[0] = 0.0
+            np.cumsum(ascending, out=sums[1:])
+            self._sorted = ascending, sums, int(np.searchsorted(ascending, 0.0, side="left"))
+        return self._sorted
+
+    def release(self) -> None:
+        """Drop the addresses and the sorted candidates (found again if asked for)."""
+        self._index, self._sorted = None, None
 
     def thresholds(self, counts: list[int]) -> list[float]:
         """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
@@ -281,7 +319,7 @@ class TopzBuild:
         if index is None:
             positions = np.flatnonzero(np.abs(flat) >= self.threshold)
         else:
-            positions = index[np.abs(flat[index]) >= self.threshold]
+            positions = index[np.abs(flat[index]) >= self.threshold].astype(np.int64)
         labels = assign(flat[positions], self.centroids)
         return Quantized(array.shape, array.dtype, positions, labels, self.centroids)
 
@@ -296,8 +334,9 @@ def tensor_options(
     iterations: int = 4,
     share: float = 1.0,
 ) -> list[Option]:
-    """The tensor's candidates in ``representations`` that no cheaper one beats, cheapest first
-    (``name`` None: priced for the keyed container, which leaves names and shapes out).
+    """The tensor's candidates in ``representations`` that no cheaper one of their form beats, and
+    sending nothing, cheapest first (``name`` None: priced for the keyed container, which leaves
+    names and shapes out).
 
     A tensor that is not sparsified (a bias, unless ``sparsify_1d``) has its
     nonzero entries quantised in place of Top-z's candidates. Kept counts that
@@ -318,12 +357,13 @@ def tensor_options(
                     MIN_PRICED, _affordable(flat.size, math.ceil(max_bytes * min(1.0, SHARE_LIMIT * share)))
                 )
                 largest = min(nonzero, within)
-            # every nonzero entry a candidate: no addresses to hold (twice the tensor's size)
-            index = None if largest == nonzero else top_entries(flat, largest)
             counts = sorted({min(largest, max(1, math.ceil(f * flat.size))) for f in FRACTIONS})
+            # every nonzero entry a candidate: no addresses to hold (twice the tensor's size)
+            pool = Pool(name, array, encoding, energy, None if largest == nonzero else largest)
         else:
-            index, counts = None, [nonzero]
-        candidates += _topz_options(Pool(name, array, encoding, energy, index), counts)
+            pool, counts = Pool(name, array, encoding, energy, None), [nonzero]
+        candidates += _topz_options(pool, counts)
+        pool.release()
     if "factors" in representations:
         fits = (lambda o: True) if max_bytes is None else (lambda o: o.record_bytes <= max_bytes)
         candidates += [o for o in _factor_options(name, array, energy, iterations) if fits(o)]
@@ -332,8 +372,14 @@ def tensor_options(
     q = Quantized(
         array.shape, array.dtype, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.float32)
     )
-    candidates.append(Option(q, price(name, q, encoding), energy, "top-z", "nothing"))
-    return pareto(candidates)
+    nothing = Option(q, price(name, q, encoding), energy, "top-z", "nothing")
+    # each form's front apart: a Top-z option a cheaper factorisation beats as priced may still win
+    # once built (its bytes are a bound, and what it over-counts buys more), and the budget also
+    # weighs each form alone (budget.choose)
+    fronts = [pareto([o for o in candidates if o.form == form] + [nothing]) for form in REPRESENTATIONS]
+    return sorted(
+        {id(o): o for front in fronts for o in front}.values(), key=lambda o: (o.record_bytes, o.error)
+    )
 
 
 def _factor_options(name: str | None, array: np.ndarray, energy: float, iterations: int) -> list[Option]:
