@@ -390,11 +390,15 @@ def test_a_released_pool_finds_the_same_candidates_again(rng):
     has chosen) and find the same ones again for a build or a grown kept set."""
     from fedzip.candidates import Pool
 
-    array = heavy_tailed(rng, (300, 200))
-    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), 5000)
+    array = heavy_tailed(rng, (1100, 1000))  # 2^20 entries or more: its pool lets go
+    pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), 60_000)
     index, ascending, sums = pool.index.copy(), pool.ascending.copy(), pool.sums.copy()
-    assert index.size == 5000 and np.all(np.diff(index) > 0)
+    assert index.size == 60_000 and np.all(np.diff(index) > 0)
     pool.release()
     assert pool._index is None and pool._sorted is None  # nothing of the candidates held
     assert np.array_equal(pool.index, index)
     assert np.array_equal(pool.ascending, ascending) and np.array_equal(pool.sums, sums)
+    small = Pool("v", array[:100], "dap", 1.0, 500)
+    held = small.ascending
+    small.release()  # a small pool is kept: finding it again would cost more than it holds
+    assert small._sorted is not None and small.ascending is held

@@ -143,13 +143,21 @@ def choose(
                 for name, options in per_tensor.items()
             }
         )
+    allocations = [(options, allocate(options, budget, keyed)) for options in candidates]
+    priced = [sum(o.error for o in chosen.values()) for _, chosen in allocations]
     best, least = {}, math.inf
-    for options in candidates:
-        built = settle(options, allocate(options, budget, keyed), budget, encoding, shapes, keyed)
+    for (options, chosen), error in zip(allocations, priced, strict=True):
+        if error > SETTLED_WITHIN * min(priced):
+            continue  # settling buys a few percent at most: building it would be wasted work
+        built = settle(options, chosen, budget, encoding, shapes, keyed)
         error = sum(option.error for option, _ in built.values())
         if error < least:
             best, least = built, error
     return best
+
+
+# Allocations whose priced error is this close to the least are all built and settled.
+SETTLED_WITHIN = 1.05
 
 
 def settle(

@@ -178,8 +178,8 @@ class Pool:
     magnitude, the two ends of the order, so k-means, the exact squared error and the label counts
     need no gathering. Thresholds are above zero: zeros sort into the middle and are never kept.
 
-    Every tensor's pool lives until the budget has chosen, but only what is in use is held:
-    :meth:`release` drops the addresses and the sorted values (20 bytes a candidate; 1.5x a
+    Every tensor's pool lives until the budget has chosen, but large pools hold only what is in
+    use: :meth:`release` drops the addresses and the sorted values (20 bytes a candidate; 1.5x a
     500M-parameter update when all were kept), found again, the same, when asked for.
     """
 
@@ -226,8 +226,12 @@ class Pool:
         return self._sorted
 
     def release(self) -> None:
-        """Drop the addresses and the sorted candidates (found again if asked for)."""
-        self._index, self._sorted = None, None
+        """Drop the addresses and the sorted candidates (found again if asked for) when they are a
+        real share of memory: at least a tenth of a tensor of 2^20 entries or more. Smaller pools
+        are kept, as finding them again costs time (a 25M update's budget took 40% longer)."""
+        held = (self.largest or self.size) * 20  # int32 address, float64 value and prefix sum
+        if self.size >= 1 << 20 and held >= self.array.nbytes // 10:
+            self._index, self._sorted = None, None
 
     def thresholds(self, counts: list[int]) -> list[float]:
         """The magnitude thresholds that keep ``counts`` candidates (ties together), largest count first."""
