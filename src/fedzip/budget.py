@@ -130,9 +130,10 @@ def choose(
 
     The greedy walk is no exact knapsack: with several forms it can end a little worse than one
     form alone (measured: 0.805 against Top-z alone's 0.798 relative error on a CNN update), so
-    the walk also runs on each form alone (a tensor may still send nothing), each allocation is
-    built and settled, and the least total error built is kept (compared before settling, a
-    settled Top-z alone once ended 1% ahead of the combined choice).
+    the walk also runs on each form alone (a tensor may still send nothing); the allocations within
+    ``SETTLED_WITHIN`` of the least priced error are built and settled, and the least total error
+    built is kept (compared before settling, a settled Top-z alone once ended 1% ahead of the
+    combined choice).
     """
     candidates = [per_tensor]
     forms = sorted({o.form for options in per_tensor.values() for o in options if o.detail != "nothing"})
