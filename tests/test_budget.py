@@ -241,7 +241,7 @@ def test_top_z_candidates_are_priced_without_being_built(rng):
 def test_the_pool_finds_every_counts_threshold_from_the_value_order(values, scale, every_entry):
     """The count-th largest magnitude, read from candidates sorted by value (ties, one sign only,
     zeros among the candidates when every entry is one)."""
-    from fedzip.candidates import Pool
+    from fedzip.topz import Pool
 
     array = np.asarray(values, np.float32) * np.float32(scale)
     largest = None if every_entry else int(np.count_nonzero(array))
@@ -388,7 +388,7 @@ def test_at_low_ratios_every_entry_is_a_candidate_and_zeros_are_never_sent(rng, 
 def test_a_released_pool_finds_the_same_candidates_again(rng):
     """Pools drop their candidates once priced (memory: every tensor's pool lives until the budget
     has chosen) and find the same ones again for a build or a grown kept set."""
-    from fedzip.candidates import Pool
+    from fedzip.topz import Pool
 
     array = heavy_tailed(rng, (1100, 1000))  # 2^20 entries or more: its pool lets go
     pool = Pool("w", array, "dap", float(np.sum(array.astype(np.float64) ** 2)), 60_000)

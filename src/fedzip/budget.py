@@ -21,9 +21,11 @@ from dataclasses import replace
 import numpy as np
 
 from . import wire
-from .candidates import Option, TopzBuild, pareto, price
+from .candidates import price
 from .encodings import Quantized
+from .option import Option, pareto
 from .packing import Packed
+from .topz import TopzBuild
 
 
 def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
@@ -216,7 +218,7 @@ def settle(
 
 
 def _release(option: Option) -> None:
-    """Let a built Top-z option's pool drop its candidates (see :class:`fedzip.candidates.Pool`)."""
+    """Let a built Top-z option's pool drop its candidates (see :class:`fedzip.topz.Pool`)."""
     if isinstance(option.item, TopzBuild):
         option.item.pool.release()
 

@@ -14,6 +14,7 @@ from .candidates import REPRESENTATIONS
 from .encodings import Quantized
 from .factors import ENCODING_ID as FACTORS_ID
 from .factors import MAX_RANK, factor_rank, pack_factors
+from .option import Option
 from .packing import Packed, packed_record
 from .quantize import MAX_CLUSTERS, quantize
 from .records import ENCODINGS, quantized_record
@@ -250,9 +251,9 @@ class FedZip(Compressor):
             )
         return {name: item for name, (_, item) in self._choose(arrays, limit).items()}
 
-    def plan(self, update: Update, limit: int | None = None) -> dict[str, candidates.Option]:
+    def plan(self, update: Update, limit: int | None = None) -> dict[str, Option]:
         """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and
-        error (:class:`fedzip.candidates.Option`). ``limit``: the budget in bytes (default: this codec's)."""
+        error (:class:`fedzip.option.Option`). ``limit``: the budget in bytes (default: this codec's)."""
         if self.budget_split != "error":
             raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
         arrays = check_update(update)
@@ -262,7 +263,7 @@ class FedZip(Compressor):
 
     def _choose(
         self, arrays: dict[str, np.ndarray], limit: int
-    ) -> dict[str, tuple[candidates.Option, Quantized | Packed]]:
+    ) -> dict[str, tuple[Option, Quantized | Packed]]:
         total = sum(array.size for array in arrays.values())
         options = {
             name: candidates.tensor_options(
