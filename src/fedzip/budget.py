@@ -137,25 +137,25 @@ def choose(
     built is kept (compared before settling, a settled Top-z alone once ended 1% ahead of the
     combined choice).
     """
-    candidates = [per_tensor]
+    option_sets = [per_tensor]
     forms = sorted({o.form for options in per_tensor.values() for o in options if o.detail != "nothing"})
     for form in forms if len(forms) > 1 else ():
-        candidates.append(
+        option_sets.append(
             {
                 name: [o for o in options if o.form == form or o.detail == "nothing"] or options
                 for name, options in per_tensor.items()
             }
         )
-    allocations = [(options, allocate(options, budget, keyed)) for options in candidates]
+    allocations = [(options, allocate(options, budget, keyed)) for options in option_sets]
     priced = [sum(o.error for o in chosen.values()) for _, chosen in allocations]
     best, least = {}, math.inf
-    for (options, chosen), error in zip(allocations, priced, strict=True):
-        if error > SETTLED_WITHIN * min(priced):
+    for (options, chosen), priced_error in zip(allocations, priced, strict=True):
+        if priced_error > SETTLED_WITHIN * min(priced):
             continue  # settling buys a few percent at most: building it would be wasted work
         built = settle(options, chosen, budget, encoding, shapes, keyed)
-        error = sum(option.error for option, _ in built.values())
-        if error < least:
-            best, least = built, error
+        built_error = sum(option.error for option, _ in built.values())
+        if built_error < least:
+            best, least = built, built_error
     return best
 
 

@@ -89,13 +89,9 @@ def _reconstruct(
 def _subtract_reconstruction(
     centroids: np.ndarray, flat: np.ndarray, labels: np.ndarray, clusters: int, rows: int, rank: int
 ) -> None:
-    """``flat -= _reconstruct(...)`` (in ``flat``'s dtype) block by block of rows: the same bits
-    (each entry's outer products are summed in the same order) without a tensor-sized copy."""
-    if rank == 0:
-        for start in range(0, flat.size, _BLOCK_ENTRIES):
-            part = flat[start : start + _BLOCK_ENTRIES]
-            part -= centroids[labels[start : start + _BLOCK_ENTRIES]].astype(flat.dtype, copy=False)
-        return
+    """``flat -= _reconstruct(...)`` (in ``flat``'s dtype) for factors (``rank`` >= 1) block by block
+    of rows: the same bits (each entry's outer products are summed in the same order) without a
+    tensor-sized copy of their product."""
     left, right = _factor_values(labels, centroids, clusters, rows, rank)
     matrix = flat.reshape(rows, -1)
     step = max(1, _BLOCK_ENTRIES // max(1, right.shape[0]))
@@ -265,8 +261,11 @@ def _packed(labels: np.ndarray, centroids: np.ndarray, clusters: int, rank: int,
     huffman.write_stream(writer, labels, clusters)
     indices = labels.astype(np.int64)
     rebuild = functools.partial(_reconstruct, indices, clusters=clusters, rows=rows, rank=rank)
-    subtract = functools.partial(
-        _subtract_reconstruction, labels=indices, clusters=clusters, rows=rows, rank=rank
+    # one vector's levels (rank 0) are subtracted from their values, a product block by block
+    subtract = (
+        functools.partial(_subtract_reconstruction, labels=indices, clusters=clusters, rows=rows, rank=rank)
+        if rank
+        else None
     )
     return from_writer(
         centroids, labels.size, writer, functools.partial(rebuild, centroids), rebuild, subtract
