@@ -111,10 +111,8 @@ def test_a_corrupted_reply_is_rejected_and_the_round_goes_on(rng):
     assert stats.accepted == 2 and len(stats.failures) == 1 and "checksum" in stats.failures[0]
 
 
-def reply_with(message, payload, examples=1, passthrough=None):
+def reply_with(message, payload, examples=1):
     content = RecordDict({protocol.PAYLOAD: protocol.payload_record(payload)})
-    if passthrough:
-        content[protocol.PASSTHROUGH] = to_record(passthrough)
     content["metrics"] = MetricRecord({"num-examples": examples})
     return Message(content, reply_to=message)
 

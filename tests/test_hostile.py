@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedzip
 from conftest import FakeGrid, heavy_tailed
-from fedzip import wire
+from fedzip import exact, wire
 from fedzip.compressors import QSGD
 from fedzip.flower import FedZipStrategy, protocol
 
@@ -37,15 +37,17 @@ def model():
 
 
 def honest_update(i):
+    """What a client's update holds: float tensors, and an integer counter that grew by one."""
     rng = np.random.default_rng(100 + i)
-    return {"w": heavy_tailed(rng, (32, 16)), "b": heavy_tailed(rng, (16,))}
+    return {"w": heavy_tailed(rng, (32, 16)), "b": heavy_tailed(rng, (16,)), "count": np.array(1, np.int64)}
 
 
-def reply(message, payload, metrics=None, passthrough=None, extra=None):
+def scaled(update, factor):
+    return {k: v * factor if v.dtype.kind == "f" else v for k, v in update.items()}
+
+
+def reply(message, payload, metrics=None, extra=None):
     content = RecordDict({protocol.PAYLOAD: protocol.payload_record(payload)})
-    content[protocol.PASSTHROUGH] = protocol.to_record(
-        passthrough if passthrough is not None else {"count": np.array(5, np.int64)}
-    )
     content["metrics"] = MetricRecord({"num-examples": 10} if metrics is None else metrics)
     for key, record in (extra or {}).items():
         content[key] = record
@@ -90,6 +92,7 @@ def raw_nan_payload() -> bytes:
             values.tobytes(),
         ),
         wire.Record("b", np.dtype(np.float32), (16,), 16, 16, np.zeros(0, np.float32), 8 * 64, bytes(64)),
+        exact.record("count", np.array(1, np.int64)),
     ]
     return wire.write(records)
 
@@ -114,18 +117,25 @@ def faults(codec):
         "nan-in-a-raw-body": (lambda m: reply(m, raw_nan_payload()), "another codec"),
         "centroid-3.4e38": (lambda m: reply(m, with_centroid(good, 3.4e38)), "norm"),
         "weights-times-1e30": (
-            lambda m: reply(m, codec.encode({k: v * 1e30 for k, v in update.items()})),
+            lambda m: reply(m, codec.encode(scaled(update, 1e30))),
             "norm",
         ),
-        "nan-passthrough-for-a-float-tensor": (
-            lambda m: reply(
-                m,
-                codec.encode({"b": update["b"]}),
-                passthrough={"w": np.full((32, 16), np.nan, np.float32), "count": np.array(5)},
-            ),
-            "only integer and bool tensors pass through",
+        "integers-for-a-float-tensor": (
+            lambda m: reply(m, codec.encode({**update, "w": np.full((32, 16), 2**30, np.int32)})),
+            "int32 in the payload, float32 in the model",
         ),
-        "huge-integer-buffer": (lambda m: reply(m, good, passthrough={"count": np.array(2**62)}), "norm"),
+        "a-float-counter": (
+            lambda m: reply(m, codec.encode({**update, "count": np.array(1e30, np.float32)})),
+            "float32 in the payload, int64 in the model",
+        ),
+        "a-narrower-counter": (
+            lambda m: reply(m, codec.encode({**update, "count": np.array(-1, np.int8)})),
+            "int8 in the payload, int64 in the model",
+        ),
+        "huge-integer-buffer": (
+            lambda m: reply(m, codec.encode({**update, "count": np.array(2**62)})),
+            "norm",
+        ),
         "extra-array-record": (
             lambda m: reply(m, good, extra={"metrics2": ArrayRecord({"x": Array(np.zeros(3))})}),
             "unexpected records",
@@ -212,8 +222,10 @@ def test_every_fault_in_one_round():
 def test_an_absolute_norm_bound_works_with_two_replies():
     strategy = FedZipStrategy(FedAvg(min_available_nodes=2), compressor=CODEC, max_update_norm=100.0)
     messages = list(strategy.configure_train(1, protocol.to_record(model()), ConfigRecord({}), FakeGrid(2)))
-    scaled = {k: v * 1e6 for k, v in honest_update(0).items()}
-    replies = [reply(messages[0], CODEC.encode(scaled)), reply(messages[1], CODEC.encode(honest_update(1)))]
+    replies = [
+        reply(messages[0], CODEC.encode(scaled(honest_update(0), 1e6))),
+        reply(messages[1], CODEC.encode(honest_update(1))),
+    ]
     strategy.aggregate_train(1, replies)
     stats = strategy.history[-1]
     assert stats.accepted == 1 and "exceeds the bound 100" in stats.failures[0]
@@ -225,8 +237,10 @@ def test_the_norm_reference_carries_over_to_rounds_with_few_replies():
     strategy = FedZipStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1), compressor=CODEC)
     run_round(strategy, [])  # 4 honest replies set the reference
     (message,) = strategy.configure_train(2, protocol.to_record(model()), ConfigRecord({}), FakeGrid(1))
-    scaled = {k: v * 1e3 for k, v in honest_update(0).items()}
-    assert strategy.aggregate_train(2, [reply(message, CODEC.encode(scaled))]) == (None, None)
+    assert strategy.aggregate_train(2, [reply(message, CODEC.encode(scaled(honest_update(0), 1e3)))]) == (
+        None,
+        None,
+    )
     assert "norm" in strategy.history[-1].failures[0]
 
 

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedzip
 import userapps
-from fedzip import wire
+from fedzip import exact, wire
 from fedzip.flower import FedZipStrategy, fedzip_mod, protocol
 from test_flower_apps import simulate, start
 from test_hostile import with_centroid
@@ -36,7 +36,7 @@ FAULTS = [
     ("nan-in-a-raw-body", "another codec"),
     ("centroid-3.4e38", "norm"),
     ("weights-times-1e30", "norm"),
-    ("nan-passthrough-for-a-float-tensor", "pass through"),
+    ("integers-for-a-float-tensor", "made for another model"),  # keyed: the layout says the dtype
     ("extra-array-record", "unexpected records"),
     ("missing-num-examples", "'num-examples'"),
     ("extra-metric-key", "differ"),
@@ -56,9 +56,9 @@ def hostile_mod(msg: Message, context: Context, call_next) -> Message:
     fault = FAULTS[partition][0]
     config = next(iter(msg.content.config_records.values()))
     codec = fedzip.get_compressor(json.loads(config[protocol.CODEC_KEY]))
-    # the global model's float tensors: what a keyed payload leaves out
+    # the global model: what a keyed payload leaves out
     (arrays,) = msg.content.array_records.values()
-    layout = {k: a.numpy() for k, a in arrays.items() if a.numpy().dtype.kind == "f"}
+    layout = {k: a.numpy() for k, a in arrays.items()}
     if fault == "crashing-client":
         raise RuntimeError("the client crashed")
     reply = call_next(msg, context)
@@ -75,6 +75,8 @@ def hostile_mod(msg: Message, context: Context, call_next) -> Message:
             wire.Record(
                 k, v.dtype, v.shape, 16, v.size, empty, 8 * v.nbytes, np.full_like(v, np.nan).tobytes()
             )
+            if v.dtype.kind == "f"
+            else exact.record(k, v)
             for k, v in update.items()
         ]
         set_payload(wire.write(records))
@@ -82,10 +84,9 @@ def hostile_mod(msg: Message, context: Context, call_next) -> Message:
         set_payload(with_centroid(payload, 3.4e38, layout))
     elif fault == "weights-times-1e30":
         set_payload(codec.encode({k: v * 1e30 for k, v in update.items()}))
-    elif fault == "nan-passthrough-for-a-float-tensor":
-        name = next(iter(update))
-        set_payload(codec.encode({k: v for k, v in update.items() if k != name}))
-        content[protocol.PASSTHROUGH] = protocol.to_record({name: np.full_like(update[name], np.nan)})
+    elif fault == "integers-for-a-float-tensor":
+        name = next(k for k, v in update.items() if v.dtype.kind == "f")
+        set_payload(codec.encode({**update, name: np.full(update[name].shape, 7, np.int32)}))
     elif fault == "extra-array-record":
         content["more"] = ArrayRecord({"x": Array(np.ones(3))})
     elif fault in ("missing-num-examples", "extra-metric-key"):
@@ -150,7 +151,7 @@ def test_hostile_clients_are_rejected_and_the_run_ends_where_the_honest_ones_lea
         assert len(stats.failures) == len(FAULTS)
         text = "\n".join(stats.failures)
         for fault, expected in FAULTS:
-            assert expected in text, (fault, expected, text)
+            assert expected in text, (fault, expected, stats.failures)
     for name, value in honest_model.items():
         assert np.all(np.isfinite(hostile_model[name]))
         np.testing.assert_allclose(hostile_model[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

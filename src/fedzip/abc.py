@@ -15,16 +15,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import exact, wire
 from .payload import decode
 from .sparsify import peak_magnitude
 
 Update = Mapping[str, np.ndarray]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+EXACT_DTYPES = tuple(dtype for dtype in wire.DTYPES.values() if dtype.kind != "f")
 
 
 class Compressor(ABC):
-    """Turns a model update (name -> float array) into bytes and back."""
+    """Turns a model update (name -> float array) into bytes and back; integer and bool tensors of
+    the update travel exactly (:mod:`fedzip.exact`)."""
 
     codec_id: ClassVar[str]
     # Whether the method only works with its residual carried between rounds
@@ -72,7 +75,10 @@ class Compressor(ABC):
             writable_flat(name, array)
         payload, sent = self.encode_with_approximation(update)
         for name, array in update.items():
-            np.subtract(array, sent.pop(name), out=array, casting="unsafe")
+            if exact.is_exact(array):  # sent as it is
+                array[...] = 0
+            else:
+                np.subtract(array, sent.pop(name), out=array, casting="unsafe")
         return payload
 
     @classmethod
@@ -111,7 +117,8 @@ class Compressor(ABC):
 
 
 def check_update(update: Update) -> dict[str, np.ndarray]:
-    """Validate an update's structure and dtypes; values are checked by the codec."""
+    """Validate an update's structure and dtypes; values are checked by the codec. Integer and bool
+    tensors are carried exactly (:mod:`fedzip.exact`) by every compressor."""
     if not isinstance(update, Mapping):
         raise ValueError(f"an update must be a mapping of name -> array, got {type(update).__name__}")
     arrays: dict[str, np.ndarray] = {}
@@ -121,10 +128,10 @@ def check_update(update: Update) -> dict[str, np.ndarray]:
         if len(name.encode("utf-8")) > 65535:
             raise ValueError(f"tensor name {name[:40]!r}... is longer than 65535 bytes")
         array = np.asarray(value)
-        if array.dtype not in FLOAT_DTYPES:
+        if array.dtype not in FLOAT_DTYPES and array.dtype not in EXACT_DTYPES:
             raise ValueError(
-                f"tensor {name!r} has dtype {array.dtype}; fedzip compresses float16/32/64 "
-                "updates: cast it first (e.g. array.astype(np.float32))"
+                f"tensor {name!r} has dtype {array.dtype}; fedzip compresses float16/32/64 tensors "
+                "and carries integer and bool ones exactly: cast it first (e.g. array.astype(np.float32))"
             )
         if array.ndim > 32:
             raise ValueError(f"tensor {name!r} has {array.ndim} dimensions; at most 32 are supported")

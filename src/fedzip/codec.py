@@ -8,7 +8,7 @@ from numbers import Real
 
 import numpy as np
 
-from . import budget, candidates, encodings, wire
+from . import budget, candidates, encodings, exact, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
 from .candidates import REPRESENTATIONS
 from .encodings import Quantized
@@ -235,15 +235,36 @@ class FedZip(Compressor):
         centroids, labels = quantize(flat[positions], self.clusters)
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 
-    def _quantize_all(self, update: Update) -> dict[str, Quantized | Packed]:
-        arrays = check_update(update)
-        if self.budget_bytes is None and self.budget_ratio is None:
-            return {name: self.quantize(name, array) for name, array in arrays.items()}
-        for name, array in arrays.items():
-            check_values(name, array)
-        limit = self.budget_bytes
+    def _limit(self, arrays: dict[str, np.ndarray], limit: int | None = None) -> int:
+        """The bytes left for the float tensors of ``arrays`` within the budget (``limit``, default
+        this codec's): what the integer and bool tensors, sent exactly, take is set aside."""
         if limit is None:
-            limit = int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
+            limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
+        fixed = [exact.record(name, a) for name, a in arrays.items() if exact.is_exact(a)]
+        if not fixed:
+            return limit
+        keyed = self.known_layout
+        reserved = (
+            sum(wire.record_bytes(None if keyed else r.name, r.shape, r.kept, 0, r.body_bits) for r in fixed)
+            + wire.container_bytes(len(arrays), keyed)
+            - wire.container_bytes(len(arrays) - len(fixed), keyed)
+        )
+        if reserved >= limit:
+            raise ValueError(
+                f"a budget of {limit} bytes does not cover the update's integer and bool tensors, sent "
+                f"exactly ({reserved} bytes): raise the budget"
+            )
+        return limit - reserved
+
+    def _quantize_all(self, arrays: dict[str, np.ndarray]) -> dict[str, Quantized | Packed]:
+        """The float tensors of ``arrays`` (checked), quantized or as the budget chooses."""
+        floats = _floats(arrays)
+        if self.budget_bytes is None and self.budget_ratio is None:
+            return {name: self.quantize(name, array) for name, array in floats.items()}
+        for name, array in floats.items():
+            check_values(name, array)
+        limit = self._limit(arrays)
+        arrays = floats
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(
@@ -257,9 +278,8 @@ class FedZip(Compressor):
         if self.budget_split != "error":
             raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
         arrays = check_update(update)
-        if limit is None:
-            limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
-        return {name: option for name, (option, _) in self._choose(arrays, limit).items()}
+        limit = self._limit(arrays, limit)
+        return {name: option for name, (option, _) in self._choose(_floats(arrays), limit).items()}
 
     def _choose(
         self, arrays: dict[str, np.ndarray], limit: int
@@ -282,13 +302,14 @@ class FedZip(Compressor):
         return budget.choose(options, limit, self.encoding, shapes, keyed=self.known_layout)
 
     def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
-        """Every tensor quantized (Top-z) or, with ``rank``, its matrices factored; for the keyed
-        container, with bfloat16 centroids."""
+        """Every float tensor quantized (Top-z) or, with ``rank``, its matrices factored; for the
+        keyed container, with bfloat16 centroids. Integer and bool tensors are not in it."""
+        arrays = check_update(update)
         if self.rank is None:
-            out = self._quantize_all(update)
+            out = self._quantize_all(arrays)
         else:
             out = {}
-            for name, array in check_update(update).items():
+            for name, array in _floats(arrays).items():
                 if factor_rank(array.shape, self.rank):
                     check_values(name, array)
                     out[name] = pack_factors(array, self.rank, int(self.clusters), self.iterations)
@@ -299,38 +320,41 @@ class FedZip(Compressor):
         return out
 
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
-        return {name: _dense(item, update[name]) for name, item in self._compress_all(update).items()}
+        return _approximation(self._compress_all(update), update)
 
     def encode(self, update: Update) -> bytes:
         return self._encode(self._compress_all(update), update)
 
     def encode_with_approximation(self, update: Update) -> tuple[bytes, dict[str, np.ndarray]]:
         compressed = self._compress_all(update)
-        return self._encode(compressed, update), {
-            name: _dense(item, update[name]) for name, item in compressed.items()
-        }
+        return self._encode(compressed, update), _approximation(compressed, update)
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
         # Sparse: only the kept entries change, so nothing of the tensor's size is allocated.
         flats = {name: writable_flat(name, array) for name, array in check_update(update).items()}
         compressed = self._compress_all(update)
-        for name, item in compressed.items():
-            if not isinstance(item, Quantized):  # factors
-                item.subtract_from(flats[name])
+        payload = self._encode(compressed, update)
+        for name, flat in flats.items():
+            item = compressed.get(name)
+            if item is None:  # sent exactly
+                flat[...] = 0
+            elif not isinstance(item, Quantized):  # factors
+                item.subtract_from(flat)
             elif item.kept:
-                flats[name][item.positions] -= item.centroids.astype(item.dtype)[item.labels]
-        return self._encode(compressed, update)
+                flat[item.positions] -= item.centroids.astype(item.dtype)[item.labels]
+        return payload
 
     def _encode(self, compressed: dict[str, Quantized | Packed], update: Update) -> bytes:
-        return wire.write(
-            [
-                quantized_record(name, item, self.encoding)
-                if isinstance(item, Quantized)
-                else packed_record(name, np.asarray(update[name]), FACTORS_ID, item)
-                for name, item in compressed.items()
-            ],
-            keyed=self.known_layout,
-        )
+        records = []
+        for name, array in update.items():
+            item = compressed.get(name)
+            if item is None:
+                records.append(exact.record(name, array))
+            elif isinstance(item, Quantized):
+                records.append(quantized_record(name, item, self.encoding))
+            else:
+                records.append(packed_record(name, np.asarray(array), FACTORS_ID, item))
+        return wire.write(records, keyed=self.known_layout)
 
 
 def _bfloat16_centroids(item: Quantized | Packed) -> Quantized | Packed:
@@ -339,6 +363,18 @@ def _bfloat16_centroids(item: Quantized | Packed) -> Quantized | Packed:
     if isinstance(item, Quantized):
         return replace(item, centroids=wire.bfloat16(item.centroids))
     return item.with_params(wire.bfloat16(item.params))
+
+
+def _floats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: array for name, array in arrays.items() if not exact.is_exact(array)}
+
+
+def _approximation(compressed: dict[str, Quantized | Packed], update: Update) -> dict[str, np.ndarray]:
+    """What the payload of ``compressed`` decodes to, in ``update``'s order."""
+    return {
+        name: np.array(array, copy=True) if name not in compressed else _dense(compressed[name], array)
+        for name, array in update.items()
+    }
 
 
 def _dense(item: Quantized | Packed, array: np.ndarray) -> np.ndarray:

@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 
+from . import exact
 from .abc import Compressor, Update, check_update, check_values
 
 
 class ErrorFeedback:
-    """Stateful wrapper that carries the compression residual between encodes.
+    """Stateful wrapper that carries the compression residual between encodes (of the float
+    tensors: integer and bool ones are sent exactly and leave nothing over).
 
     Each :meth:`encode` compresses ``update + residual`` and keeps as the new
     residual what the payload does not carry, so nothing the sparsifier drops
@@ -75,7 +77,9 @@ class ErrorFeedback:
         (the federated round this update is for) lets a stale residual decay
         or be dropped (``age_decay``, ``max_age``).
         """
-        arrays = check_update(update)
+        given = check_update(update)
+        # integer and bool tensors travel exactly: nothing of them is left over or accumulated
+        arrays = {name: a for name, a in given.items() if not exact.is_exact(a)}
         for name, array in arrays.items():
             # before anything is added: a bad update must not spoil the residual
             check_values(name, array)
@@ -99,16 +103,17 @@ class ErrorFeedback:
             }
             arrays = self.velocity
         self.residual = {name: _accumulate(self.residual.get(name), a, 1.0) for name, a in arrays.items()}
+        sent = {name: self.residual[name] if name in arrays else a.copy() for name, a in given.items()}
         try:
-            payload = self.codec.encode_subtract(self.residual)
+            payload = self.codec.encode_subtract(sent)
         except ValueError:
             # the sum overflowed: the state cannot be trusted any more
             self.reset()
             raise
         if self.momentum and self.masking:
-            sent = self.codec.decode(payload, layout=self.residual)
-            for name, values in sent.items():
-                mask = values != 0
+            decoded = self.codec.decode(payload, layout=given)
+            for name in arrays:
+                mask = decoded[name] != 0
                 self.velocity[name][mask] = 0
                 self.residual[name][mask] = 0
         if server_round is not None:

@@ -38,6 +38,8 @@ def authors_estimate(update: Update, keep: float) -> dict[str, int]:
     """Bits the authors' code would print for ``update``: original, huffman, position, dap."""
     totals = {"original": 0, "huffman": 0, "position": 0, "dap": 0}
     for array in check_update(update).values():
+        if array.dtype.kind != "f":  # the authors' code estimated float tensors only
+            continue
         flat = np.asarray(array, dtype=np.float32).reshape(-1)
         if flat.size == 0:
             continue

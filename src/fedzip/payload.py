@@ -123,6 +123,11 @@ def _decode_each(records: list[wire.Record]) -> Iterator[tuple[wire.Record, np.n
         decoder = _BODY_DECODERS.get(rec.encoding)
         if decoder is None and rec.encoding != wire.ABSENT:
             raise FormatError(f"tensor {rec.name!r}: unknown encoding id {rec.encoding}")
+        if rec.encoding != wire.ABSENT and (rec.dtype.kind != "f") != (rec.encoding == wire.EXACT):
+            raise FormatError(
+                f"tensor {rec.name!r} is {rec.dtype} with encoding {encoding_name(rec.encoding)!r}: "
+                "integer and bool tensors are carried exactly (encoding 'exact'), float tensors not"
+            )
         if rec.encoding == wire.ABSENT or (rec.size == 0 and rec.empty):
             # an empty tensor carries nothing to decode; skipping the decoder keeps
             # payloads of many empty tensors cheap

@@ -58,14 +58,14 @@ def transcode(
     tells what an update would have cost in each without re-running the
     sparsifier and k-means. A keyed payload needs ``layout`` (as
     :func:`fedzip.decode`) and stays keyed. Raises :class:`FormatError` for a
-    malformed payload, ``ValueError`` for one that holds non-FedZip tensors. Factors and the
-    tensors a keyed payload leaves out stay as they are.
+    malformed payload, ``ValueError`` for one that holds non-FedZip tensors. Factors, integer and
+    bool tensors and the tensors a keyed payload leaves out stay as they are.
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
     records = []
     for rec in wire.read(payload, max_elements=max_elements, layout=layout):
-        if rec.encoding in (wire.ABSENT, FACTORS_ID):  # nothing to recode: kept as they are
+        if rec.encoding in (wire.ABSENT, FACTORS_ID, wire.EXACT):  # nothing to recode: kept as they are
             records.append(rec)
             continue
         if rec.encoding not in encodings.NAMES:

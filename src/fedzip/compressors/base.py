@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import wire
+from .. import exact, wire
 from ..abc import Compressor, Update, check_update, check_values, writable_flat
 from ..packing import NO_PARAMS, Packed, packed_record
 
@@ -34,10 +34,13 @@ class TensorCompressor(Compressor):
         """Compress one tensor (size >= 1, finite); for methods that need its shape."""
         return self.pack(array.reshape(-1))
 
-    def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, Packed]]:
+    def _records(self, update: Update) -> Iterator[tuple[wire.Record, np.ndarray, Packed | None]]:
         """Per tensor: its record, the tensor, and the packed tensor (its ``values``: what the
-        receiver reconstructs, flat float32)."""
+        receiver reconstructs, flat float32; None for an integer or bool tensor, sent exactly)."""
         for name, array in check_update(update).items():
+            if exact.is_exact(array):
+                yield exact.record(name, array), array, None
+                continue
             check_values(name, array)
             if array.size:
                 packed = self.pack_tensor(array)
@@ -49,7 +52,9 @@ class TensorCompressor(Compressor):
         records, approx = [], {}
         for record, array, packed in self._records(update):
             records.append(record)
-            approx[record.name] = packed.values.astype(array.dtype).reshape(array.shape)
+            approx[record.name] = (
+                array.copy() if packed is None else packed.values.astype(array.dtype).reshape(array.shape)
+            )
         return wire.write(records), approx
 
     def encode_subtract(self, update: dict[str, np.ndarray]) -> bytes:
@@ -57,7 +62,10 @@ class TensorCompressor(Compressor):
         records = []
         for record, _, packed in self._records(update):
             records.append(record)
-            packed.subtract_from(flats[record.name])
+            if packed is None:
+                flats[record.name][...] = 0
+            else:
+                packed.subtract_from(flats[record.name])
         return wire.write(records)
 
     def encode(self, update: Update) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import wire
+from .. import exact, wire
 from ..abc import Compressor, Update, check_update, check_values
 from ..errors import FormatError
 from ..payload import register_encoding
@@ -31,6 +31,9 @@ class NoCompression(Compressor):
     def encode(self, update: Update) -> bytes:
         records = []
         for name, array in check_update(update).items():
+            if exact.is_exact(array):
+                records.append(exact.record(name, array))
+                continue
             check_values(name, array)
             body = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             empty = np.zeros(0, np.float32)

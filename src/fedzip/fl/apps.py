@@ -279,8 +279,8 @@ def serve(
     val_x, val_y = training.to_tensor(split.val_images), torch.from_numpy(split.val_labels)
     model = training.fast_layout(models.build(cfg.model, split.classes, cfg.seed))
     transcoded: dict[str, int] = dict.fromkeys(TRANSCODED, 0)
-    # what a keyed payload leaves out: the model's tensors but its integer buffers (passed through)
-    layout = {k: v.numpy() for k, v in model.state_dict().items() if v.is_floating_point()}
+    # what a keyed payload leaves out: the model's tensors (integer buffers included)
+    layout = {k: v.numpy() for k, v in model.state_dict().items()}
 
     def measure_encodings(server_round: int, payload: bytes) -> None:
         for encoding in TRANSCODED:

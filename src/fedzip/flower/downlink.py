@@ -50,8 +50,8 @@ and, instead of the weights' ArrayRecord, either DOWN_MODEL (the dense
 replica), DOWN_PAYLOADS ({"0": uint8, "1": uint8, ...}: the payloads in
 order) or DOWN_PATCH ("v:<name>": the new values in the tensor's dtype, with
 "i:<name>" their uint32 flat indices or "m:<name>" a packed bit mask of the
-changed elements; a "v:" alone is the whole tensor), each of the last two with
-DOWN_PASSTHROUGH (the current non-float tensors) when there are any.
+changed elements; a "v:" alone is the whole tensor). Integer and bool tensors
+travel in the payloads exactly (:mod:`fedzip.exact`), and in patches as any other.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from .. import exact
 from ..abc import Compressor
 from ..payload import decode
 from . import protocol
@@ -73,7 +74,6 @@ DOWN_CHECKSUM = "fedzip.down.checksum"
 DOWN_KEY = "fedzip.down.key"
 DOWN_MODEL = "fedzip.down.model"
 DOWN_PAYLOADS = "fedzip.down.payloads"
-DOWN_PASSTHROUGH = "fedzip.down.passthrough"
 DOWN_PATCH = "fedzip.down.patch"
 FORMS = ("chain", "patch", "dense")  # what a download can be
 CONFIG_KEYS = (DOWN_VERSION, DOWN_BASE, DOWN_CHECKSUM, DOWN_KEY)
@@ -100,6 +100,9 @@ def apply(replica: dict[str, np.ndarray], payload: bytes) -> None:
         target = replica.get(name)
         if target is None or target.shape != delta.shape:
             raise DownlinkError(f"the download's tensor {name!r} does not match the model held")
+        if exact.is_exact(delta):  # an integer or bool tensor's exact difference
+            replica[name] = exact.apply(target, delta)
+            continue
         if target.dtype != delta.dtype:
             # the strategy changed the tensor's dtype (FedAvg averages integer buffers in float64,
             # FedAdam keeps a float64 model): hold it as the server now does
@@ -155,7 +158,7 @@ class Broadcaster:
         self.version = -1
         self.checksum = 0
         self._payloads: deque[bytes] = deque()
-        # per float tensor, the version each element last changed in (what a patch sends)
+        # per tensor, the version each element last changed in (what a patch sends)
         self._changed: dict[str, np.ndarray] = {}
         self._patches: dict[int, tuple[dict[str, np.ndarray], int]] = {}  # this version's, by base
         # node id -> version it holds; None: unknown (it gets the model dense)
@@ -180,15 +183,14 @@ class Broadcaster:
             self._payloads.clear()
             self.nodes.clear()
             self._changed = {
-                k: np.full(v.size, self.version, dtype=np.int32)
-                for k, v in self.replica.items()
-                if protocol.is_compressible(v)
+                k: np.full(v.size, self.version, dtype=np.int32) for k, v in self.replica.items()
             }
         else:
             delta = {
-                k: np.subtract(v, self.replica[k], dtype=v.dtype)
+                k: exact.difference(v, self.replica[k])
+                if exact.is_exact(v)
+                else np.subtract(v, self.replica[k], dtype=v.dtype)
                 for k, v in model.items()
-                if protocol.is_compressible(v)
             }
             payload = self.compressor.encode(delta)
             before = {k: self.replica[k].copy() for k in delta}
@@ -199,10 +201,6 @@ class Broadcaster:
                     self._changed[k] = np.full(new.size, self.version, dtype=np.int32)
                 else:
                     self._changed[k][_bits(new) != _bits(old)] = self.version
-            for k, v in model.items():
-                if not protocol.is_compressible(v):
-                    self.replica[k] = np.array(v, copy=True)
-                    self._changed.pop(k, None)  # sent as it is with every download
             self._payloads.append(payload)
             self._trim()
         self.checksum = checksum(self.replica)
@@ -253,9 +251,6 @@ class Broadcaster:
         records = (
             {DOWN_PAYLOADS: _numbered(chain)} if form == "chain" else {DOWN_PATCH: protocol.to_record(patch)}
         )
-        fixed = {k: v for k, v in self.replica.items() if not protocol.is_compressible(v)}
-        if fixed:
-            records[DOWN_PASSTHROUGH] = protocol.to_record(fixed)
         return form, config, records
 
     def prepare(self, message: Message, weights_key: str) -> str:

@@ -31,8 +31,8 @@ round (while kept, an entry counts at weight 1/clients a round: about
 
 The inner strategy then aggregates the adjusted replies as usual (FedAvg's
 weighted mean of FedVARP's replies is FedVARP's step; FedAdam takes it as its
-pseudo-gradient). Tensors outside the payloads (integer buffers) are left as
-the clients sent them.
+pseudo-gradient). Integer and bool tensors (BatchNorm's counters, sent exactly)
+are left as the clients sent them.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from .. import wire
+from .. import exact, wire
 from ..abc import Compressor
 from ..payload import decode
 from . import protocol
@@ -104,11 +104,15 @@ class UpdateMemory:
         return held + sum(a.nbytes for a in self._sum.values())
 
     def _held(self, node: int) -> dict[str, np.ndarray]:
-        """The update remembered for ``node`` (empty when none)."""
+        """The update remembered for ``node`` (empty when none); its integer and bool tensors are
+        zeros (the memory holds none of them, an estimate keeps the model's layout)."""
         held: dict[str, np.ndarray] = {}
         for payload in self.payloads.get(node, ()):
             for name, delta in decode(payload, layout=self.layout).items():
-                held[name] = held[name] + delta if name in held else delta
+                if exact.is_exact(delta):
+                    held[name] = np.zeros_like(delta)
+                else:
+                    held[name] = held[name] + delta if name in held else delta
         return held
 
     def attach(self, message: Message, compressor: Compressor) -> None:
@@ -142,7 +146,7 @@ class UpdateMemory:
             kept = (payload,)
             if self.mode == "ef21" and node in self.sent:  # the upload is update - estimate
                 kept = (self.sent[node], payload)
-                for name, delta in decode(self.sent.pop(node), layout=self.layout).items():
+                for name, delta in _floats(decode(self.sent.pop(node), layout=self.layout)).items():
                     update[name] = update[name] + delta if name in update else delta
             for name, delta in update.items():
                 total = self._sum.setdefault(name, np.zeros(delta.shape, dtype=np.float64))
@@ -182,9 +186,15 @@ class UpdateMemory:
         for _, reply, payload in accepted:
             metrics = next(iter(reply.content.metric_records.values()), {})
             weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
-            entries.append((reply.metadata.src_node_id, weight, payload, decode(payload, layout=self.layout)))
+            update = _floats(decode(payload, layout=self.layout))
+            entries.append((reply.metadata.src_node_id, weight, payload, update))
         for (_, reply, *_), update in zip(accepted, self.adjust(entries, server_round), strict=True):
             trained = protocol.from_record(reply.content[weights_key])
             for name, delta in update.items():
                 trained[name] = (reference[name] + delta).astype(delta.dtype)
             reply.content[weights_key] = protocol.to_record(trained)
+
+
+def _floats(update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float tensors of a decoded update: what the memory holds and adjusts."""
+    return {name: delta for name, delta in update.items() if not exact.is_exact(delta)}

@@ -15,6 +15,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
+from .. import exact
 from ..feedback import ErrorFeedback
 from ..payload import decode
 from ..registry import get_compressor
@@ -52,8 +53,9 @@ def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[st
     if key not in context.state.array_records:
         return {}
     stored = protocol.from_record(context.state.array_records[key])
-    fits = list(stored) == list(update) and all(
-        stored[k].shape == v.shape and stored[k].dtype == v.dtype for k, v in update.items()
+    floats = {k: v for k, v in update.items() if not exact.is_exact(v)}  # the state holds no others
+    fits = list(stored) == list(floats) and all(
+        stored[k].shape == v.shape and stored[k].dtype == v.dtype for k, v in floats.items()
     )
     if not fits:
         log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
@@ -67,7 +69,8 @@ def _subtract_estimate(update: dict[str, np.ndarray], payload: bytes) -> None:
     for name, value in decode(payload, max_elements=limit, max_tensors=len(update), layout=update).items():
         if name not in update or update[name].shape != value.shape:
             raise ValueError(f"the server's estimate of {name!r} does not match the update")
-        update[name] = np.subtract(update[name], value, dtype=update[name].dtype)
+        if not exact.is_exact(update[name]):  # the server estimates the float tensors alone
+            update[name] = np.subtract(update[name], value, dtype=update[name].dtype)
 
 
 def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -126,15 +129,21 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     if list(trained) != list(received) or any(trained[k].shape != received[k].shape for k in trained):
         return _error(msg, "the reply's arrays do not match the arrays received (names or shapes differ)")
 
-    update, passthrough = {}, {}
+    update = {}
     for name, array in trained.items():
-        if protocol.is_compressible(array):
+        if exact.is_exact(array):  # sent exactly, in the same payload
+            update[name] = exact.difference(array, received[name])
+        elif protocol.is_compressible(array):
             # in the dtype the client trained in (what it would have sent), in the
             # memory of the decoded reply, which nothing else holds
             out = array if array.flags.writeable and array.flags.c_contiguous else None
             update[name] = np.subtract(array, received[name], out=out, dtype=array.dtype, casting="unsafe")
         else:
-            passthrough[name] = array
+            return _error(
+                msg,
+                f"the reply's tensor {name!r} is {array.dtype}: fedzip sends float tensors compressed "
+                f"and integer and bool ones exactly, nothing else",
+            )
     try:
         if estimate is not None:
             _subtract_estimate(update, protocol.payload_bytes(estimate))
@@ -165,8 +174,6 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
     del reply.content[key]
     reply.content[protocol.PAYLOAD] = protocol.payload_record(payload)
-    if passthrough:
-        reply.content[protocol.PASSTHROUGH] = protocol.to_record(passthrough)
     return reply
 
 

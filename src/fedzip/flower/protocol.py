@@ -18,11 +18,11 @@ holds an estimate of:
 Train reply (client -> server): the ClientApp's reply with its one ArrayRecord
 of trained weights replaced by
 
-    PAYLOAD       ArrayRecord {"payload": 1-D uint8 Array}: the compressed
-                  ``trained - received`` of every float tensor. An Array, not a
-                  ConfigRecord value, so Flower streams it in chunks like weights.
-    PASSTHROUGH   ArrayRecord of the non-float tensors (integer buffers such as
-                  BatchNorm's ``num_batches_tracked``), as they are; absent if none.
+    PAYLOAD       ArrayRecord {"payload": 1-D uint8 Array}: ``trained - received``
+                  of every tensor, the float ones compressed, the integer and bool
+                  ones (BatchNorm's ``num_batches_tracked``) exact (fedzip.exact).
+                  An Array, not a ConfigRecord value, so Flower streams it in
+                  chunks like weights.
 
 The server puts the rebuilt weights back under the key of the ArrayRecord it
 sent; the client has no say in it.
@@ -41,7 +41,6 @@ FEEDBACK_KEY = "fedzip.error-feedback"
 FEEDBACK_OPTIONS_KEY = "fedzip.feedback-options"
 PAYLOAD = "fedzip.payload"
 PAYLOAD_ENTRY = "payload"
-PASSTHROUGH = "fedzip.passthrough"
 ESTIMATE = "fedzip.estimate"
 # ArrayRecords in the node's state holding the error-feedback residual and velocity.
 RESIDUAL = "fedzip.residual"

@@ -17,7 +17,6 @@ from .downlink import (
     DOWN_CHECKSUM,
     DOWN_KEY,
     DOWN_MODEL,
-    DOWN_PASSTHROUGH,
     DOWN_PATCH,
     DOWN_PAYLOADS,
     DOWN_VERSION,
@@ -125,11 +124,6 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
                 )
             for index in range(len(payloads)):
                 apply(model, protocol.array_bytes(payloads[str(index)]))
-            if DOWN_PASSTHROUGH in content.array_records:
-                for k, v in protocol.from_record(content.array_records[DOWN_PASSTHROUGH]).items():
-                    if k not in model or model[k].shape != v.shape:
-                        raise DownlinkError(f"the download's tensor {k!r} does not match the model held")
-                    model[k] = v
         if checksum(model) != expected:
             raise DownlinkError("the model after the download does not match the server's (checksum)")
     except (DownlinkError, ValueError, KeyError, TypeError) as exc:
@@ -137,7 +131,7 @@ def receive(content: RecordDict, state: RecordDict) -> dict[str, np.ndarray] | N
         state.pop(STATE_INFO, None)
         raise DownlinkError(f"{exc}; the copy is dropped and the next download will be dense") from None
     finally:
-        for record in (DOWN_MODEL, DOWN_PAYLOADS, DOWN_PATCH, DOWN_PASSTHROUGH):
+        for record in (DOWN_MODEL, DOWN_PAYLOADS, DOWN_PATCH):
             content.pop(record, None)
     state[STATE_MODEL] = protocol.to_record(model)
     state[STATE_INFO] = ConfigRecord({"version": version})

@@ -8,10 +8,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy
 
-from .. import wire
+from .. import exact, wire
 from ..abc import Compressor
 from ..errors import FormatError
 from ..payload import decode_records
@@ -35,8 +35,7 @@ def restore(
     Checks the record layout, the container, the tensors against ``reference``
     (the global model the client was sent) and ``compressor``'s encodings, and
     the values once applied. Returns the payload, the norm of the update and,
-    for a keyed payload, the layout it was decoded with (the model's tensors
-    less those passed through); raises :class:`Rejected` saying why a reply
+    for a keyed payload, the layout it was decoded with; raises :class:`Rejected` saying why a reply
     cannot be used.
     """
     content = reply.content
@@ -48,34 +47,22 @@ def restore(
                 configuration=True,
             )
         raise Rejected("the reply carries no fedzip payload", configuration=True)
-    extra = set(content.array_records) - {protocol.PAYLOAD, protocol.PASSTHROUGH}
+    extra = set(content.array_records) - {protocol.PAYLOAD}
     if weights_key in content:
         extra.add(weights_key)
     if extra:
         raise Rejected(f"unexpected records in the reply: {sorted(extra)}")
     try:
         payload = protocol.payload_bytes(content.array_records[protocol.PAYLOAD])
-        passthrough = {}
-        if protocol.PASSTHROUGH in content.array_records:
-            passthrough = protocol.from_record(content.array_records[protocol.PASSTHROUGH])
     except (ValueError, TypeError, KeyError) as exc:
         raise Rejected(f"unreadable record: {exc}") from exc
     max_elements = sum(a.size for a in reference.values())
-    layout = None
-    if wire.is_keyed(payload):
-        unknown = sorted(set(passthrough) - set(reference))
-        if unknown:
-            raise Rejected(
-                f"passthrough tensors {unknown[:5]} are not in the global model", configuration=True
-            )
-        layout = _sender_layout(
-            payload, {name: a for name, a in reference.items() if name not in passthrough}
-        )
+    layout = _sender_layout(payload, reference) if wire.is_keyed(payload) else None
     try:
         records = wire.read(payload, max_elements=max_elements, max_tensors=len(reference), layout=layout)
     except (FormatError, ValueError) as exc:  # ValueError: a layout with a dtype the format cannot name
         raise Rejected(f"malformed payload: {exc}") from exc
-    check_header(records, passthrough, reference, compressor)
+    check_header(records, reference, compressor)
     try:
         update = decode_records(records)
     except FormatError as exc:
@@ -83,8 +70,8 @@ def restore(
     trained = {}
     squares = 0.0
     for name, base in reference.items():
-        if name in passthrough:
-            value = passthrough[name]
+        if exact.is_exact(update[name]):
+            value = exact.apply(base, update[name])
             delta = value.astype(np.float64) - base
         else:
             delta = update[name]
@@ -96,7 +83,6 @@ def restore(
         squares += float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
         trained[name] = value
     del content[protocol.PAYLOAD]
-    content.pop(protocol.PASSTHROUGH, None)
     content[weights_key] = protocol.to_record(trained)
     return payload, math.sqrt(squares), layout
 
@@ -118,45 +104,57 @@ def _sender_layout(payload: bytes, model: dict[str, np.ndarray]) -> wire.Layout:
 
 
 def check_header(
-    records: list[wire.Record],
-    passthrough: dict[str, np.ndarray],
-    reference: dict[str, np.ndarray],
-    compressor: Compressor,
+    records: list[wire.Record], reference: dict[str, np.ndarray], compressor: Compressor
 ) -> None:
-    """The payload's tensors are the model's, encoded as ``compressor`` encodes, with the model's shapes."""
+    """The payload's tensors are the model's, encoded as ``compressor`` encodes (integer and bool
+    ones exactly), with the model's shapes."""
     names = [rec.name for rec in records]
-    if set(names) | set(passthrough) != set(reference) or set(names) & set(passthrough):
-        missing = sorted(set(reference) - set(names) - set(passthrough))
-        unknown = sorted((set(names) | set(passthrough)) - set(reference))
+    if set(names) != set(reference):
+        missing = sorted(set(reference) - set(names))
+        unknown = sorted(set(names) - set(reference))
         raise Rejected(
             f"the payload's tensors do not match the global model (missing {missing[:5]}, "
             f"unknown {unknown[:5]}): the client trains another model",
             configuration=True,
         )
-    expected = compressor.body_encodings()
+    expected = compressor.body_encodings() | {wire.EXACT}
     for rec in records:
-        if rec.encoding not in expected:
-            raise Rejected(
-                f"tensor {rec.name!r} was encoded by another codec than the configured "
-                f"{json.dumps(compressor.get_config())}: do clients and server run the same fedzip?",
-                configuration=True,
-            )
         base = reference[rec.name]
         if rec.shape != base.shape:
             raise Rejected(
                 f"tensor {rec.name!r} has shape {rec.shape}, the model has {base.shape}",
                 configuration=True,
             )
-        if not protocol.is_compressible(base):
-            raise Rejected(f"tensor {rec.name!r} is {base.dtype} in the model; it must pass through")
-    for name, value in passthrough.items():
-        base = reference[name]
-        # The global copy of an integer buffer may be float: Flower's FedAvg averages it in float64.
-        if value.dtype.kind not in "iub" or value.shape != base.shape:
+        if (exact.is_exact(base) or rec.dtype.kind != "f") and rec.dtype != base.dtype:
             raise Rejected(
-                f"passthrough tensor {name!r} is {value.dtype}{list(value.shape)} (the model has "
-                f"{base.dtype}{list(base.shape)}); only integer and bool tensors pass through uncompressed"
+                f"tensor {rec.name!r} is {rec.dtype} in the payload, {base.dtype} in the model: integer "
+                "and bool tensors travel in their own dtype (give the server the model as the clients "
+                "hold it, e.g. ArrayRecord(model.state_dict()))",
+                configuration=True,
             )
+        if rec.encoding not in expected:
+            raise Rejected(
+                f"tensor {rec.name!r} was encoded by another codec than the configured "
+                f"{json.dumps(compressor.get_config())}: do clients and server run the same fedzip?",
+                configuration=True,
+            )
+
+
+def keep_dtypes(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> ArrayRecord | None:
+    """The aggregate with its integer and bool tensors in the dtypes of the model the clients were
+    sent (``reference``): Flower's FedAvg averages them in float64. Rounded to the nearest, so that
+    the model stays the one clients hold and its counters keep travelling exactly; a new record (the
+    inner strategy may keep its own)."""
+    if arrays is None:
+        return None
+    dtypes = {name: a.dtype for name, a in reference.items() if exact.is_exact(a) and name in arrays}
+    changed = [name for name, dtype in dtypes.items() if np.dtype(arrays[name].dtype) != dtype]
+    if not changed:
+        return arrays
+    out = ArrayRecord(dict(arrays.items()))
+    for name in changed:
+        out[name] = Array(exact.as_dtype(arrays[name].numpy(), dtypes[name]))
+    return out
 
 
 def weighting_key(strategy: Strategy) -> str | None:

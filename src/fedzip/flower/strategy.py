@@ -26,7 +26,15 @@ from .accounting import RoundStats, content_bytes, reply_nodes
 from .downlink import Broadcaster
 from .memory import UpdateMemory, check_memory
 from .options import check_client_dp, feedback_settings
-from .replies import NormGuard, Rejected, check_metrics, consistent, restore, weighting_key
+from .replies import (
+    NormGuard,
+    Rejected,
+    check_metrics,
+    consistent,
+    keep_dtypes,
+    restore,
+    weighting_key,
+)
 from .wrapper import StrategyWrapper
 
 _DP_WRAPPERS = (DifferentialPrivacyFixedClippingBase, DifferentialPrivacyAdaptiveBase)
@@ -380,4 +388,4 @@ class FedZipStrategy(StrategyWrapper):
             log(WARNING, "FedZipStrategy: round %d not aggregated: %s", server_round, exc)
             return None, None
         stats.aggregated = True
-        return result
+        return keep_dtypes(result[0], reference), result[1]
