@@ -79,8 +79,8 @@ def test_a_trained_models_state_travels_through_mod_and_strategy(name, codec):
         assert got[key].shape == value.shape, key
     counters = [k for k in start if k.endswith("num_batches_tracked")]
     assert (name == "resnet") == bool(counters)
-    for key in counters:  # 3 batches of 10 on top of the start, exactly
-        assert float(got[key]) == float(start[key]) + 3
+    for key in counters:  # 3 batches of 10 on top of the start, exactly, and still int64
+        assert got[key].dtype == start[key].dtype == np.int64 and got[key] == start[key] + 3
     means = [k for k in start if k.endswith("running_mean")]
     assert all(not np.allclose(got[k], start[k]) for k in means)  # the statistics moved
     moved = [k for k in start if start[k].dtype.kind == "f" and not np.allclose(got[k], start[k])]

@@ -353,7 +353,7 @@ def test_a_run_that_gets_no_reply_stops_after_three_rounds(tmp_path):
 
 def test_a_residual_cnn_at_a_thousandth_in_keyed_payloads(tmp_path):
     """ResNet's 60 tensors: their names alone are over 1000x's budget; keyed payloads fit it, the
-    integer counters pass through, and transcoding keeps the payloads keyed."""
+    integer counters travel inside them, and transcoding keeps the payloads keyed."""
     from fedzip.fl import models
 
     cfg = small_run(
@@ -372,4 +372,6 @@ def test_a_residual_cnn_at_a_thousandth_in_keyed_payloads(tmp_path):
     for row in rows[1:]:
         assert int(row["accepted"]) == 2
         assert int(row["payload_bytes"]) <= 2 * floats // 1000
+        # on the wire, beside each payload: its record's key and the metrics, nothing of the counters
+        assert int(row["uplink_bytes"]) - int(row["payload_bytes"]) <= 2 * 100
     assert 0.0 <= float(rows[-1]["accuracy"]) <= 1.0

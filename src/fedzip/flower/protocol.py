@@ -11,14 +11,15 @@ for two keys added to its ConfigRecord (the one record Flower's DP mods expect):
 and, with ``FedZipStrategy(server_memory="ef21")``, for a client the server
 holds an estimate of:
 
-    ESTIMATE      ArrayRecord {"payload": 1-D uint8 Array}: the client's previous
+    ESTIMATE      ArrayRecord {"payload": a payload's Array, as PAYLOAD}: the client's previous
                   update as the server holds it, compressed; the client uploads
                   its update minus this estimate
 
 Train reply (client -> server): the ClientApp's reply with its one ArrayRecord
 of trained weights replaced by
 
-    PAYLOAD       ArrayRecord {"payload": 1-D uint8 Array}: ``trained - received``
+    PAYLOAD       ArrayRecord {"payload": Array of the payload's bytes as they are,
+                  stype "fedzip", dtype uint8, shape (bytes,)}: ``trained - received``
                   of every tensor, the float ones compressed, the integer and bool
                   ones (BatchNorm's ``num_batches_tracked``) exact (fedzip.exact).
                   An Array, not a ConfigRecord value, so Flower streams it in
@@ -41,6 +42,7 @@ FEEDBACK_KEY = "fedzip.error-feedback"
 FEEDBACK_OPTIONS_KEY = "fedzip.feedback-options"
 PAYLOAD = "fedzip.payload"
 PAYLOAD_ENTRY = "payload"
+PAYLOAD_STYPE = "fedzip"  # an Array whose data is a payload's bytes as they are
 ESTIMATE = "fedzip.estimate"
 # ArrayRecords in the node's state holding the error-feedback residual and velocity.
 RESIDUAL = "fedzip.residual"
@@ -120,8 +122,9 @@ def pop_settings(content: RecordDict) -> Settings | None:
 
 
 def bytes_array(payload: bytes) -> Array:
-    """A payload as a 1-D uint8 Array: Flower streams Arrays in chunks."""
-    return Array(np.frombuffer(payload, dtype=np.uint8))
+    """A payload as an Array of its bytes as they are (stype PAYLOAD_STYPE, dtype uint8, shape
+    (bytes,)): Flower streams Arrays in chunks; a numpy Array would add a 128-byte .npy header."""
+    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=bytes(payload))
 
 
 def payload_record(payload: bytes) -> ArrayRecord:
@@ -129,11 +132,14 @@ def payload_record(payload: bytes) -> ArrayRecord:
 
 
 def array_bytes(array: Array) -> bytes:
-    """The bytes of a 1-D uint8 Array; ValueError for anything else."""
-    values = array.numpy()
-    if values.dtype != np.uint8 or values.ndim != 1:
-        raise ValueError(f"the payload must be a 1-D uint8 array, got {values.dtype} {values.shape}")
-    return values.tobytes()
+    """The bytes of an Array made by :func:`bytes_array`; ValueError for anything else."""
+    if not isinstance(array, Array) or (array.stype, array.dtype) != (PAYLOAD_STYPE, "uint8"):
+        kind = (array.stype, array.dtype) if isinstance(array, Array) else type(array).__name__
+        raise ValueError(f"a payload is an Array of stype {PAYLOAD_STYPE!r} and dtype uint8, got {kind}")
+    data = bytes(array.data)
+    if tuple(array.shape) != (len(data),):
+        raise ValueError(f"a payload Array of shape {tuple(array.shape)} holds {len(data)} bytes")
+    return data
 
 
 def payload_bytes(record: ArrayRecord) -> bytes:
