@@ -244,6 +244,34 @@ def test_the_norm_reference_carries_over_to_rounds_with_few_replies():
     assert "norm" in strategy.history[-1].failures[0]
 
 
+def test_counters_that_grew_by_hundreds_hide_no_weight_update_and_a_buffer_that_never_moves_stays():
+    """BatchNorm's counters grow by the batches trained: counted with the weights, 360 of change would
+    hide weights 30 times too large under a bound of 10 medians. They are measured apart, and an
+    integer tensor no honest client changes (position ids) may not change at all."""
+    big = {**model(), "ids": np.arange(6, dtype=np.int32)}
+    strategy = FedZipStrategy(FedAvg(min_available_nodes=HONEST + 2), compressor=CODEC)
+    messages = list(
+        strategy.configure_train(1, protocol.to_record(big), ConfigRecord({}), FakeGrid(HONEST + 2))
+    )
+
+    def update(i, factor=1.0, ids=0):
+        grown = {**scaled(honest_update(i), factor), "count": np.array(360, np.int64)}
+        return {**grown, "ids": np.full(6, ids, np.int32)}
+
+    hostile = [update(90, factor=30.0), update(91, ids=1)]
+    replies = [
+        reply(m, CODEC.encode(u))
+        for m, u in zip(messages, hostile + [update(i) for i in range(HONEST)], strict=True)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    stats = strategy.history[-1]
+    assert stats.accepted == HONEST, stats.failures
+    assert "update norm" in stats.failures[0] and "integer tensor 'ids' changed" in stats.failures[1]
+    got = protocol.from_record(arrays)
+    assert got["count"] == 4 + 360 and got["count"].dtype == np.int64
+    np.testing.assert_array_equal(got["ids"], np.arange(6))
+
+
 # --- decoders: every compressor, structure-aware mutations behind a valid checksum ---------------
 
 COMPRESSORS = [

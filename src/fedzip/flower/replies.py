@@ -29,13 +29,14 @@ class Rejected(Exception):
 
 def restore(
     reply: Message, reference: dict[str, np.ndarray], weights_key: str | None, compressor: Compressor
-) -> tuple[bytes, float, wire.Layout | None]:
+) -> tuple[bytes, tuple[float, dict[str, float]], wire.Layout | None]:
     """Replace the payload in ``reply`` by the client's trained weights (under ``weights_key``).
 
     Checks the record layout, the container, the tensors against ``reference``
     (the global model the client was sent) and ``compressor``'s encodings, and
-    the values once applied. Returns the payload, the norm of the update and,
-    for a keyed payload, the layout it was decoded with; raises :class:`Rejected` saying why a reply
+    the values once applied. Returns the payload, the norms of the update (of
+    its float tensors, and of each integer or bool tensor's change) and, for a
+    keyed payload, the layout it was decoded with; raises :class:`Rejected` saying why a reply
     cannot be used.
     """
     content = reply.content
@@ -68,7 +69,8 @@ def restore(
     except FormatError as exc:
         raise Rejected(f"malformed payload: {exc}") from exc
     trained = {}
-    squares = 0.0
+    squares = 0.0  # of the float tensors' change
+    counted = {}  # norm of each integer or bool tensor's change
     for name, base in reference.items():
         if exact.is_exact(update[name]):
             value = exact.apply(base, update[name])
@@ -80,11 +82,15 @@ def restore(
                 value = (base + delta).astype(delta.dtype, copy=False)
             if not np.isfinite(value).all():
                 raise Rejected(f"tensor {name!r} is not finite once the update is applied")
-        squares += float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
+        square = float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
+        if exact.is_exact(value):
+            counted[name] = math.sqrt(square)
+        else:
+            squares += square
         trained[name] = value
     del content[protocol.PAYLOAD]
     content[weights_key] = protocol.to_record(trained)
-    return payload, math.sqrt(squares), layout
+    return payload, (math.sqrt(squares), counted), layout
 
 
 def _sender_layout(payload: bytes, model: dict[str, np.ndarray]) -> wire.Layout:
@@ -202,13 +208,37 @@ class NormGuard:
     """Rejects updates whose norm is far above the round's median (``bound`` times it) or above ``limit``.
 
     The median is taken over at least three replies, so that one reply cannot
-    move it; with fewer, the last round's median stands.
+    move it; with fewer, the last round's median stands. The change of each
+    integer and bool tensor (BatchNorm's counters: counts, not weights) is
+    measured apart, else it would hide the scale of the weights' update, and
+    held to ``bound`` times its own median (a median of 0 allows no change).
     """
 
     def __init__(self, bound: float | None = None, limit: float | None = None) -> None:
         self.bound = bound
         self.limit = limit
         self.reference: float | None = None  # the last median of at least three norms
+        self.counted: dict[str, float] = {}  # the same, of each integer or bool tensor's change
+
+    def screen(self, norms: list[tuple[float, dict[str, float]]]) -> list[str]:
+        """Why each update (the norms of its float tensors and of each integer or bool tensor's
+        change) is rejected; "" for those accepted."""
+        largest = self.largest([norm for norm, _ in norms])
+        if self.bound is not None and len(norms) >= 3:
+            for name in norms[0][1]:
+                self.counted[name] = float(np.median([counts.get(name, 0.0) for _, counts in norms]))
+        reasons = []
+        for norm, counts in norms:
+            reason = f"update norm {norm:.4g} exceeds the bound {largest:.4g}" if norm > largest else ""
+            for name, count in counts.items():
+                most = None if self.bound is None else self.counted.get(name)
+                if not reason and most is not None and count > self.bound * most:
+                    reason = (
+                        f"its integer tensor {name!r} changed by {count:.4g} (norm), beyond the bound "
+                        f"{self.bound * most:.4g} ({self.bound:g} times the median change)"
+                    )
+            reasons.append(reason)
+        return reasons
 
     def largest(self, norms: list[float]) -> float:
         """The largest update norm accepted this round."""

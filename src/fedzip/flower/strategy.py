@@ -72,10 +72,12 @@ class FedZipStrategy(StrategyWrapper):
         norm_bound: a reply whose update norm exceeds this many times the median
             update norm of the round is rejected (the median of the last round
             with three or more replies when this one has fewer); ``None`` turns
-            the check off.
-        max_update_norm: an absolute bound on every reply's update norm.
+            the check off. The change of integer and bool tensors (BatchNorm's
+            counters) is held apart to this many times its own median.
+        max_update_norm: an absolute bound on every reply's update norm (of its
+            float tensors).
         on_payload: called as ``on_payload(round, payload)`` for every accepted payload
-            (keyed ones decode with ``layout=`` the global model less its integer tensors).
+            (keyed ones decode with ``layout=`` the global model).
         warmup: a :class:`~fedzip.schedule.KeepWarmup`: clients keep more in
             the first rounds (the compressor's keep, or byte budget, scaled up).
         momentum: with error feedback, DGC's momentum correction on the
@@ -285,7 +287,7 @@ class FedZipStrategy(StrategyWrapper):
         self._pending = None
         reference = protocol.from_record(self._current if self._current is not None else ArrayRecord())
         forwarded: dict[int, Message] = {}  # reply index -> the message the inner strategy gets
-        candidates: list[tuple[int, Message, bytes, float, int]] = []
+        candidates: list[tuple[int, Message, bytes, tuple[float, dict[str, float]]]] = []
         configuration: list[str] = []
 
         replies = list(replies)
@@ -322,19 +324,19 @@ class FedZipStrategy(StrategyWrapper):
                 continue
             try:
                 check_metrics(reply, weighted_by)
-                payload, norm, layout = restore(reply, reference, self._weights_key, self.compressor)
+                payload, norms, layout = restore(reply, reference, self._weights_key, self.compressor)
                 if layout is not None and self.memory is not None:
                     self.memory.layout = layout  # keyed payloads it keeps decode with the model's layout
             except Rejected as exc:
                 reject(index, reply, str(exc), exc.configuration)
                 continue
-            candidates.append((index, reply, payload, norm))
+            candidates.append((index, reply, payload, norms))
 
-        bound = self._norms.largest([norm for *_, norm in candidates])
         kept = []
-        for index, reply, payload, norm in candidates:
-            if norm > bound:
-                reject(index, reply, f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
+        reasons = self._norms.screen([norms for *_, norms in candidates])
+        for (index, reply, payload, _), reason in zip(candidates, reasons, strict=True):
+            if reason:
+                reject(index, reply, reason)
             else:
                 kept.append((index, reply, payload))
         order: dict[int, bytes] = {}
