@@ -29,6 +29,17 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
+def delivered(message):
+    """``message`` as its node receives it over the wire: a message of its own with a copy of the content."""
+    from flwr.app import Message, RecordDict
+
+    return Message(
+        RecordDict(dict(message.content.items())),
+        dst_node_id=message.metadata.dst_node_id,
+        message_type=message.metadata.message_type,
+    )
+
+
 class FakeGrid:
     """The part of Flower's Grid that strategies use to sample nodes."""
 

@@ -181,7 +181,7 @@ def test_a_batchnorm_models_counters_travel_exactly_both_ways_through_flower(rng
     from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg
 
-    from conftest import FakeGrid
+    from conftest import FakeGrid, delivered
     from fedzip.flower import FedZipStrategy, downlink, fedzip_mod, protocol, replica
 
     model = {
@@ -229,11 +229,7 @@ def test_a_batchnorm_models_counters_travel_exactly_both_ways_through_flower(rng
         replies = []
         for message in messages:
             node = message.metadata.dst_node_id
-            msg = Message(
-                RecordDict(dict(message.content.items())),
-                dst_node_id=node,
-                message_type=message.metadata.message_type,
-            )
+            msg = delivered(message)
             reply = fedzip_mod(msg, contexts[node], client(node))
             assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
             assert list(reply.content.array_records) == [protocol.PAYLOAD]

@@ -13,7 +13,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
 import fedzip
-from conftest import FakeGrid
+from conftest import FakeGrid, delivered
 from fedzip.flower import ConfigurationError, FedZipStrategy, fedzip_mod, protocol
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -552,11 +552,7 @@ def test_compressed_downloads_keep_every_client_on_the_servers_replica(rng, down
         replies = []
         for message in messages:
             node = message.metadata.dst_node_id
-            msg = Message(
-                RecordDict(dict(message.content.items())),
-                dst_node_id=node,
-                message_type=message.metadata.message_type,
-            )
+            msg = delivered(message)
             reply = fedzip_mod(msg, contexts[node], make_client(deltas[node], 10))
             replies.append(reply)
             if not reply.has_error():
@@ -649,11 +645,7 @@ def test_a_shared_start_sends_no_model_in_round_one(rng):
             node = message.metadata.dst_node_id
             sizes[node] = sum(r.count_bytes() for r in message.content.values())
             dense = downlink.DOWN_MODEL in message.content.array_records
-            msg = Message(
-                RecordDict(dict(message.content.items())),
-                dst_node_id=node,
-                message_type=message.metadata.message_type,
-            )
+            msg = delivered(message)
             client = make_client(delta, 10)
             if mods[node] is None:
                 reply = fedzip_mod(msg, contexts[node], client)

@@ -21,8 +21,6 @@ from .sparsify import peak_magnitude
 
 Update = Mapping[str, np.ndarray]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-EXACT_DTYPES = tuple(dtype for dtype in wire.DTYPES.values() if dtype.kind != "f")
 
 
 class Compressor(ABC):
@@ -128,7 +126,7 @@ def check_update(update: Update) -> dict[str, np.ndarray]:
         if len(name.encode("utf-8")) > 65535:
             raise ValueError(f"tensor name {name[:40]!r}... is longer than 65535 bytes")
         array = np.asarray(value)
-        if array.dtype not in FLOAT_DTYPES and array.dtype not in EXACT_DTYPES:
+        if array.dtype not in wire.DTYPE_CODES:  # the dtypes the format can carry
             raise ValueError(
                 f"tensor {name!r} has dtype {array.dtype}; fedzip compresses float16/32/64 tensors "
                 "and carries integer and bool ones exactly: cast it first (e.g. array.astype(np.float32))"

@@ -235,17 +235,21 @@ class FedZip(Compressor):
         centroids, labels = quantize(flat[positions], self.clusters)
         return Quantized(array.shape, array.dtype, positions, labels, centroids)
 
-    def _limit(self, arrays: dict[str, np.ndarray], limit: int | None = None) -> int:
+    def _limit(
+        self, arrays: dict[str, np.ndarray], fixed: dict[str, wire.Record], limit: int | None = None
+    ) -> int:
         """The bytes left for the float tensors of ``arrays`` within the budget (``limit``, default
-        this codec's): what the integer and bool tensors, sent exactly, take is set aside."""
+        this codec's): what the integer and bool tensors' records (``fixed``) take is set aside."""
         if limit is None:
             limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
-        fixed = [exact.record(name, a) for name, a in arrays.items() if exact.is_exact(a)]
         if not fixed:
             return limit
         keyed = self.known_layout
         reserved = (
-            sum(wire.record_bytes(None if keyed else r.name, r.shape, r.kept, 0, r.body_bits) for r in fixed)
+            sum(
+                wire.record_bytes(None if keyed else r.name, r.shape, r.kept, 0, r.body_bits)
+                for r in fixed.values()
+            )
             + wire.container_bytes(len(arrays), keyed)
             - wire.container_bytes(len(arrays) - len(fixed), keyed)
         )
@@ -256,14 +260,17 @@ class FedZip(Compressor):
             )
         return limit - reserved
 
-    def _quantize_all(self, arrays: dict[str, np.ndarray]) -> dict[str, Quantized | Packed]:
-        """The float tensors of ``arrays`` (checked), quantized or as the budget chooses."""
-        floats = _floats(arrays)
+    def _quantize_all(
+        self, arrays: dict[str, np.ndarray], fixed: dict[str, wire.Record]
+    ) -> dict[str, Quantized | Packed]:
+        """The float tensors of ``arrays`` (checked), quantized or as the budget chooses (beside the
+        records ``fixed`` of the integer and bool tensors)."""
+        floats = exact.floats(arrays)
         if self.budget_bytes is None and self.budget_ratio is None:
             return {name: self.quantize(name, array) for name, array in floats.items()}
         for name, array in floats.items():
             check_values(name, array)
-        limit = self._limit(arrays)
+        limit = self._limit(arrays, fixed)
         arrays = floats
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
@@ -278,8 +285,8 @@ class FedZip(Compressor):
         if self.budget_split != "error":
             raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
         arrays = check_update(update)
-        limit = self._limit(arrays, limit)
-        return {name: option for name, (option, _) in self._choose(_floats(arrays), limit).items()}
+        limit = self._limit(arrays, _exact_records(arrays), limit)
+        return {name: option for name, (option, _) in self._choose(exact.floats(arrays), limit).items()}
 
     def _choose(
         self, arrays: dict[str, np.ndarray], limit: int
@@ -301,15 +308,17 @@ class FedZip(Compressor):
         shapes = {name: array.shape for name, array in arrays.items()}
         return budget.choose(options, limit, self.encoding, shapes, keyed=self.known_layout)
 
-    def _compress_all(self, update: Update) -> dict[str, Quantized | Packed]:
-        """Every float tensor quantized (Top-z) or, with ``rank``, its matrices factored; for the
-        keyed container, with bfloat16 centroids. Integer and bool tensors are not in it."""
+    def _compress_all(self, update: Update) -> dict[str, Quantized | Packed | wire.Record]:
+        """Every tensor of ``update``, in order: a float one quantized (Top-z) or, with ``rank``, a
+        matrix factored, for the keyed container with bfloat16 centroids; an integer or bool one as
+        its exact record."""
         arrays = check_update(update)
+        fixed = _exact_records(arrays)
         if self.rank is None:
-            out = self._quantize_all(arrays)
+            out = self._quantize_all(arrays, fixed)
         else:
             out = {}
-            for name, array in _floats(arrays).items():
+            for name, array in exact.floats(arrays).items():
                 if factor_rank(array.shape, self.rank):
                     check_values(name, array)
                     out[name] = pack_factors(array, self.rank, int(self.clusters), self.iterations)
@@ -317,7 +326,7 @@ class FedZip(Compressor):
                     out[name] = self.quantize(name, array)
         if self.known_layout:
             out = {name: _bfloat16_centroids(item) for name, item in out.items()}
-        return out
+        return {name: fixed[name] if name in fixed else out[name] for name in arrays}
 
     def approximate(self, update: Update) -> dict[str, np.ndarray]:
         return _approximation(self._compress_all(update), update)
@@ -335,8 +344,8 @@ class FedZip(Compressor):
         compressed = self._compress_all(update)
         payload = self._encode(compressed, update)
         for name, flat in flats.items():
-            item = compressed.get(name)
-            if item is None:  # sent exactly
+            item = compressed[name]
+            if isinstance(item, wire.Record):  # sent exactly
                 flat[...] = 0
             elif not isinstance(item, Quantized):  # factors
                 item.subtract_from(flat)
@@ -344,16 +353,15 @@ class FedZip(Compressor):
                 flat[item.positions] -= item.centroids.astype(item.dtype)[item.labels]
         return payload
 
-    def _encode(self, compressed: dict[str, Quantized | Packed], update: Update) -> bytes:
+    def _encode(self, compressed: dict[str, Quantized | Packed | wire.Record], update: Update) -> bytes:
         records = []
-        for name, array in update.items():
-            item = compressed.get(name)
-            if item is None:
-                records.append(exact.record(name, array))
+        for name, item in compressed.items():
+            if isinstance(item, wire.Record):
+                records.append(item)
             elif isinstance(item, Quantized):
                 records.append(quantized_record(name, item, self.encoding))
             else:
-                records.append(packed_record(name, np.asarray(array), FACTORS_ID, item))
+                records.append(packed_record(name, np.asarray(update[name]), FACTORS_ID, item))
         return wire.write(records, keyed=self.known_layout)
 
 
@@ -365,19 +373,21 @@ def _bfloat16_centroids(item: Quantized | Packed) -> Quantized | Packed:
     return item.with_params(wire.bfloat16(item.params))
 
 
-def _floats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: array for name, array in arrays.items() if not exact.is_exact(array)}
+def _exact_records(arrays: dict[str, np.ndarray]) -> dict[str, wire.Record]:
+    """The records of the integer and bool tensors of ``arrays``: sent exactly, whatever the budget."""
+    return {name: exact.record(name, array) for name, array in arrays.items() if exact.is_exact(array)}
 
 
-def _approximation(compressed: dict[str, Quantized | Packed], update: Update) -> dict[str, np.ndarray]:
+def _approximation(
+    compressed: dict[str, Quantized | Packed | wire.Record], update: Update
+) -> dict[str, np.ndarray]:
     """What the payload of ``compressed`` decodes to, in ``update``'s order."""
-    return {
-        name: np.array(array, copy=True) if name not in compressed else _dense(compressed[name], array)
-        for name, array in update.items()
-    }
+    return {name: _dense(item, update[name]) for name, item in compressed.items()}
 
 
-def _dense(item: Quantized | Packed, array: np.ndarray) -> np.ndarray:
+def _dense(item: Quantized | Packed | wire.Record, array: np.ndarray) -> np.ndarray:
+    if isinstance(item, wire.Record):  # sent exactly
+        return np.array(array, copy=True)
     if isinstance(item, Quantized):
         return item.dense()
     return item.values.astype(np.asarray(array).dtype).reshape(np.shape(array))

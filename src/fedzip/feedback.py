@@ -79,7 +79,7 @@ class ErrorFeedback:
         """
         given = check_update(update)
         # integer and bool tensors travel exactly: nothing of them is left over or accumulated
-        arrays = {name: a for name, a in given.items() if not exact.is_exact(a)}
+        arrays = exact.floats(given)
         for name, array in arrays.items():
             # before anything is added: a bad update must not spoil the residual
             check_values(name, array)

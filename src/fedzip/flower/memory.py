@@ -146,7 +146,7 @@ class UpdateMemory:
             kept = (payload,)
             if self.mode == "ef21" and node in self.sent:  # the upload is update - estimate
                 kept = (self.sent[node], payload)
-                for name, delta in _floats(decode(self.sent.pop(node), layout=self.layout)).items():
+                for name, delta in exact.floats(decode(self.sent.pop(node), layout=self.layout)).items():
                     update[name] = update[name] + delta if name in update else delta
             for name, delta in update.items():
                 total = self._sum.setdefault(name, np.zeros(delta.shape, dtype=np.float64))
@@ -186,15 +186,10 @@ class UpdateMemory:
         for _, reply, payload in accepted:
             metrics = next(iter(reply.content.metric_records.values()), {})
             weight = float(metrics.get(weighted_by, 1.0)) if weighted_by else 1.0
-            update = _floats(decode(payload, layout=self.layout))
+            update = exact.floats(decode(payload, layout=self.layout))
             entries.append((reply.metadata.src_node_id, weight, payload, update))
         for (_, reply, *_), update in zip(accepted, self.adjust(entries, server_round), strict=True):
             trained = protocol.from_record(reply.content[weights_key])
             for name, delta in update.items():
                 trained[name] = (reference[name] + delta).astype(delta.dtype)
             reply.content[weights_key] = protocol.to_record(trained)
-
-
-def _floats(update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The float tensors of a decoded update: what the memory holds and adjusts."""
-    return {name: delta for name, delta in update.items() if not exact.is_exact(delta)}

@@ -53,7 +53,7 @@ def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[st
     if key not in context.state.array_records:
         return {}
     stored = protocol.from_record(context.state.array_records[key])
-    floats = {k: v for k, v in update.items() if not exact.is_exact(v)}  # the state holds no others
+    floats = exact.floats(update)  # the state holds no others
     fits = list(stored) == list(floats) and all(
         stored[k].shape == v.shape and stored[k].dtype == v.dtype for k, v in floats.items()
     )

@@ -72,7 +72,8 @@ def restore(
     squares = 0.0  # of the float tensors' change
     counted = {}  # norm of each integer or bool tensor's change
     for name, base in reference.items():
-        if exact.is_exact(update[name]):
+        counter = exact.is_exact(update[name])
+        if counter:
             value = exact.apply(base, update[name])
             delta = value.astype(np.float64) - base
         else:
@@ -83,7 +84,7 @@ def restore(
             if not np.isfinite(value).all():
                 raise Rejected(f"tensor {name!r} is not finite once the update is applied")
         square = float(np.dot(delta.reshape(-1), delta.reshape(-1).astype(np.float64)))
-        if exact.is_exact(value):
+        if counter:
             counted[name] = math.sqrt(square)
         else:
             squares += square
@@ -224,29 +225,36 @@ class NormGuard:
         """Why each update (the norms of its float tensors and of each integer or bool tensor's
         change) is rejected; "" for those accepted."""
         largest = self.largest([norm for norm, _ in norms])
-        if self.bound is not None and len(norms) >= 3:
-            for name in norms[0][1]:
-                self.counted[name] = float(np.median([counts.get(name, 0.0) for _, counts in norms]))
+        for name in norms[0][1] if norms else ():
+            median = self._median([counts.get(name, 0.0) for _, counts in norms], self.counted.get(name))
+            if median is not None:
+                self.counted[name] = median
+        most = {} if self.bound is None else {name: self.bound * m for name, m in self.counted.items()}
         reasons = []
         for norm, counts in norms:
-            reason = f"update norm {norm:.4g} exceeds the bound {largest:.4g}" if norm > largest else ""
-            for name, count in counts.items():
-                most = None if self.bound is None else self.counted.get(name)
-                if not reason and most is not None and count > self.bound * most:
-                    reason = (
-                        f"its integer tensor {name!r} changed by {count:.4g} (norm), beyond the bound "
-                        f"{self.bound * most:.4g} ({self.bound:g} times the median change)"
-                    )
-            reasons.append(reason)
+            over = next((name for name, count in counts.items() if count > most.get(name, math.inf)), None)
+            if norm > largest:
+                reasons.append(f"update norm {norm:.4g} exceeds the bound {largest:.4g}")
+            elif over is not None:
+                reasons.append(
+                    f"its integer tensor {over!r} changed by {counts[over]:.4g} (norm), beyond the bound "
+                    f"{most[over]:.4g} ({self.bound:g} times the median change)"
+                )
+            else:
+                reasons.append("")
         return reasons
 
     def largest(self, norms: list[float]) -> float:
         """The largest update norm accepted this round."""
         limit = self.limit if self.limit is not None else float("inf")
-        if self.bound is None:
-            return limit
-        if len(norms) >= 3:  # a median that one reply cannot move
-            self.reference = float(np.median(norms))
-        if self.reference is not None and self.reference > 0:
+        self.reference = self._median(norms, self.reference)
+        if self.bound is not None and self.reference is not None and self.reference > 0:
             limit = min(limit, self.bound * self.reference)
         return limit
+
+    def _median(self, values: list[float], last: float | None) -> float | None:
+        """The median of ``values`` when one value cannot move it (three or more), else ``last``
+        (kept as it is while there is no bound)."""
+        if self.bound is None or len(values) < 3:
+            return last
+        return float(np.median(values))
