@@ -41,7 +41,9 @@ def _largest_first(magnitude: np.ndarray, count: int) -> np.ndarray:
     return top[np.lexsort((top, -magnitude[top]))]
 
 
-def _below_smallest(budget: int, spent: int, keyed: bool) -> ValueError:
+def _below_smallest(budget: int, spent: int, keyed: bool, reserved: int) -> ValueError:
+    """The error of a budget below the smallest payload; ``reserved``: bytes the caller set aside
+    before ``budget`` (integer tensors sent exactly), named in the user's terms."""
     keyed_hint = (
         ""
         if keyed
@@ -49,8 +51,10 @@ def _below_smallest(budget: int, spent: int, keyed: bool) -> ValueError:
         "every tensor's name, dtype and shape out (about 20 bytes a tensor)"
     )
     return ValueError(
-        f"budget_bytes={budget} is below the smallest payload for this update ({spent} bytes: one entry "
-        f"per tensor, dense biases and the headers); raise the budget or set sparsify_1d=True{keyed_hint}"
+        f"budget_bytes={budget + reserved} is below the smallest payload for this update "
+        f"({spent + reserved} bytes: one entry per tensor, dense biases"
+        f"{', integer tensors sent exactly' if reserved else ''} and the headers); raise the budget or "
+        f"set sparsify_1d=True{keyed_hint}"
     )
 
 
@@ -71,8 +75,11 @@ def _hull(options: list[Option]) -> list[Option]:
     return frontier
 
 
-def allocate(per_tensor: dict[str, list[Option]], budget: int, keyed: bool = False) -> dict[str, Option]:
-    """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes.
+def allocate(
+    per_tensor: dict[str, list[Option]], budget: int, keyed: bool = False, reserved: int = 0
+) -> dict[str, Option]:
+    """The option of every tensor that minimises total error with a payload of at most ``budget`` bytes
+    (``reserved``: bytes set aside before it, named when it is too small).
 
     Greedy on the convex hulls first (the step that removes the most error per byte); then the bytes
     the hulls' steps could not use go, one tensor at a time, to the candidate off the hull that
@@ -83,7 +90,7 @@ def allocate(per_tensor: dict[str, list[Option]], budget: int, keyed: bool = Fal
     chosen = {name: 0 for name in hulls}
     spent = overhead + sum(options[0].record_bytes for options in hulls.values())
     if spent > budget:
-        raise _below_smallest(budget, spent, keyed)
+        raise _below_smallest(budget, spent, keyed, reserved)
     heap: list[tuple[float, str]] = []
 
     def push(name: str) -> None:
@@ -127,6 +134,7 @@ def choose(
     encoding: str,
     shapes: dict[str, tuple[int, ...]],
     keyed: bool = False,
+    reserved: int = 0,
 ) -> dict[str, tuple[Option, Quantized | Packed]]:
     """Every tensor's option within ``budget``, built (:func:`allocate`, then :func:`settle`).
 
@@ -146,7 +154,7 @@ def choose(
                 for name, options in per_tensor.items()
             }
         )
-    allocations = [(options, allocate(options, budget, keyed)) for options in option_sets]
+    allocations = [(options, allocate(options, budget, keyed, reserved)) for options in option_sets]
     priced = [sum(o.error for o in chosen.values()) for _, chosen in allocations]
     best, least = {}, math.inf
     for (options, chosen), priced_error in zip(allocations, priced, strict=True):
@@ -301,13 +309,14 @@ def largest_uniform_keep(
     budget: int,
     steps: int = 24,
     keyed: bool = False,
+    reserved: int = 0,
 ) -> dict[str, Quantized]:
     """Top-z's own rule under a budget: one kept fraction for every sparsified tensor, as large as fits.
 
     Each tensor keeps its largest ``keep_count(size, keep)`` nonzero entries
     with ``clusters`` k-means clusters, exactly as ``FedZip(keep=keep)``
     would; ``keep`` is found by bisection on its logarithm. ``keyed``: priced
-    for the keyed container.
+    for the keyed container; ``reserved`` as :func:`allocate`'s.
     """
     from .quantize import quantize
     from .sparsify import keep_count
@@ -340,7 +349,7 @@ def largest_uniform_keep(
 
     smallest, spent = build(0.0)  # one entry per sparsified tensor
     if spent > budget:
-        raise _below_smallest(budget, spent, keyed)
+        raise _below_smallest(budget, spent, keyed, reserved)
     whole, spent = build(1.0)
     if spent <= budget:
         return whole

@@ -237,13 +237,13 @@ class FedZip(Compressor):
 
     def _limit(
         self, arrays: dict[str, np.ndarray], fixed: dict[str, wire.Record], limit: int | None = None
-    ) -> int:
+    ) -> tuple[int, int]:
         """The bytes left for the float tensors of ``arrays`` within the budget (``limit``, default
-        this codec's): what the integer and bool tensors' records (``fixed``) take is set aside."""
+        this codec's), and those set aside for the integer and bool tensors' records (``fixed``)."""
         if limit is None:
             limit = self.budget_bytes or int(sum(a.nbytes for a in arrays.values()) / self.budget_ratio)
         if not fixed:
-            return limit
+            return limit, 0
         keyed = self.known_layout
         reserved = (
             sum(
@@ -258,7 +258,7 @@ class FedZip(Compressor):
                 f"a budget of {limit} bytes does not cover the update's integer and bool tensors, sent "
                 f"exactly ({reserved} bytes): raise the budget"
             )
-        return limit - reserved
+        return limit - reserved, reserved
 
     def _quantize_all(
         self, arrays: dict[str, np.ndarray], fixed: dict[str, wire.Record]
@@ -270,14 +270,20 @@ class FedZip(Compressor):
             return {name: self.quantize(name, array) for name, array in floats.items()}
         for name, array in floats.items():
             check_values(name, array)
-        limit = self._limit(arrays, fixed)
+        limit, reserved = self._limit(arrays, fixed)
         arrays = floats
         if self.budget_split == "uniform":
             sparsified = {name: self._sparsified(array) for name, array in arrays.items()}
             return budget.largest_uniform_keep(
-                arrays, sparsified, self.clusters, self.encoding, limit, keyed=self.known_layout
+                arrays,
+                sparsified,
+                self.clusters,
+                self.encoding,
+                limit,
+                keyed=self.known_layout,
+                reserved=reserved,
             )
-        return {name: item for name, (_, item) in self._choose(arrays, limit).items()}
+        return {name: item for name, (_, item) in self._choose(arrays, limit, reserved).items()}
 
     def plan(self, update: Update, limit: int | None = None) -> dict[str, Option]:
         """What an ``"error"`` budget chooses for every tensor of ``update``: its form, size, bytes and
@@ -285,11 +291,12 @@ class FedZip(Compressor):
         if self.budget_split != "error":
             raise ValueError("plan() is the choice of an 'error' budget: this codec has none")
         arrays = check_update(update)
-        limit = self._limit(arrays, _exact_records(arrays), limit)
-        return {name: option for name, (option, _) in self._choose(exact.floats(arrays), limit).items()}
+        limit, reserved = self._limit(arrays, _exact_records(arrays), limit)
+        chosen = self._choose(exact.floats(arrays), limit, reserved)
+        return {name: option for name, (option, _) in chosen.items()}
 
     def _choose(
-        self, arrays: dict[str, np.ndarray], limit: int
+        self, arrays: dict[str, np.ndarray], limit: int, reserved: int
     ) -> dict[str, tuple[Option, Quantized | Packed]]:
         total = sum(array.size for array in arrays.values())
         options = {
@@ -306,7 +313,9 @@ class FedZip(Compressor):
             for name, array in arrays.items()
         }
         shapes = {name: array.shape for name, array in arrays.items()}
-        return budget.choose(options, limit, self.encoding, shapes, keyed=self.known_layout)
+        return budget.choose(
+            options, limit, self.encoding, shapes, keyed=self.known_layout, reserved=reserved
+        )
 
     def _compress_all(self, update: Update) -> dict[str, Quantized | Packed | wire.Record]:
         """Every tensor of ``update``, in order: a float one quantized (Top-z) or, with ``rank``, a

@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy
 
-from .. import exact, wire
+from .. import exact, statistics, wire
 from ..abc import Compressor
 from ..errors import FormatError
 from ..payload import decode_records
@@ -147,20 +147,31 @@ def check_header(
             )
 
 
-def keep_dtypes(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> ArrayRecord | None:
-    """The aggregate with its integer and bool tensors in the dtypes of the model the clients were
-    sent (``reference``): Flower's FedAvg averages them in float64. Rounded to the nearest, so that
-    the model stays the one clients hold and its counters keep travelling exactly; a new record (the
-    inner strategy may keep its own)."""
+def as_model(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> ArrayRecord | None:
+    """The aggregate made a model again, against the model the clients were sent (``reference``):
+    its integer and bool tensors in their dtypes (Flower's FedAvg averages them in float64), rounded
+    to the nearest, so that the model stays the one clients hold and its counters keep travelling
+    exactly; its running variances positive (:func:`fedzip.statistics.positive_variance`). A new
+    record when anything changed (the inner strategy may keep its own)."""
     if arrays is None:
         return None
-    dtypes = {name: a.dtype for name, a in reference.items() if exact.is_exact(a) and name in arrays}
-    changed = [name for name, dtype in dtypes.items() if np.dtype(arrays[name].dtype) != dtype]
+    changed = {}
+    for name, old in reference.items():
+        if name not in arrays:
+            continue
+        if exact.is_exact(old):
+            if np.dtype(arrays[name].dtype) != old.dtype:
+                changed[name] = exact.as_dtype(arrays[name].numpy(), old.dtype)
+        elif statistics.is_variance(name):
+            new = arrays[name].numpy()
+            kept = statistics.positive_variance(new, old)
+            if kept is not new:
+                changed[name] = kept
     if not changed:
         return arrays
     out = ArrayRecord(dict(arrays.items()))
-    for name in changed:
-        out[name] = Array(exact.as_dtype(arrays[name].numpy(), dtypes[name]))
+    for name, array in changed.items():
+        out[name] = Array(array)
     return out
 
 

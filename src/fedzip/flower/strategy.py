@@ -29,9 +29,9 @@ from .options import check_client_dp, feedback_settings
 from .replies import (
     NormGuard,
     Rejected,
+    as_model,
     check_metrics,
     consistent,
-    keep_dtypes,
     restore,
     weighting_key,
 )
@@ -390,4 +390,4 @@ class FedZipStrategy(StrategyWrapper):
             log(WARNING, "FedZipStrategy: round %d not aggregated: %s", server_round, exc)
             return None, None
         stats.aggregated = True
-        return keep_dtypes(result[0], reference), result[1]
+        return as_model(result[0], reference), result[1]
