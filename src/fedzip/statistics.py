@@ -2,7 +2,7 @@
 
 A variance is positive, and so is the average of the clients'; but a lossy upload of a small one
 can cross zero, and one negative running variance turns every evaluation of the model into NaN
-(measured: 15 of a residual CNN's first 50 rounds at 1000x evaluated at chance, NaN loss; the
+(measured: 12 of a residual CNN's first 50 rounds at 1000x evaluated at chance, NaN loss; the
 clients, training on batch statistics, recovered the round after).
 """
 
