@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,6 +37,33 @@ FACTOR_LEVELS = (2, 3, 4, 8)
 # at least MIN_PRICED entries): on the probe's real updates the budget never gave a tensor more.
 SHARE_LIMIT = 8.0
 MIN_PRICED = 4096
+
+
+def checked_representations(chosen: Sequence[str] | None, split: str) -> list[str] | None:
+    """The representations an ``"error"`` budget chooses from, in a fixed order; None for ``"uniform"``."""
+    if split == "uniform":
+        if chosen is not None:
+            raise ValueError("a 'uniform' budget is Top-z's own rule: drop representations")
+        return None
+    if chosen is None:
+        return list(REPRESENTATIONS)
+    if isinstance(chosen, str) or not all(isinstance(r, str) for r in chosen):
+        raise ValueError(
+            f"representations must be a list of names such as ['top-z', 'factors'], got {chosen!r}"
+        )
+    if "dense" in chosen:
+        raise ValueError(
+            "'dense' is Top-z keeping every entry (no positions travel then): the budget tries it under "
+            "'top-z'; give representations=['top-z', 'factors'] or drop the option"
+        )
+    unknown = sorted(set(chosen) - set(REPRESENTATIONS))
+    if unknown or not chosen:
+        raise ValueError(
+            f"representations must be some of {', '.join(REPRESENTATIONS)}, got {list(chosen)!r}"
+        )
+    if set(chosen) == {"factors"}:
+        raise ValueError("factors cannot send vectors or small tensors: add 'top-z' to representations")
+    return [r for r in REPRESENTATIONS if r in chosen]
 
 
 def price(name: str | None, q: Quantized, encoding: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import budget, candidates, encodings, exact, wire
 from .abc import Compressor, Update, check_update, check_values, writable_flat
-from .candidates import REPRESENTATIONS
+from .candidates import checked_representations
 from .encodings import Quantized
 from .factors import ENCODING_ID as FACTORS_ID
 from .factors import MAX_RANK, factor_rank, pack_factors
@@ -22,33 +22,6 @@ from .registry import register
 from .sparsify import keep_count, top_entries
 
 BUDGET_SPLITS = ("error", "uniform")
-
-
-def _representations(chosen: Sequence[str] | None, split: str) -> list[str] | None:
-    """The representations an ``"error"`` budget chooses from, in a fixed order; None for ``"uniform"``."""
-    if split == "uniform":
-        if chosen is not None:
-            raise ValueError("a 'uniform' budget is Top-z's own rule: drop representations")
-        return None
-    if chosen is None:
-        return list(REPRESENTATIONS)
-    if isinstance(chosen, str) or not all(isinstance(r, str) for r in chosen):
-        raise ValueError(
-            f"representations must be a list of names such as ['top-z', 'factors'], got {chosen!r}"
-        )
-    if "dense" in chosen:
-        raise ValueError(
-            "'dense' is Top-z keeping every entry (no positions travel then): the budget tries it under "
-            "'top-z'; give representations=['top-z', 'factors'] or drop the option"
-        )
-    unknown = sorted(set(chosen) - set(REPRESENTATIONS))
-    if unknown or not chosen:
-        raise ValueError(
-            f"representations must be some of {', '.join(REPRESENTATIONS)}, got {list(chosen)!r}"
-        )
-    if set(chosen) == {"factors"}:
-        raise ValueError("factors cannot send vectors or small tensors: add 'top-z' to representations")
-    return [r for r in REPRESENTATIONS if r in chosen]
 
 
 @register
@@ -152,7 +125,7 @@ class FedZip(Compressor):
                 )
             if budget_split == "uniform" and clusters is None:
                 clusters = 3
-            representations = _representations(representations, budget_split)
+            representations = checked_representations(representations, budget_split)
         else:
             if budget_split is not None:
                 raise ValueError(
