@@ -32,6 +32,28 @@ def local_update(model, weights, images, labels, seed):
     return {k: v.detach().numpy() - weights[k] for k, v in model.state_dict().items()}
 
 
+def client_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The training subset's images and labels and the 10 IID clients' shares of it (seed 0)."""
+    split = datamod.split_for(None, 5000, 12000, 0, 0)
+    images, labels = split.train_test.train_images, split.train_test.train_labels
+    return images, labels, np.array_split(np.random.default_rng(0).permutation(len(labels)), 10)
+
+
+def warmed(name: str, warm: int, images, labels, shares) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    """Model ``name`` (seed 0) and its weights after ``warm`` rounds of FedAvg over every client."""
+    model = training.fast_layout(models.build(name, 10, 0))
+    weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    for round_ in range(warm):
+        updates = [
+            local_update(model, weights, images[s], labels[s], round_ * 10 + i) for i, s in enumerate(shares)
+        ]
+        weights = {
+            k: np.asarray(weights[k] + np.mean([u[k] for u in updates], axis=0)).astype(weights[k].dtype)
+            for k in weights
+        }
+    return model, weights
+
+
 def measure(codec: FedZip, update: dict[str, np.ndarray]) -> tuple[int, float, str, float]:
     """Bytes, relative error, the forms chosen and the fastest of three encodes in seconds."""
     payload, sent = codec.encode_with_approximation(update)
@@ -55,22 +77,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    split = datamod.split_for(None, 5000, 12000, 0, 0)
-    images, labels = split.train_test.train_images, split.train_test.train_labels
-    shares = np.array_split(np.random.default_rng(0).permutation(len(labels)), 10)
+    images, labels, shares = client_data()
     for name in args.models:
         started = time.perf_counter()
-        model = training.fast_layout(models.build(name, 10, 0))
-        weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-        for round_ in range(args.warm):
-            updates = [
-                local_update(model, weights, images[s], labels[s], round_ * 10 + i)
-                for i, s in enumerate(shares)
-            ]
-            weights = {
-                k: np.asarray(weights[k] + np.mean([u[k] for u in updates], axis=0)).astype(weights[k].dtype)
-                for k in weights
-            }
+        model, weights = warmed(name, args.warm, images, labels, shares)
         print(f"\n{name}: {models.parameter_count(model):,} parameters, warmed {args.warm} rounds")
         for client in range(args.clients):
             full = local_update(model, weights, images[shares[client]], labels[shares[client]], 1000 + client)

@@ -15,11 +15,9 @@ import argparse
 
 import numpy as np
 import torch
-from budget_probe import local_update
+from budget_probe import client_data, local_update, warmed
 
-from fedzip import FedZip
-from fedzip.fl import data as datamod
-from fedzip.fl import models, training
+from fedzip import FedZip, exact
 
 
 def squares(arrays: dict[str, np.ndarray]) -> float:
@@ -33,21 +31,10 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[1000.0, 300.0, 100.0])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    split = datamod.split_for(None, 5000, 12000, 0, 0)
-    images, labels = split.train_test.train_images, split.train_test.train_labels
-    shares = np.array_split(np.random.default_rng(0).permutation(len(labels)), 10)
-    model = training.fast_layout(models.build(args.model, 10, 0))
-    weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    for round_ in range(args.warm):
-        updates = [
-            local_update(model, weights, images[s], labels[s], round_ * 10 + i) for i, s in enumerate(shares)
-        ]
-        weights = {
-            k: np.asarray(weights[k] + np.mean([u[k] for u in updates], axis=0)).astype(weights[k].dtype)
-            for k in weights
-        }
+    images, labels, shares = client_data()
+    model, weights = warmed(args.model, args.warm, images, labels, shares)
     full = local_update(model, weights, images[shares[0]], labels[shares[0]], 1000)
-    update = {k: v for k, v in full.items() if v.dtype.kind == "f"}
+    update = exact.floats(full)
     statistic = {k for k in update if k.endswith(("running_mean", "running_var"))}
     parts = {
         "statistics": {k: v for k, v in update.items() if k in statistic},

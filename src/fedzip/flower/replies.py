@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy
 
-from .. import exact, statistics, wire
+from .. import batchnorm, exact, wire
 from ..abc import Compressor
 from ..errors import FormatError
 from ..payload import decode_records
@@ -151,7 +151,7 @@ def as_model(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> Ar
     """The aggregate made a model again, against the model the clients were sent (``reference``):
     its integer and bool tensors in their dtypes (Flower's FedAvg averages them in float64), rounded
     to the nearest, so that the model stays the one clients hold and its counters keep travelling
-    exactly; its running variances positive (:func:`fedzip.statistics.positive_variance`). A new
+    exactly; its running variances positive (:func:`fedzip.batchnorm.positive_variance`). A new
     record when anything changed (the inner strategy may keep its own)."""
     if arrays is None:
         return None
@@ -162,9 +162,9 @@ def as_model(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> Ar
         if exact.is_exact(old):
             if np.dtype(arrays[name].dtype) != old.dtype:
                 changed[name] = exact.as_dtype(arrays[name].numpy(), old.dtype)
-        elif statistics.is_variance(name):
+        elif batchnorm.is_variance(name):
             new = arrays[name].numpy()
-            kept = statistics.positive_variance(new, old)
+            kept = batchnorm.positive_variance(new, old)
             if kept is not new:
                 changed[name] = kept
     if not changed:

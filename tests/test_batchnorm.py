@@ -5,14 +5,14 @@ import pytest
 
 import fedzip
 from conftest import heavy_tailed
-from fedzip import statistics
+from fedzip import batchnorm
 
 
 def test_the_names_of_running_variances():
     for name in ("layer1.0.bn1.running_var", "bn.running_var", "dense/moving_variance"):
-        assert statistics.is_variance(name)
+        assert batchnorm.is_variance(name)
     for name in ("bn.running_mean", "bn.weight", "bn.num_batches_tracked", "running_var.weight"):
-        assert not statistics.is_variance(name)
+        assert not batchnorm.is_variance(name)
 
 
 def test_a_budget_too_small_names_the_users_budget_with_integer_tensors(rng):
@@ -24,11 +24,11 @@ def test_a_budget_too_small_names_the_users_budget_with_integer_tensors(rng):
 def test_a_variance_is_kept_positive_the_way_the_clients_pointed():
     old = np.array([1.0, 0.01, 0.5, -1.0, 0.2], np.float32)
     new = np.array([0.9, -0.2, np.nan, -0.5, 0.0], np.float32)
-    kept = statistics.positive_variance(new, old)
+    kept = batchnorm.positive_variance(new, old)
     assert kept.dtype == np.float32
     np.testing.assert_array_equal(kept, np.array([0.9, 0.005, 0.25, 0.9, 0.1], np.float32))
     fine = np.array([0.3, 0.2], np.float32)
-    assert statistics.positive_variance(fine, fine) is fine
+    assert batchnorm.positive_variance(fine, fine) is fine
 
 
 def test_the_server_keeps_running_variances_positive_whatever_the_replies(rng, task_identity):

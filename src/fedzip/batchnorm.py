@@ -8,17 +8,15 @@ clients, training on batch statistics, recovered the round after).
 
 from __future__ import annotations
 
-import fnmatch
-
 import numpy as np
 
-# PyTorch's name, then Keras's.
-VARIANCES = ("*running_var", "*moving_variance")
+# How the names of running variances end: PyTorch's, then Keras's.
+VARIANCES = ("running_var", "moving_variance")
 
 
 def is_variance(name: str) -> bool:
-    """Whether tensor ``name`` is a BatchNorm running variance (``fnmatch`` on ``VARIANCES``)."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in VARIANCES)
+    """Whether tensor ``name`` is a BatchNorm running variance."""
+    return name.endswith(VARIANCES)
 
 
 def positive_variance(new: np.ndarray, old: np.ndarray) -> np.ndarray:
