@@ -42,8 +42,7 @@ def plateau(group: RunSeeds) -> tuple[float, int, int]:
 
 def paired(group: RunSeeds, reference: RunSeeds, key: str = "accuracy") -> np.ndarray:
     """Final ``key`` minus the reference's, seed by seed, over the seeds both have."""
-    mine = {run.seed: m[-1][key] for run, m in zip(group.runs, group.metrics, strict=True)}
-    theirs = {run.seed: m[-1][key] for run, m in zip(reference.runs, reference.metrics, strict=True)}
+    mine, theirs = group.final_by_seed(key), reference.final_by_seed(key)
     return np.array([mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys(), key=str)], dtype=float)
 
 

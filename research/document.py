@@ -34,7 +34,8 @@ def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[s
         runs: dict[str, Any] = {}
         for name, g in grouped.items():
             seeds = {}
-            for run, summary, metrics in zip(g.runs, g.summaries, g.metrics, strict=True):
+            tests, validations = g.final_by_seed("accuracy"), g.final_by_seed("val_accuracy")
+            for run, summary in zip(g.runs, g.summaries, strict=True):
                 cfg = run.config
                 seeds[str(run.seed)] = {
                     "codec": cfg.label,
@@ -44,8 +45,9 @@ def machine_summary(plans: Sequence[tuple[Plan, dict[str, RunSeeds]]]) -> dict[s
                         "lr": cfg.training.lr,
                     },
                     "rounds": summary["rounds"],
-                    "final_test_accuracy": metrics[-1]["accuracy"],
-                    "final_validation_accuracy": metrics[-1]["val_accuracy"],
+                    # the last round's, or the mean over the last test_last rounds
+                    "final_test_accuracy": tests[run.seed],
+                    "final_validation_accuracy": validations[run.seed],
                     "uplink_payload_bytes": summary["payload_bytes"],
                     "uplink_bytes_as_carried": summary["uplink_bytes"],
                     "compression_ratio": summary["payload_compression_rate"],

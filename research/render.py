@@ -158,7 +158,13 @@ def plan_rows(
         f"**{f'{data.train_limit:,}' if data.train_limit else 'all'} training images** held by the clients, {data.validation:,} validation "
         f"images held out of training, the full test split (10,000 images). {base.server.rounds} rounds, seeds "
         f"{', '.join(map(str, seeds))}; {sum(len(g.summaries) for g in grouped.values())} runs, "
-        f"{wall / 60:.0f} minutes of wall time.",
+        f"{wall / 60:.0f} minutes of wall time."
+        + (
+            f" Test and validation accuracy are each run's mean over its last {base.server.test_last} rounds "
+            "(a sampled round moves the model by up to a point or two)."
+            if base.server.test_last > 1
+            else ""
+        ),
         "",
     ]
     target = None

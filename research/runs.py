@@ -52,7 +52,15 @@ class RunSeeds:
         return self.runs[0].config
 
     def final(self, key: str) -> np.ndarray:
-        return np.array([m[-1][key] for m in self.metrics])
+        """Per seed, the last round's value, or its mean over the last ``server.test_last`` rounds."""
+        return np.array(list(self.final_by_seed(key).values()))
+
+    def final_by_seed(self, key: str) -> dict[int, float]:
+        last = self.config.server.test_last
+        return {
+            run.seed: float(np.nanmean([row[key] for row in m[-last:]]))
+            for run, m in zip(self.runs, self.metrics, strict=True)
+        }
 
     def payload_bytes(self) -> np.ndarray:
         return np.array([s["payload_bytes"] for s in self.summaries], dtype=float)

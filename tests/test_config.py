@@ -72,6 +72,7 @@ def test_equal_configs_are_those_that_build_the_same_compressors():
         ({"error_feedback": {"max_age": 3}}, "enable error feedback"),
         ({"error_feedback": {"enabled": True, "age_decay": 0}}, "age_decay"),
         ({"server": {"shared_start": True}}, "download"),
+        ({"server": {"test_last": 0}}, "test_last must be an integer >= 1"),
         ({"link": "5g"}, "link"),
         ({"training": {"lr_schedule": "step"}}, "lr_schedule"),
         ({"training": {"lr_schedule": "cosine", "lr": 0.05, "lr_final": 0.1}}, "lr_final"),

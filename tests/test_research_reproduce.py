@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import needs
 
 needs.simulation()
@@ -127,3 +129,56 @@ def test_a_seeded_plan_runs_every_seed_resumes_and_writes_means(tmp_path, capsys
     assert "FedAvg reference: the `fedavg` run of plan `seeded`" in text
     topk_row = next(line for line in text.splitlines() if line.startswith("| topk |"))
     assert "| – |" not in topk_row.split("|", 5)[4]  # a paired difference against the reference
+
+
+LAST_ROUNDS_PLAN = """
+[experiment]
+model = "mlp"
+seeds = [0]
+
+[experiment.data]
+train_limit = 600
+test_limit = 300
+validation = 200
+
+[experiment.training]
+batch_size = 10
+
+[experiment.server]
+clients = 4
+fraction = 0.5
+rounds = 4
+test_every = 4
+test_last = 2
+
+[[run]]
+name = "fedavg"
+upload = {id = "none"}
+"""
+
+
+def test_sampled_rounds_report_the_mean_of_the_last_rounds(tmp_path):
+    """With clients sampled the model moves from round to round: test_last evaluates the test split
+    on each of the last rounds, and the summary, the document and its JSON report their mean."""
+    plan = tmp_path / "last.toml"
+    plan.write_text(LAST_ROUNDS_PLAN)
+    doc = tmp_path / "docs" / "results.md"
+    assert reproduce([str(plan), "--out", str(tmp_path / "runs"), "--doc", str(doc)]) == 0
+    run = tmp_path / "runs" / "last" / "fedavg" / "seed-0"
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    # round 0, then the test split only in the last two rounds (test_every is 4: round 4 anyway)
+    assert [r["accuracy"] != "nan" for r in rows] == [True, False, False, True, True]
+    tested = [float(r["accuracy"]) for r in rows[3:]]
+    validated = [float(r["val_accuracy"]) for r in rows[3:]]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_accuracy"] == pytest.approx(sum(tested) / 2)
+    assert summary["final_val_accuracy"] == pytest.approx(sum(validated) / 2)
+    seed = json.loads((doc.parent / "results" / "summary.json").read_text())["last"]["fedavg"]["0"]
+    assert seed["final_test_accuracy"] == pytest.approx(sum(tested) / 2)
+    assert seed["final_validation_accuracy"] == pytest.approx(sum(validated) / 2)
+    text = doc.read_text()
+    assert "mean over its last 2 rounds" in text
+    row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
+    assert f"{100 * sum(tested) / 2:.2f}" in row

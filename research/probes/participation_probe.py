@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=30, help="FedAvg rounds before measuring")
     parser.add_argument("--codecs", nargs="+", default=["rank-2"], help="rank-N, budget-N, budget-N-keyed")
     parser.add_argument("--shared-ranks", type=int, nargs="*", default=[], help="subspace ranks to measure")
+    parser.add_argument("--shared-masks", type=float, nargs="*", default=[], help="mask fractions to measure")
     args = parser.parse_args()
     torch.set_num_threads(1)
     codecs = {name: codec_for(name) for name in args.codecs}
@@ -91,6 +92,8 @@ def main() -> None:
         )
         for rank in args.shared_ranks:
             shared_subspace(rank, floats, mean, previous)
+        for fraction in args.shared_masks:
+            shared_mask(fraction, floats, mean, previous)
         for name, codec in codecs.items():
             approximations = [codec.approximate(u) for u in floats]
             ratio = np.mean([4 * sum(v.size for v in u.values()) / len(codec.encode(u)) for u in floats])
@@ -135,6 +138,38 @@ def shared_subspace(
         f"{100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average of "
         f"10 misses {100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm (the average's own "
         f"rank-{rank}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
+    )
+
+
+def shared_mask(
+    fraction: float,
+    floats: list[dict[str, np.ndarray]],
+    mean: dict[str, np.ndarray],
+    previous: dict[str, np.ndarray],
+) -> None:
+    """Print what uploads of the entries at the previous step's largest positions keep and miss.
+
+    The mask: ``fraction`` of all float entries, the largest magnitudes of the server's previous
+    step across every tensor. A client's values there are sent as they are (k-means levels would
+    add each client's rounding), so the server's average is exact on the mask. The floor: the same
+    count of the average's own largest entries (its best Top-z, known in advance).
+    """
+    keys = list(mean)
+    flat_previous = np.concatenate([np.abs(previous[k]).ravel() for k in keys])
+    count = max(1, int(fraction * flat_previous.size))
+    threshold = np.partition(flat_previous, -count)[-count]
+    masks = {k: np.abs(previous[k]) >= threshold for k in keys}
+    approximations = [{k: np.where(masks[k], u[k], 0) for k in keys} for u in floats]
+    kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
+    mean_approx = {k: np.mean([a[k] for a in approximations], axis=0) for k in keys}
+    flat_mean = np.concatenate([np.abs(mean[k]).ravel() for k in keys])
+    own = np.partition(flat_mean, -count)[-count]
+    floor = {k: np.where(np.abs(mean[k]) >= own, mean[k], 0) for k in keys}
+    print(
+        f"  shared mask of {fraction:g} ({count:,} entries): keeps {100 * np.mean(kept):.1f}% of a client's "
+        f"update (min {100 * np.min(kept):.1f}%); the average of 10 misses "
+        f"{100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm (the average's own largest "
+        f"{count:,}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
     )
 
 

@@ -306,8 +306,9 @@ def serve(
         model.load_state_dict(arrays.to_torch_state_dict())
         record = RoundRecord(server_round, float("nan"), float("nan"))
         with training.torch_threads(1):  # see torch_threads: two threads wait on any busy core
-            # The test split is only reported: every test_every rounds and at the end.
-            if server_round % cfg.server.test_every == 0 or server_round == cfg.server.rounds:
+            # The test split is only reported: every test_every rounds and in the last test_last.
+            last = server_round > cfg.server.rounds - cfg.server.test_last
+            if server_round % cfg.server.test_every == 0 or last:
                 record.accuracy, record.loss = training.evaluate(model, test_x, test_y)
             if len(val_y):
                 record.val_accuracy, record.val_loss = training.evaluate(model, val_x, val_y)

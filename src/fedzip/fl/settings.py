@@ -104,6 +104,11 @@ class ServerSettings(Section):
     fraction: float = option(1.0, "fraction of clients trained per round")
     rounds: int = option(10, "federated rounds")
     test_every: int = option(1, "evaluate the test split every this many rounds and after the last")
+    test_last: int = option(
+        1,
+        "evaluate the test split on each of the last this many rounds too; reports take the mean of "
+        "test and of validation accuracy over them (sampled clients move the model round to round)",
+    )
     optimizer: str = option(
         "fedavg", "fedavg, fedavgm or fedadam on the decoded updates", flag="--server-optimizer"
     )
@@ -128,7 +133,7 @@ class ServerSettings(Section):
     round_timeout: float = option(600.0, "seconds to wait for the replies of one round")
 
     def validate(self) -> None:
-        for name in ("clients", "rounds", "test_every"):
+        for name in ("clients", "rounds", "test_every", "test_last"):
             check_count(name, getattr(self, name), 1)
         need(
             isinstance(self.fraction, int | float) and 0 < self.fraction <= 1,

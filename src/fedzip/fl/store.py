@@ -63,6 +63,13 @@ class RoundRecord:
         return dataclasses.asdict(self)
 
 
+def last_rounds_mean(records: list[RoundRecord], key: str, rounds: int) -> float | None:
+    """Mean of ``key`` over the last ``rounds`` records (the rounds it was measured in), else None."""
+    tail = [r for r in records[-rounds:] if r.round > 0] or records[-1:]
+    values = [v for v in (getattr(r, key) for r in tail) if v == v]
+    return sum(values) / len(values) if values else None
+
+
 def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
     """Totals of a run: accuracy, bytes, compression and client radio energy."""
     from .models import build, parameter_count
@@ -94,11 +101,10 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "codec": cfg.label,
         "rounds": len(rounds),
         "initial_accuracy": records[0].accuracy if records else None,
-        "final_accuracy": records[-1].accuracy if records else None,
+        # the last round's, or the mean over the last test_last rounds (server.test_last)
+        "final_accuracy": last_rounds_mean(records, "accuracy", cfg.server.test_last),
         "best_accuracy": max((r.accuracy for r in records if r.accuracy == r.accuracy), default=None),
-        "final_val_accuracy": records[-1].val_accuracy
-        if records and records[-1].val_accuracy == records[-1].val_accuracy
-        else None,
+        "final_val_accuracy": last_rounds_mean(records, "val_accuracy", cfg.server.test_last),
         "final_loss": records[-1].loss if records else None,
         "uplink_bytes": uplink,
         "raw_bytes": raw,
