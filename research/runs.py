@@ -52,13 +52,13 @@ class RunSeeds:
         return self.runs[0].config
 
     def final(self, key: str) -> np.ndarray:
-        """Per seed, the last round's value, or its mean over the last ``server.test_last`` rounds."""
         return np.array(list(self.final_by_seed(key).values()))
 
     def final_by_seed(self, key: str) -> dict[int, float]:
+        """Per seed, ``key`` in the last round, or its mean over the last ``server.test_last`` rounds."""
         last = self.config.server.test_last
         return {
-            run.seed: float(np.nanmean([row[key] for row in m[-last:]]))
+            run.seed: float(np.nanmean([row[key] for row in m if row["round"] > 0][-last:]))
             for run, m in zip(self.runs, self.metrics, strict=True)
         }
 
