@@ -10,6 +10,9 @@ from research.analysis import plateau, reach
 from research.runs import RunSeeds
 from research.targets import PLATEAU_POINTS
 
+from fedzip.fl.config import ExperimentConfig
+from fedzip.fl.plan import PlannedRun
+
 
 def rows(curve, payload=100.0):
     return [
@@ -41,7 +44,19 @@ def test_plateau_compares_three_round_means_over_the_last_fifth():
     assert gain > PLATEAU_POINTS
 
 
+def seeds(curves, test_last=1):
+    cfg = ExperimentConfig().replace(server={"test_last": test_last})
+    runs = [PlannedRun("x", cfg.replace(seed=seed), seed) for seed in range(len(curves))]
+    return RunSeeds("x", runs=runs, metrics=[rows(curve) for curve in curves])
+
+
 def test_curves_are_means_over_seeds():
-    two = RunSeeds("x", metrics=[rows([0.1, 0.5, 0.7]), rows([0.1, 0.7, 0.9])])
+    two = seeds([[0.1, 0.5, 0.7], [0.1, 0.7, 0.9]])
     assert two.curve("val_accuracy").tolist() == pytest.approx([0.1, 0.6, 0.8])
     assert two.final("val_accuracy").tolist() == [0.7, 0.9]
+
+
+def test_final_values_are_means_over_the_last_test_last_rounds_never_round_0():
+    assert seeds([[0.1, 0.5, 0.7, 0.8]], test_last=2).final("val_accuracy") == pytest.approx([0.75])
+    # more rounds asked for than were run: the measured rounds only, not the initial model's
+    assert seeds([[0.1, 0.5, 0.7]], test_last=5).final_by_seed("val_accuracy") == {0: pytest.approx(0.6)}
