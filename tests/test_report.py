@@ -80,3 +80,7 @@ def test_report_tables(tmp_path):
     report = write_report(tmp_path / "report", summaries, target=0.799).read_text()
     assert "| stc | not reached | - |" in report
     assert (tmp_path / "report" / "accuracy_vs_uplink.png").stat().st_size > 0
+    assert "final acc.*: mean" not in report  # the last round's
+    summaries[0]["config"]["server"]["test_last"] = 2
+    report = write_report(tmp_path / "report", summaries).read_text()
+    assert "- *final acc.*: mean test accuracy over the last 2 rounds." in report

@@ -152,6 +152,11 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]], target: float |
         f"fraction {server.fraction}, {server.rounds} rounds, {local.local_epochs} local epoch(s), "
         f"batch {local.batch_size}, {local.optimizer} lr {local.lr}, seed {first.seed}.",
         "",
+        *(
+            [f"- *final acc.*: mean test accuracy over the last {server.test_last} rounds."]
+            if server.test_last > 1
+            else []
+        ),
         "- *uplink MB*: Flower's `count_bytes()` of every accepted reply as carried (payload, keys, metrics); "
         "*saved* compares it with the same replies holding float32 weights.",
         "- *payload rate*: float32 model size x replies / `len()` of the payloads, headers included.",
