@@ -149,6 +149,7 @@ def plan_rows(
     own = any(reference is g for g in grouped.values())
     wall = sum(s["wall_seconds"] for g in grouped.values() for s in g.summaries)
     seeds = sorted({run.seed for g in grouped.values() for run in g.runs})
+    count = sum(len(g.summaries) for g in grouped.values())
     lines = [
         f"## Plan `{plan.name}`: {base.data.partition} partition",
         "",
@@ -157,7 +158,7 @@ def plan_rows(
         f"{local.optimizer.upper()} lr {local.lr:g}, {local.local_epochs} local epoch(s); "
         f"**{f'{data.train_limit:,}' if data.train_limit else 'all'} training images** held by the clients, {data.validation:,} validation "
         f"images held out of training, the full test split (10,000 images). {base.server.rounds} rounds, seeds "
-        f"{', '.join(map(str, seeds))}; {sum(len(g.summaries) for g in grouped.values())} runs, "
+        f"{', '.join(map(str, seeds))}; {count} run{'s' if count != 1 else ''}, "
         f"{wall / 60:.0f} minutes of wall time."
         + (
             f" Test and validation accuracy are each run's mean over its last {base.server.test_last} rounds "
