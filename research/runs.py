@@ -12,6 +12,7 @@ import numpy as np
 
 from fedzip.fl.plan import PlannedRun
 from fedzip.fl.report import read_metrics
+from fedzip.fl.store import last_rounds_mean
 
 # Seeded plans keep their runs next to the document they make.
 SEEDED_OUT = "docs/results/runs"
@@ -57,10 +58,11 @@ class RunSeeds:
     def final_by_seed(self, key: str) -> dict[int, float]:
         """Per seed, ``key`` in the last round, or its mean over the last ``server.test_last`` rounds."""
         last = self.config.server.test_last
-        return {
-            run.seed: float(np.nanmean([row[key] for row in m if row["round"] > 0][-last:]))
+        means = {
+            run.seed: last_rounds_mean([(row["round"], row[key]) for row in m], last)
             for run, m in zip(self.runs, self.metrics, strict=True)
         }
+        return {seed: math.nan if mean is None else mean for seed, mean in means.items()}
 
     def payload_bytes(self) -> np.ndarray:
         return np.array([s["payload_bytes"] for s in self.summaries], dtype=float)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,12 @@ class RoundRecord:
         return dataclasses.asdict(self)
 
 
-def last_rounds_mean(records: list[RoundRecord], key: str, rounds: int) -> float | None:
-    """Mean of ``key`` over the last ``rounds`` records (the rounds it was measured in), else None."""
-    tail = [r for r in records[-rounds:] if r.round > 0] or records[-1:]
-    values = [v for v in (getattr(r, key) for r in tail) if v == v]
-    return sum(values) / len(values) if values else None
+def last_rounds_mean(values: Sequence[tuple[int, float]], rounds: int) -> float | None:
+    """Mean of ``(round, value)`` pairs over the last ``rounds`` rounds run (round 0, the initial
+    model, only when nothing else was run), NaN values left out; None when none is left."""
+    tail = [pair for pair in values[-rounds:] if pair[0] > 0] or list(values[-1:])
+    measured = [value for _, value in tail if value == value]
+    return sum(measured) / len(measured) if measured else None
 
 
 def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float) -> dict[str, Any]:
@@ -102,9 +104,11 @@ def summarize(cfg: ExperimentConfig, records: list[RoundRecord], seconds: float)
         "rounds": len(rounds),
         "initial_accuracy": records[0].accuracy if records else None,
         # the last round's, or the mean over the last test_last rounds (server.test_last)
-        "final_accuracy": last_rounds_mean(records, "accuracy", cfg.server.test_last),
+        "final_accuracy": last_rounds_mean([(r.round, r.accuracy) for r in records], cfg.server.test_last),
         "best_accuracy": max((r.accuracy for r in records if r.accuracy == r.accuracy), default=None),
-        "final_val_accuracy": last_rounds_mean(records, "val_accuracy", cfg.server.test_last),
+        "final_val_accuracy": last_rounds_mean(
+            [(r.round, r.val_accuracy) for r in records], cfg.server.test_last
+        ),
         "final_loss": records[-1].loss if records else None,
         "uplink_bytes": uplink,
         "raw_bytes": raw,
