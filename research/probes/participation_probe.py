@@ -97,15 +97,21 @@ def main() -> None:
         for name, codec in codecs.items():
             approximations = [codec.approximate(u) for u in floats]
             ratio = np.mean([4 * sum(v.size for v in u.values()) / len(codec.encode(u)) for u in floats])
-            kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
-            mean_approx = {
-                k: np.mean([a[k].astype(np.float64) for a in approximations], axis=0) for k in floats[0]
-            }
-            print(
-                f"  {name} ({ratio:.0f}x): keeps {100 * np.mean(kept):.1f}% of a client's update "
-                f"(min {100 * np.min(kept):.1f}%); the average of 10 misses "
-                f"{100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm"
-            )
+            print(f"  {name} ({ratio:.0f}x): {kept_and_missed(floats, mean, approximations)}")
+
+
+def kept_and_missed(
+    floats: list[dict[str, np.ndarray]],
+    mean: dict[str, np.ndarray],
+    approximations: list[dict[str, np.ndarray]],
+) -> str:
+    """What the uploads ``approximations`` keep of each client's update and miss of the average's norm."""
+    kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
+    mean_approx = {k: np.mean([a[k].astype(np.float64) for a in approximations], axis=0) for k in mean}
+    return (
+        f"keeps {100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average "
+        f"of 10 misses {100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm"
+    )
 
 
 def shared_subspace(
@@ -115,7 +121,7 @@ def shared_subspace(
     previous: dict[str, np.ndarray],
 ) -> None:
     """Print what uploads ``M Q`` (``Q`` from the previous step's SVD) keep and miss (see the module)."""
-    kept, approximations, floor, upload, basis = [], [dict(u) for u in floats], dict(mean), 0, 0
+    approximations, floor, upload, basis = [dict(u) for u in floats], dict(mean), 0, 0
     for key, average in mean.items():
         if average.ndim < 2:
             continue
@@ -130,13 +136,9 @@ def shared_subspace(
         u, s, vt = np.linalg.svd(average.reshape(rows, -1), full_matrices=False)
         floor[key] = ((u[:, :r] * s[:r]) @ vt[:r]).reshape(average.shape)
         upload, basis = upload + rows * r, basis + right.size
-    for update, approximation in zip(floats, approximations, strict=True):
-        kept.append(1 - relative_error(update, approximation))
-    mean_approx = {k: np.mean([a[k] for a in approximations], axis=0) for k in mean}
     print(
-        f"  subspace of rank {rank} ({upload:,} floats an upload, {basis:,} in the basis): keeps "
-        f"{100 * np.mean(kept):.1f}% of a client's update (min {100 * np.min(kept):.1f}%); the average of "
-        f"10 misses {100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm (the average's own "
+        f"  subspace of rank {rank} ({upload:,} floats an upload, {basis:,} in the basis): "
+        f"{kept_and_missed(floats, mean, approximations)} (the average's own "
         f"rank-{rank}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
     )
 
@@ -154,23 +156,21 @@ def shared_mask(
     add each client's rounding), so the server's average is exact on the mask. The floor: the same
     count of the average's own largest entries (its best Top-z, known in advance).
     """
-    keys = list(mean)
-    flat_previous = np.concatenate([np.abs(previous[k]).ravel() for k in keys])
-    count = max(1, int(fraction * flat_previous.size))
-    threshold = np.partition(flat_previous, -count)[-count]
-    masks = {k: np.abs(previous[k]) >= threshold for k in keys}
-    approximations = [{k: np.where(masks[k], u[k], 0) for k in keys} for u in floats]
-    kept = [1 - relative_error(u, a) for u, a in zip(floats, approximations, strict=True)]
-    mean_approx = {k: np.mean([a[k] for a in approximations], axis=0) for k in keys}
-    flat_mean = np.concatenate([np.abs(mean[k]).ravel() for k in keys])
-    own = np.partition(flat_mean, -count)[-count]
-    floor = {k: np.where(np.abs(mean[k]) >= own, mean[k], 0) for k in keys}
+    count = max(1, int(fraction * sum(v.size for v in mean.values())))
+    masks = largest({k: previous[k] for k in mean}, count)
+    approximations = [{k: np.where(masks[k], u[k], 0) for k in mean} for u in floats]
+    own = largest(mean, count)
+    floor = {k: np.where(own[k], v, 0) for k, v in mean.items()}
     print(
-        f"  shared mask of {fraction:g} ({count:,} entries): keeps {100 * np.mean(kept):.1f}% of a client's "
-        f"update (min {100 * np.min(kept):.1f}%); the average of 10 misses "
-        f"{100 * np.sqrt(relative_error(mean, mean_approx)):.1f}% of its norm (the average's own largest "
-        f"{count:,}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
+        f"  shared mask of {fraction:g} ({count:,} entries): {kept_and_missed(floats, mean, approximations)} "
+        f"(the average's own largest {count:,}: {100 * np.sqrt(relative_error(mean, floor)):.1f}%)"
     )
+
+
+def largest(arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """Per tensor, where the ``count`` largest magnitudes of all of ``arrays`` together are."""
+    threshold = np.partition(np.concatenate([np.abs(v).ravel() for v in arrays.values()]), -count)[-count]
+    return {k: np.abs(v) >= threshold for k, v in arrays.items()}
 
 
 def codec_for(name: str) -> FedZip:
