@@ -84,6 +84,8 @@ def options(cfg, base=None) -> str:
         parts.append(f"residual decay {feedback.age_decay:g} a round waited")
     if feedback.max_age:
         parts.append(f"residual dropped after {feedback.max_age} rounds")
+    if feedback.step_ahead:
+        parts.append(f"step-ahead {feedback.step_ahead:g} of the residual")
     if cfg.server.optimizer != "fedavg":
         parts.append(cfg.server.optimizer + (f" lr {cfg.server.lr:g}" if cfg.server.lr else ""))
     down = cfg.download_compressor()

@@ -71,6 +71,8 @@ def test_equal_configs_are_those_that_build_the_same_compressors():
         ({"error_feedback": {"momentum": 0.9}}, "enable error feedback"),
         ({"error_feedback": {"max_age": 3}}, "enable error feedback"),
         ({"error_feedback": {"enabled": True, "age_decay": 0}}, "age_decay"),
+        ({"error_feedback": {"step_ahead": 0.5}}, "enable error feedback"),
+        ({"error_feedback": {"enabled": True, "step_ahead": 1.5}}, "step_ahead"),
         ({"server": {"shared_start": True}}, "download"),
         ({"server": {"test_last": 0}}, "test_last must be an integer >= 1"),
         ({"link": "5g"}, "link"),

@@ -209,7 +209,35 @@ def test_a_residual_seen_every_round_or_without_rounds_is_not_scaled(rng):
         assert aged.encode(update, server_round) == plain.encode(update)
 
 
-@pytest.mark.parametrize("options", [{"age_decay": 0}, {"age_decay": 1.5}, {"max_age": 0}, {"max_age": 2.5}])
+def test_step_ahead_previews_part_of_the_aged_residual_and_sends_the_whole_of_it(rng):
+    """preview() is step_ahead times the residual aged for the round; encode() then adds the whole
+    residual to the update, aged once (not again for the same round)."""
+    codec = fedzip.FedZip(keep=0.1)
+    sender = fedzip.ErrorFeedback(codec, age_decay=0.5, step_ahead=0.25)
+    assert sender.preview(1) == {}  # nothing to preview yet
+    sender.encode({"w": heavy_tailed(rng, (40, 30))}, server_round=1)
+    kept = sender.residual["w"].copy()
+    shift = sender.preview(3)  # age 2: the residual is halved, a quarter of that previewed
+    np.testing.assert_allclose(shift["w"], 0.25 * 0.5 * kept, rtol=1e-6)
+    assert shift["w"].dtype == kept.dtype
+    update = {"w": heavy_tailed(rng, (40, 30))}
+    payload = sender.encode(update, server_round=3)
+    assert payload == codec.encode({"w": update["w"] + 0.5 * kept})
+    plain = fedzip.ErrorFeedback(codec)
+    assert plain.preview(1) == {}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"age_decay": 0},
+        {"age_decay": 1.5},
+        {"max_age": 0},
+        {"max_age": 2.5},
+        {"step_ahead": -0.1},
+        {"step_ahead": 2},
+    ],
+)
 def test_bad_age_options(options):
     with pytest.raises(ValueError):
         fedzip.ErrorFeedback(fedzip.FedZip(), **options)

@@ -34,7 +34,7 @@ def make_client(delta, examples, behind_mod=True):
         received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
         if behind_mod:  # the mod hides its settings from the app
             assert all(protocol.CODEC_KEY not in c for c in msg.content.config_records.values())
-        trained = {k: received[k] + delta[k] for k in received}
+        trained = {k: np.asarray(received[k] + delta[k]) for k in received}
         content = RecordDict(
             {"arrays": to_record(trained), "metrics": MetricRecord({"num-examples": examples})}
         )
@@ -250,6 +250,54 @@ def test_a_residual_knows_its_age_and_decays_or_is_dropped(rng):
     np.testing.assert_allclose(after["w"], delta["w"] - codec.approximate(delta)["w"], atol=1e-6)
     with pytest.raises(ValueError, match="set error_feedback=True"):
         FedZipStrategy(FedAvg(), compressor=codec, max_age=3)
+
+
+def test_step_ahead_clients_train_from_the_model_plus_part_of_their_residual(rng):
+    """With step_ahead, the ClientApp receives the model plus that fraction of the node's residual;
+    the upload is what it trained from there plus the whole residual, and what that leaves out is
+    the next residual; an integer buffer is neither shifted nor compressed."""
+    model = global_model(rng) | {"count": np.array(5, np.int64)}
+    strategy = FedZipStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1),
+        compressor=fedzip.FedZip(keep=0.05),
+        error_feedback=True,
+        step_ahead=0.5,
+    )
+    codec = strategy.compressor
+    ctx = context(0)
+    floats = [k for k in model if k != "count"]
+
+    def delta():
+        return {k: rng.standard_normal(model[k].shape).astype(np.float32) for k in floats} | {
+            "count": np.array(1, np.int64)
+        }
+
+    first = delta()
+    run_round(strategy, model, [make_client(first, 1)], [ctx])
+    residual = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
+    seen = []
+
+    def app(msg, context):
+        seen.append({k: a.numpy().copy() for k, a in msg.content["arrays"].items()})
+        return make_client(second, 1)(msg, context)
+
+    second = delta()
+    (reply,) = run_round(strategy, model, [app], [ctx], server_round=2)
+    assert set(residual) == set(floats) and seen[0]["count"] == 5
+    for k in floats:
+        np.testing.assert_allclose(seen[0][k], model[k] + 0.5 * residual[k], atol=1e-6)
+    sent = fedzip.decode(protocol.payload_bytes(reply.content.array_records[protocol.PAYLOAD]), layout=model)
+    assert sent["count"] == 1
+    carried = {k: second[k] + residual[k] for k in floats}
+    expected = codec.approximate(carried)
+    after = protocol.from_record(ctx.state.array_records[protocol.RESIDUAL])
+    for k in floats:
+        np.testing.assert_allclose(sent[k], expected[k], atol=1e-5)
+        np.testing.assert_allclose(after[k], carried[k] - sent[k], atol=1e-5)
+    with pytest.raises(ValueError, match="set error_feedback=True"):
+        FedZipStrategy(FedAvg(), compressor=codec, step_ahead=0.5)
+    with pytest.raises(ValueError, match="step_ahead"):
+        FedZipStrategy(FedAvg(), compressor=codec, error_feedback=True, step_ahead=1.5)
 
 
 def test_other_messages_pass_through(rng):

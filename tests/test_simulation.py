@@ -202,14 +202,15 @@ def test_extreme_compression_options_travel_through_a_run(tmp_path):
 
 
 def test_sampled_clients_with_aged_residuals_on_the_simulation_engine(tmp_path):
-    """Half the clients a round: residuals wait for their client's next turn and decay with their age."""
+    """Half the clients a round: residuals wait for their client's next turn and decay with their age;
+    clients train from the model plus half their residual (step-ahead)."""
     cfg = small_run(
         tmp_path,
         model="mlp",
         server={"clients": 4, "fraction": 0.5, "rounds": 4},
         data={"train_limit": 2000},
         training={"batch_size": 20},
-        error_feedback={"age_decay": 0.5, "max_age": 2},
+        error_feedback={"age_decay": 0.5, "max_age": 2, "step_ahead": 0.5},
     )
     summary = run_experiment(cfg, show_progress=False)
     rows = read_metrics(tmp_path)

@@ -36,6 +36,12 @@ class ErrorFeedback:
             as it is; a client seen every round is never scaled).
         max_age: a residual made more than this many rounds ago is dropped
             (None: never).
+        step_ahead: the fraction of the residual a client adds to the model
+            before it trains (:meth:`preview`), so that its gradients are taken
+            near where its upload will leave the model: step-ahead partial
+            error feedback (SA-PEF, Redie, Arablouei, Werner, TMLR 2026; 1 is
+            step-ahead EF, 0 plain EF). What is sent is unchanged: the update
+            trained from there, plus the whole residual.
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class ErrorFeedback:
         clip_norm: float | None = None,
         age_decay: float = 1.0,
         max_age: int | None = None,
+        step_ahead: float = 0.0,
     ) -> None:
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
@@ -57,15 +64,23 @@ class ErrorFeedback:
             raise ValueError(f"age_decay must be a number in (0, 1], got {age_decay!r}")
         if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1):
             raise ValueError(f"max_age must be an int >= 1 (rounds) or None, got {max_age!r}")
+        if (
+            isinstance(step_ahead, bool)
+            or not isinstance(step_ahead, int | float)
+            or not 0 <= step_ahead <= 1
+        ):
+            raise ValueError(f"step_ahead must be a number in [0, 1], got {step_ahead!r}")
         self.codec = codec
         self.momentum = float(momentum)
         self.masking = bool(masking)
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.age_decay = float(age_decay)
         self.max_age = max_age
+        self.step_ahead = float(step_ahead)
         self.residual: dict[str, np.ndarray] = {}
         self.velocity: dict[str, np.ndarray] = {}
         self.made: int | None = None  # the round the residual was made in, when rounds are given
+        self._aged_for: int | None = None  # the round the residual was last aged for (once a round)
 
     def encode(self, update: Update, server_round: int | None = None) -> bytes:
         """Compress ``update + residual``; what the payload drops becomes the new residual.
@@ -120,12 +135,27 @@ class ErrorFeedback:
             self.made = server_round
         return payload
 
+    def preview(self, server_round: int | None = None) -> dict[str, np.ndarray]:
+        """What to add to the model before training for ``server_round``: ``step_ahead`` times the
+        residual, aged for that round (empty when there is none or ``step_ahead`` is 0). Train from
+        ``model + preview``, then :meth:`encode` the update from that point: the residual it adds is
+        the whole one, aged once."""
+        if server_round is not None:
+            self._age(server_round)
+        if not self.step_ahead:
+            return {}
+        factor = self.step_ahead
+        return {name: np.multiply(r, r.dtype.type(factor)) for name, r in self.residual.items()}
+
     def age(self, server_round: int) -> int | None:
         """How many rounds before ``server_round`` the residual was made (None: not known)."""
         return None if self.made is None or not self.residual else server_round - self.made
 
     def _age(self, server_round: int) -> None:
         """Decay or drop a residual (and velocity) that waited for this client's turn."""
+        if self._aged_for == server_round:
+            return
+        self._aged_for = server_round
         age = self.age(server_round)
         if age is None or age <= 1:
             return
@@ -146,6 +176,7 @@ class ErrorFeedback:
         self.residual = {}
         self.velocity = {}
         self.made = None
+        self._aged_for = None
 
 
 def _accumulate(state: np.ndarray | None, array: np.ndarray, decay: float) -> np.ndarray:

@@ -172,6 +172,9 @@ class FeedbackSettings(Section):
     max_age: int = option(
         0, "a residual made more than this many rounds ago is dropped (0: never)", flag="--ef-max-age"
     )
+    step_ahead: float = option(
+        0.0, "clients train from the model plus this fraction of their residual", flag="--ef-step-ahead"
+    )
 
     def validate(self) -> None:
         need(
@@ -185,8 +188,13 @@ class FeedbackSettings(Section):
         )
         check_count("max_age", self.max_age, 0)
         need(
-            not (self.momentum or self.clip_norm or self.age_decay != 1 or self.max_age) or self.enabled,
-            "momentum, clip_norm, age_decay and max_age act on the error-feedback residual: "
+            isinstance(self.step_ahead, int | float) and 0 <= self.step_ahead <= 1,
+            f"step_ahead must be in [0, 1], got {self.step_ahead!r}",
+        )
+        shaped = self.momentum or self.clip_norm or self.age_decay != 1 or self.max_age or self.step_ahead
+        need(
+            not shaped or self.enabled,
+            "momentum, clip_norm, age_decay, max_age and step_ahead act on the error-feedback residual: "
             "enable error feedback (+ef) too",
         )
 
@@ -198,6 +206,7 @@ class FeedbackSettings(Section):
             "clip_norm": self.clip_norm or None,
             "age_decay": self.age_decay,
             "max_age": self.max_age or None,
+            "step_ahead": self.step_ahead,
         }
 
 

@@ -48,19 +48,28 @@ def _array_mods_outside() -> list[str]:
     return found
 
 
-def _state(context: Context, key: str, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The stored residual (or velocity) if it fits ``update``; otherwise none (the model changed)."""
-    if key not in context.state.array_records:
-        return {}
-    stored = protocol.from_record(context.state.array_records[key])
-    floats = exact.floats(update)  # the state holds no others
-    fits = list(stored) == list(floats) and all(
-        stored[k].shape == v.shape and stored[k].dtype == v.dtype for k, v in floats.items()
+def _fits(state: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> bool:
+    """Whether error-feedback state (of float tensors only; none fits anything) has the layout of
+    ``arrays``'."""
+    if not state:
+        return True
+    floats = exact.floats(arrays)
+    return list(state) == list(floats) and all(
+        state[k].shape == v.shape and state[k].dtype == v.dtype for k, v in floats.items()
     )
-    if not fits:
-        log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
-        return {}
-    return stored
+
+
+def _load(sender: ErrorFeedback, context: Context, model: dict[str, np.ndarray]) -> None:
+    """The node's residual, velocity and the residual's round into ``sender``, if they fit ``model``."""
+    for key, attribute in ((protocol.RESIDUAL, "residual"), (protocol.VELOCITY, "velocity")):
+        records = context.state.array_records
+        stored = protocol.from_record(records[key]) if key in records else {}
+        if not _fits(stored, model):
+            log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
+            stored = {}
+        setattr(sender, attribute, stored if attribute == "residual" or sender.momentum else {})
+    made = context.state.get(protocol.RESIDUAL_ROUND)
+    sender.made = int(made["round"]) if made is not None and sender.residual else None
 
 
 def _subtract_estimate(update: dict[str, np.ndarray], payload: bytes) -> None:
@@ -113,7 +122,17 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return _error(
             msg, f"expects one ArrayRecord in the train message, found {len(msg.content.array_records)}"
         )
-    received = protocol.from_record(next(iter(msg.content.array_records.values())))
+    model_key, model_record = next(iter(msg.content.array_records.items()))
+    received = protocol.from_record(model_record)
+    shift: dict[str, np.ndarray] = {}
+    if sender is not None:
+        _load(sender, context, received)
+        # step-ahead error feedback: train from the model plus part of the residual
+        shift = sender.preview(server_round)
+        if shift:
+            msg.content[model_key] = protocol.to_record(
+                {k: np.add(v, shift[k], dtype=v.dtype) if k in shift else v for k, v in received.items()}
+            )
 
     reply = call_next(msg, context)
     if reply.has_error():
@@ -138,6 +157,8 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             # memory of the decoded reply, which nothing else holds
             out = array if array.flags.writeable and array.flags.c_contiguous else None
             update[name] = np.subtract(array, received[name], out=out, dtype=array.dtype, casting="unsafe")
+            if name in shift:  # from where it trained
+                np.subtract(update[name], shift[name], out=update[name], casting="unsafe")
         else:
             return _error(
                 msg,
@@ -148,11 +169,9 @@ def fedzip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         if estimate is not None:
             _subtract_estimate(update, protocol.payload_bytes(estimate))
         if sender is not None:
-            sender.residual = _state(context, protocol.RESIDUAL, update)
-            if sender.momentum:
-                sender.velocity = _state(context, protocol.VELOCITY, update)
-            made = context.state.get(protocol.RESIDUAL_ROUND)
-            sender.made = int(made["round"]) if made is not None and sender.residual else None
+            if not (_fits(sender.residual, update) and _fits(sender.velocity, update)):
+                log(WARNING, "fedzip_mod: the update's layout differs from the model's; feedback state reset")
+                sender.reset()
             payload = sender.encode(update, server_round)
             if sender.made is not None:
                 context.state[protocol.RESIDUAL_ROUND] = ConfigRecord({"round": sender.made})

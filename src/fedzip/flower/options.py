@@ -41,6 +41,7 @@ def feedback_settings(
     clip_norm: float | None,
     age_decay: float,
     max_age: int | None,
+    step_ahead: float = 0.0,
 ) -> dict[str, Any]:
     """The error-feedback options sent to the clients (only those that differ from the defaults)."""
     options: dict[str, Any] = {}
@@ -52,9 +53,11 @@ def feedback_settings(
         options["age_decay"] = age_decay
     if max_age is not None:
         options["max_age"] = max_age
+    if step_ahead:
+        options["step_ahead"] = step_ahead
     if options and not feedback:
         raise ValueError(
-            "momentum, clip_norm, age_decay and max_age act on the error-feedback residual: "
+            "momentum, clip_norm, age_decay, max_age and step_ahead act on the error-feedback residual: "
             "set error_feedback=True"
         )
     return options

@@ -88,7 +88,8 @@ class FedZipStrategy(StrategyWrapper):
         age_decay, max_age: with error feedback, a client's residual that
             waited ``age`` rounds for the client's next turn is scaled by
             ``age_decay ** (age - 1)``, or dropped past ``max_age`` rounds
-            (clients learn the round from the train message).
+            (clients learn the round from the train message); ``step_ahead``:
+            clients train from the model plus that fraction of their residual.
         downlink: compress downloads too: a compressor (or its config or id)
             for the change of the global model; clients keep a synchronised
             copy in their node state (:mod:`fedzip.flower.downlink`). None
@@ -133,6 +134,7 @@ class FedZipStrategy(StrategyWrapper):
         clip_norm: float | None = None,
         age_decay: float = 1.0,
         max_age: int | None = None,
+        step_ahead: float = 0.0,
         downlink: Compressor | Mapping[str, Any] | str | None = None,
         downlink_history: int | None = None,
         downlink_shared_start: bool = False,
@@ -157,7 +159,9 @@ class FedZipStrategy(StrategyWrapper):
             ):
                 raise ValueError(f"{option} must be a positive number or None, got {value!r}")
         check_client_dp(inner, codec, feedback)
-        feedback_options = feedback_settings(feedback, momentum, masking, clip_norm, age_decay, max_age)
+        feedback_options = feedback_settings(
+            feedback, momentum, masking, clip_norm, age_decay, max_age, step_ahead
+        )
         ErrorFeedback(codec, **feedback_options)  # checks the options here, not on every client
         if warmup is not None:
             if not isinstance(warmup, KeepWarmup):
