@@ -49,8 +49,8 @@ def _array_mods_outside() -> list[str]:
 
 
 def _fits(state: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> bool:
-    """Whether error-feedback state (of float tensors only; none fits anything) has the layout of
-    ``arrays``'."""
+    """Whether error-feedback state (of float tensors only) has the layout of ``arrays``' float
+    tensors; no state fits anything."""
     if not state:
         return True
     floats = exact.floats(arrays)
