@@ -10,6 +10,30 @@ from . import exact
 from .abc import Compressor, Update, check_update, check_values
 
 
+def check_options(
+    momentum: float = 0.0,
+    clip_norm: float | None = None,
+    age_decay: float = 1.0,
+    max_age: int | None = None,
+    step_ahead: float = 0.0,
+) -> None:
+    """Raise ValueError, saying what to change, for options :class:`ErrorFeedback` does not take."""
+
+    def number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not (number(momentum) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    if clip_norm is not None and not (number(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
+    if not (number(age_decay) and 0 < age_decay <= 1):
+        raise ValueError(f"age_decay must be a number in (0, 1], got {age_decay!r}")
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1):
+        raise ValueError(f"max_age must be an int >= 1 (rounds) or None, got {max_age!r}")
+    if not (number(step_ahead) and 0 <= step_ahead <= 1):
+        raise ValueError(f"step_ahead must be a number in [0, 1], got {step_ahead!r}")
+
+
 class ErrorFeedback:
     """Stateful wrapper that carries the compression residual between encodes (of the float
     tensors: integer and bool ones are sent exactly and leave nothing over).
@@ -54,22 +78,7 @@ class ErrorFeedback:
         max_age: int | None = None,
         step_ahead: float = 0.0,
     ) -> None:
-        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        if clip_norm is not None and (
-            isinstance(clip_norm, bool) or not isinstance(clip_norm, int | float) or not clip_norm > 0
-        ):
-            raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
-        if isinstance(age_decay, bool) or not isinstance(age_decay, int | float) or not 0 < age_decay <= 1:
-            raise ValueError(f"age_decay must be a number in (0, 1], got {age_decay!r}")
-        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1):
-            raise ValueError(f"max_age must be an int >= 1 (rounds) or None, got {max_age!r}")
-        if (
-            isinstance(step_ahead, bool)
-            or not isinstance(step_ahead, int | float)
-            or not 0 <= step_ahead <= 1
-        ):
-            raise ValueError(f"step_ahead must be a number in [0, 1], got {step_ahead!r}")
+        check_options(momentum, clip_norm, age_decay, max_age, step_ahead)
         self.codec = codec
         self.momentum = float(momentum)
         self.masking = bool(masking)
@@ -144,8 +153,7 @@ class ErrorFeedback:
             self._age(server_round)
         if not self.step_ahead:
             return {}
-        factor = self.step_ahead
-        return {name: np.multiply(r, r.dtype.type(factor)) for name, r in self.residual.items()}
+        return {name: np.multiply(r, r.dtype.type(self.step_ahead)) for name, r in self.residual.items()}
 
     def age(self, server_round: int) -> int | None:
         """How many rounds before ``server_round`` the residual was made (None: not known)."""

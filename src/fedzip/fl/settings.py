@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..feedback import check_options
 from .data import parse_partition
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
@@ -177,19 +178,11 @@ class FeedbackSettings(Section):
     )
 
     def validate(self) -> None:
-        need(
-            isinstance(self.momentum, int | float) and 0 <= self.momentum < 1,
-            f"error-feedback momentum must be in [0, 1), got {self.momentum!r}",
-        )
+        # 0 is "off" here for clipping and dropping; the ranges are ErrorFeedback's own
         check_number("clip_norm", self.clip_norm)
-        need(
-            isinstance(self.age_decay, int | float) and 0 < self.age_decay <= 1,
-            f"age_decay must be in (0, 1], got {self.age_decay!r}",
-        )
         check_count("max_age", self.max_age, 0)
-        need(
-            isinstance(self.step_ahead, int | float) and 0 <= self.step_ahead <= 1,
-            f"step_ahead must be in [0, 1], got {self.step_ahead!r}",
+        check_options(
+            self.momentum, self.clip_norm or None, self.age_decay, self.max_age or None, self.step_ahead
         )
         shaped = self.momentum or self.clip_norm or self.age_decay != 1 or self.max_age or self.step_ahead
         need(

@@ -60,14 +60,16 @@ def _fits(state: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> bool:
 
 
 def _load(sender: ErrorFeedback, context: Context, model: dict[str, np.ndarray]) -> None:
-    """The node's residual, velocity and the residual's round into ``sender``, if they fit ``model``."""
-    for key, attribute in ((protocol.RESIDUAL, "residual"), (protocol.VELOCITY, "velocity")):
-        records = context.state.array_records
-        stored = protocol.from_record(records[key]) if key in records else {}
-        if not _fits(stored, model):
-            log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
-            stored = {}
-        setattr(sender, attribute, stored if attribute == "residual" or sender.momentum else {})
+    """The node's residual, velocity (with momentum) and the residual's round into ``sender``, if they
+    fit ``model``."""
+    records = context.state.array_records
+    keys = (protocol.RESIDUAL, protocol.VELOCITY) if sender.momentum else (protocol.RESIDUAL,)
+    stored = {key: protocol.from_record(records[key]) if key in records else {} for key in keys}
+    if not all(_fits(state, model) for state in stored.values()):
+        log(WARNING, "fedzip_mod: the model changed since the last round; error-feedback state reset")
+        stored = {}
+    sender.residual = stored.get(protocol.RESIDUAL, {})
+    sender.velocity = stored.get(protocol.VELOCITY, {})
     made = context.state.get(protocol.RESIDUAL_ROUND)
     sender.made = int(made["round"]) if made is not None and sender.residual else None
 
